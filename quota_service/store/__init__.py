@@ -1,0 +1,1 @@
+"""Counter stores: the narrow interface the service needs and its Redis implementation."""

@@ -1,0 +1,189 @@
+"""The ``CounterStore`` interface, named in domain verbs, and the values it trades in.
+
+Units everywhere: whole integers (micro-dollars for ``cost_usd``); times in unix
+milliseconds (``now_ms``) or seconds where named ``*_at``/``*_seconds``.
+
+Concurrency guarantees every implementation must give:
+
+* ``reserve`` checks every charge of one scope and then writes all of them or none, as
+  one atomic step (one Lua script per Redis slot). The subject's charges go first; the
+  company-wide (global) charges second, in their own slot; if the global step denies, the
+  subject's part is released before ``reserve`` returns (compensation).
+* A repeated ``request_id`` (while its record lives) returns the first outcome, marked
+  ``replayed``, and counts nothing again.
+* ``commit`` and ``release`` of a settled reservation change nothing and say so.
+* A reservation neither committed nor released by ``expires_at`` is settled at its
+  estimate (held -> used) the next time any of the subject's (or the global) counters is
+  touched; a later ``commit`` corrects it to the actual usage, a later ``release`` refunds.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from quota_service.policy.windows import Window
+
+GLOBAL_SCOPE = "__global__"
+
+
+@dataclass(frozen=True, slots=True)
+class CounterRef:
+    """One counter: a metric in one concrete window, for a subject or for the whole company.
+
+    ``scope`` is the subject id, or :data:`GLOBAL_SCOPE` for company-wide counters.
+    ``expire_at`` (unix seconds) is when the counter's key may vanish: a while after
+    ``resets_at``, so late commits still land on it.
+    """
+
+    scope: str
+    metric: str
+    window: Window
+    window_id: str
+    resets_at: int
+    expire_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class CounterCharge:
+    """What a reservation asks of one counter, with the gate the store must apply atomically.
+
+    The store denies the whole step when, for any charge, with ``uh = used + held``:
+    ``uh >= block`` or ``uh + ask > cap``. ``cap``/``block`` are the minimum of
+    ``max_units``/``block_units`` over every limit on this counter (see ``Limit``).
+    """
+
+    counter: CounterRef
+    ask: int
+    cap: int
+    block: int
+
+
+@dataclass(frozen=True, slots=True)
+class CounterValue:
+    used: int = 0
+    held: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveCommand:
+    """Everything ``reserve`` needs.
+
+    ``reservation_id``: the id to use if this is a new reservation (made by the server,
+    see :func:`quota_service.store.keys.new_reservation_id`); a replay returns the first one.
+    ``config_version``: the subject's config version the plan was built from, or ``None``
+    to skip the check; when Redis holds another version, nothing is written and the result
+    is ``stale_config``. ``meta``: strings kept with the reservation for ``commit``
+    (feature, provider, model, tier, prices).
+    """
+
+    subject: str
+    reservation_id: str
+    request_id: str
+    subject_charges: tuple[CounterCharge, ...]
+    global_charges: tuple[CounterCharge, ...]
+    now_ms: int
+    ttl_seconds: int
+    config_version: str | None = None
+    meta: Mapping[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+
+
+class ReserveStatus(enum.Enum):
+    RESERVED = "reserved"          # every charge held
+    DENIED = "denied"              # the subject's gate refused: nothing held
+    DENIED_GLOBAL = "denied_global"  # the global gate refused: the subject's part was given back
+    CHECKED = "checked"            # dry run: gates evaluated, nothing held
+    STALE_CONFIG = "stale_config"  # config_version mismatch: nothing evaluated, nothing held
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    """``values`` maps every counter of the command to its value *before* this
+    reservation (for a replay: the values recorded when it was first decided).
+    A dry run reports ``CHECKED`` whatever the gates say; the engine decides."""
+
+    status: ReserveStatus
+    reservation_id: str
+    values: Mapping[CounterRef, CounterValue]
+    expires_at: int = 0
+    replayed: bool = False
+
+
+class ReservationState(enum.Enum):
+    OPEN = "open"
+    COMMITTED = "committed"
+    RELEASED = "released"
+    EXPIRED = "expired"  # settled at its estimate; a late commit/release still corrects it
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    reservation_id: str
+    subject: str
+    state: ReservationState
+    asks: Mapping[str, int]  # per metric, the estimate held
+    meta: Mapping[str, str]
+    created_at_ms: int
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    """``already_settled``: the reservation was committed or released before; nothing changed.
+    ``values``: the counters of the reservation after settling."""
+
+    already_settled: bool
+    values: Mapping[CounterRef, CounterValue]
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideRecord:
+    """A per-subject cap for one metric and window; replaces the tier's cap there."""
+
+    subject: str
+    metric: str
+    window: Window
+    max_units: int
+    expires_at: int  # unix seconds; 0 = never
+    reason: str = ""
+    created_at: int = 0
+    created_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectConfig:
+    """What admins set for one subject. ``version`` changes with every admin write
+    (``"0"`` for a subject nobody touched); ``tier`` is ``None`` when unassigned."""
+
+    tier: str | None
+    overrides: tuple[OverrideRecord, ...]
+    version: str
+
+
+class CounterStore(Protocol):
+    """Counters, reservations and per-subject config. Every method may raise
+    :class:`quota_service.errors.StoreUnavailable`; none may hang past its deadline."""
+
+    async def reserve(self, command: ReserveCommand) -> ReserveResult: ...
+
+    async def get_reservation(self, reservation_id: str) -> Reservation | None: ...
+
+    async def commit(self, reservation_id: str, actual: Mapping[str, int], now_ms: int) -> SettleResult:
+        """Settle with ``actual`` units per metric (a metric left out counts 0).
+        Raises :class:`quota_service.errors.NotFound` for an unknown reservation."""
+        ...
+
+    async def release(self, reservation_id: str, now_ms: int) -> SettleResult: ...
+
+    async def usage(self, counters: tuple[CounterRef, ...], now_ms: int) -> Mapping[CounterRef, CounterValue]:
+        """Current values (after settling expired reservations of the scopes involved)."""
+        ...
+
+    async def subject_config(self, subject: str, now_ms: int) -> SubjectConfig: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
