@@ -1,0 +1,17 @@
+"""Prometheus metrics (served on ``--metrics-port``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+DECISIONS = Counter("quota_decisions_total", "CheckAndReserve answers by decision and reason", ["decision", "reason"])
+RPC_LATENCY = Histogram(
+    "quota_rpc_seconds",
+    "Time to answer an RPC",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+STORE_ERRORS = Counter("quota_store_errors_total", "Redis calls that failed or timed out", ["operation"])
+POLICY_RELOAD_FAILURES = Counter("quota_policy_reload_failures_total", "Policy reloads that failed validation")
+POLICY_RELOADS = Counter("quota_policy_reloads_total", "Policy reloads that swapped in a new version")
+EMERGENCY_STOPS_ACTIVE = Gauge("quota_emergency_stops_active", "Emergency stops currently in force")

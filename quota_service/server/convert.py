@@ -1,0 +1,75 @@
+"""Domain values <-> quota.v1 messages. Units become the metric's own measure here
+(micro-dollars -> USD) and nowhere else."""
+
+from __future__ import annotations
+
+from quota.v1 import admin_pb2, quota_pb2
+from quota_service.policy.compiled import LimitKind
+from quota_service.policy.engine import Decision, LimitReport, Reason
+from quota_service.policy.units import from_units
+from quota_service.quotas import ReserveAnswer
+from quota_service.reload import PolicyStatus
+
+DECISION = {
+    Decision.ALLOW: quota_pb2.ALLOW,
+    Decision.WARN: quota_pb2.WARN,
+    Decision.DENY: quota_pb2.DENY,
+}
+REASON = {reason: quota_pb2.Reason.Value(reason.value) for reason in Reason}
+KIND = {
+    LimitKind.TIER: quota_pb2.LIMIT_KIND_TIER,
+    LimitKind.OVERRIDE: quota_pb2.LIMIT_KIND_OVERRIDE,
+    LimitKind.HARD_STOP: quota_pb2.LIMIT_KIND_HARD_STOP,
+    LimitKind.GLOBAL: quota_pb2.LIMIT_KIND_GLOBAL,
+}
+
+
+def limit_status(report: LimitReport) -> quota_pb2.LimitStatus:
+    limit = report.limit
+    metric = limit.metric
+    thresholds = limit.thresholds
+    return quota_pb2.LimitStatus(
+        metric=metric,
+        window=limit.window.value,
+        used=from_units(metric, report.used),
+        held=from_units(metric, report.held),
+        max=from_units(metric, limit.max_units),
+        remaining=from_units(metric, report.remaining),
+        ratio=report.ratio,
+        resets_at=report.ref.resets_at,
+        kind=KIND[limit.kind],
+        decision=DECISION[report.decision],
+        warn_at=float(thresholds.warn_at) if thresholds else 0.0,
+        block_at=float(thresholds.block_at) if thresholds else 1.0,
+    )
+
+
+def reserve_response(answer: ReserveAnswer) -> quota_pb2.CheckAndReserveResponse:
+    outcome = answer.outcome
+    response = quota_pb2.CheckAndReserveResponse(
+        decision=DECISION[outcome.decision],
+        reason=REASON[outcome.reason],
+        message=outcome.message,
+        reservation_id=answer.reservation_id,
+        tier=answer.tier,
+        limits=[limit_status(r) for r in outcome.limits],
+        policy_version=answer.policy_version,
+        retry_after_seconds=outcome.retry_after_seconds,
+        reservation_expires_at=answer.expires_at,
+        replayed=answer.replayed,
+    )
+    if outcome.deciding is not None:
+        response.limit.CopyFrom(limit_status(outcome.deciding))
+    return response
+
+
+def policy_status(status: PolicyStatus) -> admin_pb2.PolicyStatus:
+    return admin_pb2.PolicyStatus(
+        version=status.version,
+        loaded_at=status.loaded_at,
+        files=list(status.files),
+        last_error=status.last_error,
+        last_error_at=status.last_error_at,
+        tiers=list(status.tiers),
+        default_tier=status.default_tier,
+    )

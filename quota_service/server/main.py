@@ -1,0 +1,117 @@
+"""``quota-service serve``: wire the parts together, serve, drain gracefully.
+
+Start-up order: the policy (a bad file stops start-up with its errors), the store (an
+embedded redis-server when no URL is given), the gRPC server. SIGTERM/SIGINT: health
+goes NOT_SERVING, in-flight calls get ``--grace`` seconds to finish, then the store
+(and an embedded Redis) shut down. SIGHUP reloads the policy files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from grpc_health.v1 import health_pb2
+
+from quota_service.errors import PolicyError, QuotaServiceError
+from quota_service.quotas import Quotas
+from quota_service.reload import LivePolicy
+from quota_service.server.app import TlsFiles, admin_mode, create_server
+
+log = logging.getLogger("quota_service")
+
+DRAIN_SECONDS = 5.0
+
+
+def serve_from_args(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return asyncio.run(serve(args))
+    except PolicyError as exc:
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        print("quota-service: the policy files are not valid; not starting", file=sys.stderr)
+        return 2
+    except QuotaServiceError as exc:
+        print(f"quota-service: {exc}", file=sys.stderr)
+        return 2
+
+
+async def serve(args: argparse.Namespace) -> int:
+    from quota_service.store.embedded import EmbeddedRedis
+    from quota_service.store.redis_store import RedisCounterStore
+
+    token = admin_mode(listen=args.listen, admin_token=args.admin_token, insecure_admin=args.insecure_admin)
+    policy = LivePolicy(args.policies)
+    embedded: EmbeddedRedis | None = None
+    redis_url = args.redis_url
+    if not redis_url:
+        embedded = EmbeddedRedis(data_dir=Path(args.data_dir), persistence=True)
+        await asyncio.to_thread(embedded.start)
+        redis_url = embedded.url
+        store_desc = f"embedded redis-server at {redis_url} (append-only file in {Path(args.data_dir).resolve()})"
+    else:
+        store_desc = _redact(redis_url)
+    store = RedisCounterStore.from_url(redis_url, timeout_seconds=args.store_timeout)
+    quotas = Quotas(policy=policy, store=store)
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    server, port, health_servicer = await create_server(
+        quotas=quotas,
+        listen=args.listen,
+        admin_token=args.admin_token,
+        insecure_admin=args.insecure_admin,
+        tls=tls,
+    )
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr="127.0.0.1" if args.listen.startswith("127.") else "0.0.0.0")
+    await server.start()
+    host = args.listen.rsplit(":", 1)[0]
+    status = policy.status()
+    log.info("listening on %s:%d (%s)", host, port, "TLS" if tls else "plaintext")
+    log.info("policy version %s from %s; tiers: %s", status.version, ", ".join(status.files), ", ".join(status.tiers))
+    log.info("store: %s", store_desc)
+    log.info("admin service: %s", "off (no --admin-token)" if token is None else ("token" if token else "INSECURE"))
+    if args.port_file:
+        Path(args.port_file).write_text(f"{port}\n")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(policy)))
+    try:
+        await stop.wait()
+    finally:
+        log.info("draining: health NOT_SERVING, %.0f s grace for in-flight calls", DRAIN_SECONDS)
+        await health_servicer.enter_graceful_shutdown()
+        with contextlib.suppress(Exception):
+            await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(DRAIN_SECONDS)
+        await store.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        log.info("stopped")
+    return 0
+
+
+async def _reload(policy: LivePolicy) -> None:
+    with contextlib.suppress(PolicyError):  # recorded and logged by LivePolicy; the last good policy stays
+        await asyncio.to_thread(policy.reload)
+
+
+def _redact(url: str) -> str:
+    """The store URL for logs, without a password."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -1,0 +1,65 @@
+"""Thin typed adapters: convert the request, call the core, convert the result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from quota.v1 import quota_pb2, quota_pb2_grpc
+from quota_service.errors import InvalidRequest
+from quota_service.policy.engine import build_request, validate_name
+from quota_service.quotas import Quotas
+from quota_service.server import convert
+from quota_service.server.status import grpc_errors
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
+    def __init__(self, *, quotas: Quotas) -> None:
+        self._quotas = quotas
+
+    @grpc_errors
+    async def CheckAndReserve(
+        self, request: quota_pb2.CheckAndReserveRequest, context: Context
+    ) -> quota_pb2.CheckAndReserveResponse:
+        quota_request = build_request(
+            subject=request.subject,
+            feature=request.feature,
+            provider=request.provider,
+            model=request.model,
+            usage=dict(request.usage),
+            request_id=request.request_id,
+            dry_run=request.dry_run,
+            ttl_seconds=request.reservation_ttl_seconds,
+        )
+        return convert.reserve_response(await self._quotas.check_and_reserve(quota_request))
+
+    @grpc_errors
+    async def Commit(self, request: quota_pb2.CommitRequest, context: Context) -> quota_pb2.CommitResponse:
+        _require_reservation(request.reservation_id)
+        answer = await self._quotas.commit(request.reservation_id, dict(request.usage))
+        return quota_pb2.CommitResponse(
+            limits=[convert.limit_status(r) for r in answer.limits], already_settled=answer.already_settled
+        )
+
+    @grpc_errors
+    async def Release(self, request: quota_pb2.ReleaseRequest, context: Context) -> quota_pb2.ReleaseResponse:
+        _require_reservation(request.reservation_id)
+        return quota_pb2.ReleaseResponse(already_settled=await self._quotas.release(request.reservation_id))
+
+    @grpc_errors
+    async def GetUsage(self, request: quota_pb2.GetUsageRequest, context: Context) -> quota_pb2.GetUsageResponse:
+        validate_name("subject", request.subject)
+        answer = await self._quotas.usage(request.subject)
+        return quota_pb2.GetUsageResponse(
+            tier=answer.tier,
+            limits=[convert.limit_status(r) for r in answer.limits],
+            policy_version=answer.policy_version,
+        )
+
+
+def _require_reservation(reservation_id: str) -> None:
+    if not reservation_id:
+        raise InvalidRequest("reservation_id is required")
