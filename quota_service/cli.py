@@ -1,7 +1,7 @@
 """``quota-service``: serve the gRPC API, or check policy files.
 
-    quota-service serve [--policies PATH] [--redis-url URL] [--listen HOST:PORT] ...
-    quota-service check-policy PATH
+quota-service serve [--policies PATH] [--redis-url URL] [--listen HOST:PORT] ...
+quota-service check-policy PATH
 """
 
 from __future__ import annotations
@@ -74,7 +74,17 @@ def _build_parser() -> argparse.ArgumentParser:
         default="",
         help="write the bound port to this file once serving (for scripts and tests using port 0)",
     )
+    serve.add_argument(
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        help="do not watch the policy files (reload only on SIGHUP or the ReloadPolicies RPC)",
+    )
     serve.add_argument("--log-level", default=os.environ.get("QUOTA_LOG_LEVEL", "INFO"))
+
+    health = sub.add_parser("health", help="probe a running server's grpc.health.v1 status (exit 0 when SERVING)")
+    health.add_argument("--target", default=os.environ.get("QUOTA_TARGET", "127.0.0.1:50051"))
+    health.add_argument("--timeout", type=float, default=2.0)
 
     check = sub.add_parser("check-policy", help="validate a policy file or directory and print a summary")
     check.add_argument("path", help="policy file or directory")
@@ -96,10 +106,27 @@ def _check_policy(path: str) -> int:
     return 0
 
 
+def _health(target: str, timeout: float) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+    except grpc.RpcError as exc:
+        print(f"{target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{target}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "check-policy":
         return _check_policy(args.path)
+    if args.command == "health":
+        return _health(args.target, args.timeout)
     from quota_service.server.main import serve_from_args
 
     return serve_from_args(args)

@@ -8,6 +8,8 @@ Counters live in the store and are never touched by a reload.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -83,9 +85,35 @@ class LivePolicy:
             previous, self._current = self._current, fresh
             self._loaded_at = self._now()
             log.info("policy reloaded: version %s -> %s (%s)", previous.version, fresh.version, ", ".join(fresh.files))
+        _record_swap()
         for listener in self._listeners:
             listener(fresh)
         return True
+
+    async def watch(self, *, debounce_ms: int = 300, stop: asyncio.Event | None = None) -> None:
+        """Reload whenever a policy file changes, until ``stop`` is set.
+
+        Watches the directory (for a single file: its parent, filtered to that file), so
+        editors that save by writing a temporary file and renaming it are seen. Changes are
+        debounced; a file caught half-written fails validation, is reported, and the next
+        write event (the editor finishing) reloads again.
+        """
+        from watchfiles import awatch
+
+        directory = self.path if self.path.is_dir() else self.path.parent
+        only = None if self.path.is_dir() else self.path.name
+
+        def relevant(change: object, name: str) -> bool:
+            base = Path(name).name
+            if only is not None:
+                return base == only
+            return base.endswith((".yaml", ".yml")) and not base.startswith(".")
+
+        log.info("watching %s for policy changes", directory)
+        async for _changes in awatch(directory, watch_filter=relevant, debounce=debounce_ms, step=50, stop_event=stop):
+            # A PolicyError is recorded and logged by reload(); the last good policy stays.
+            with contextlib.suppress(PolicyError):
+                await asyncio.to_thread(self.reload)
 
     def status(self) -> PolicyStatus:
         policy = self._current
@@ -98,6 +126,12 @@ class LivePolicy:
             tiers=tuple(sorted(policy.tiers)),
             default_tier=policy.default_tier,
         )
+
+
+def _record_swap() -> None:
+    from quota_service.metrics import POLICY_RELOADS
+
+    POLICY_RELOADS.inc()
 
 
 def _record_failure() -> None:

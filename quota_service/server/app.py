@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from quota.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc
@@ -74,7 +75,7 @@ async def create_server(
     admin_token: str = "",
     insecure_admin: bool = False,
     tls: TlsFiles | None = None,
-) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+) -> tuple[grpc.aio.Server, int, HealthServicer]:
     """Build (not start) the server. Returns the server, the bound port and the health
     servicer (set NOT_SERVING on it before draining)."""
     token = admin_mode(listen=listen, admin_token=admin_token, insecure_admin=insecure_admin)
@@ -88,7 +89,7 @@ async def create_server(
     if token is not None:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin or AdminServicer(quotas=quotas), server)
         services.append(ADMIN_SERVICE)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*services, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -29,7 +29,7 @@ def actor_of(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
     return "anonymous"
 
 
-class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
+class AdminAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Refuses AdminService calls whose bearer token is missing or wrong.
 
     ``token`` empty means the server runs with ``--insecure-admin`` (loopback only):
@@ -41,9 +41,9 @@ class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         method = handler_call_details.method
         if not self._token or not method.startswith(ADMIN_PREFIX):
             return await continuation(handler_call_details)
@@ -58,7 +58,7 @@ class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
         return await continuation(handler_call_details)
 
 
-def _refuse(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+def _refuse(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:
     async def abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(code, message)
 

@@ -15,7 +15,7 @@ DECISION = {
     Decision.WARN: quota_pb2.WARN,
     Decision.DENY: quota_pb2.DENY,
 }
-REASON = {reason: quota_pb2.Reason.Value(reason.value) for reason in Reason}
+REASON: dict[Reason, quota_pb2.Reason] = {reason: quota_pb2.Reason.Value(reason.value) for reason in Reason}  # type: ignore[misc]
 KIND = {
     LimitKind.TIER: quota_pb2.LIMIT_KIND_TIER,
     LimitKind.OVERRIDE: quota_pb2.LIMIT_KIND_OVERRIDE,

@@ -85,6 +85,7 @@ async def serve(args: argparse.Namespace) -> int:
         Path(args.port_file).write_text(f"{port}\n")
 
     stop = asyncio.Event()
+    watcher = asyncio.create_task(policy.watch(stop=stop)) if args.watch else None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -97,6 +98,10 @@ async def serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(Exception):
             await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(DRAIN_SECONDS)
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         await store.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)

@@ -41,7 +41,7 @@ STATUS_OF: dict[type[QuotaServiceError], grpc.StatusCode] = {
 def status_for(exc: QuotaServiceError) -> grpc.StatusCode:
     for kind in type(exc).__mro__:
         if kind in STATUS_OF:
-            return STATUS_OF[kind]  # type: ignore[index]
+            return STATUS_OF[kind]
     return grpc.StatusCode.INTERNAL
 
 

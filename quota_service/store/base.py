@@ -92,10 +92,10 @@ class ReserveCommand:
 
 
 class ReserveStatus(enum.Enum):
-    RESERVED = "reserved"          # every charge held
-    DENIED = "denied"              # the subject's gate refused: nothing held
+    RESERVED = "reserved"  # every charge held
+    DENIED = "denied"  # the subject's gate refused: nothing held
     DENIED_GLOBAL = "denied_global"  # the global gate refused: the subject's part was given back
-    CHECKED = "checked"            # dry run: gates evaluated, nothing held
+    CHECKED = "checked"  # dry run: gates evaluated, nothing held
     STALE_CONFIG = "stale_config"  # config_version mismatch: nothing evaluated, nothing held
 
 

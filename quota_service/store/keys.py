@@ -22,7 +22,7 @@ import base64
 import binascii
 import secrets
 
-from quota_service.errors import InvalidRequest, NotFound
+from quota_service.errors import InvalidRequest
 from quota_service.store.base import CounterRef
 
 RESERVATION_PREFIX = "rsv_"
@@ -71,9 +71,10 @@ def subject_of(reservation_id: str) -> str:
     if len(nonce) != 32:
         raise InvalidRequest(f"reservation_id {reservation_id!r} is malformed")
     try:
-        subject = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+        padded = encoded + "=" * (-len(encoded) % 4)
+        subject = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"reservation_id {reservation_id!r} is malformed") from exc
     if not subject:
-        raise NotFound(f"reservation {reservation_id!r} not found")
+        raise InvalidRequest(f"reservation_id {reservation_id!r} is malformed")
     return subject

@@ -1,8 +1,9 @@
 -- lib.lua: functions shared by reserve.lua, settle.lua and usage.lua.
 --
 -- Not a script of its own: the store prepends this text to each of those scripts when it
--- registers them, so it has no KEYS or ARGV. Every key it touches is named in a
--- reservation record of the caller's scope, hence lives in the caller's slot.
+-- registers them, so it has no KEYS or ARGV. Every key it touches is a reservation record
+-- of the caller's scope or a counter named in one, hence lives in the caller's slot
+-- (undeclared keys of the script's own slot are allowed; scripts carry no flags).
 --
 -- Units: counter amounts are whole units (micro-dollars for cost_usd). They travel as
 -- decimal strings and are Lua numbers (doubles) only for arithmetic, exact below 2^53.
@@ -31,6 +32,14 @@ local function bump(key, field, delta)
   if value < 0 then
     redis.call('HSET', key, field, 0)
   end
+end
+
+-- The earliest expiry (unix ms) any key may get: Redis' own clock plus the grace period
+-- (at least a minute). Expiries are computed from the service's now_ms, which may be skewed
+-- against Redis (or be a test's manual clock): no key may be born already expired.
+local function expiry_floor(grace_ms)
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + math.max(grace_ms, 60000)
 end
 
 -- used and held of a counter, as strings ("0" when absent).
@@ -89,7 +98,8 @@ local function settle_record(rkey, zkey, rid, mode, actual, now_ms, grace_ms)
   redis.call('HSET', rkey, 'state', new_state, 'settled_ms', now_ms)
   redis.call('ZREM', zkey, rid)
   -- A settled record stays for the grace period, so a late commit or release still finds it.
-  redis.call('PEXPIREAT', rkey, math.max(num(now_ms), num(f[3])) + num(grace_ms))
+  redis.call('PEXPIREAT', rkey,
+    math.max(math.max(num(now_ms), num(f[3])) + num(grace_ms), expiry_floor(num(grace_ms))))
   return state, f[2]
 end
 

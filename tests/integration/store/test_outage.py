@@ -1,0 +1,122 @@
+"""Redis going away: every call fails fast with StoreUnavailable, and works again after a restart.
+
+These use their own persistent redis-server (append-only file in tmp_path), so counters
+must survive the restart. The bounds are correctness bounds (no hang past the deadline),
+not benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.charges import NOW_MS, charge, command, counter
+
+from quota_service.errors import StoreUnavailable
+from quota_service.store.base import CounterValue, ReserveStatus
+from quota_service.store.embedded import EmbeddedRedis
+from quota_service.store.redis_store import RedisCounterStore
+
+pytestmark = pytest.mark.redis
+
+TIMEOUT_SECONDS = 0.25  # the production default
+BOUND_SECONDS = 1.5  # timeout plus a generous margin for a loaded CI machine
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(data_dir=tmp_path / "redis", persistence=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.pid:
+            os.kill(server.pid, signal.SIGCONT)  # in case a test left it stopped
+        server.stop()
+
+
+@pytest.fixture
+async def outage_store(persistent_redis: EmbeddedRedis) -> AsyncIterator[RedisCounterStore]:
+    store = RedisCounterStore.from_url(persistent_redis.url, timeout_seconds=TIMEOUT_SECONDS)
+    try:
+        yield store
+    finally:
+        with contextlib.suppress(StoreUnavailable):
+            await store.close()
+
+
+async def fails_fast(call: Callable[[], Awaitable[Any]]) -> float:
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await call()
+    elapsed = time.monotonic() - started
+    assert elapsed < BOUND_SECONDS, f"took {elapsed:.3f}s"
+    return elapsed
+
+
+def every_call(store: RedisCounterStore, rid: str) -> list[Callable[[], Awaitable[Any]]]:
+    tokens = counter()
+    return [
+        lambda: store.reserve(command(charge(tokens, 1, cap=1000), request_id="during-outage")),
+        lambda: store.commit(rid, {"tokens": 1}, NOW_MS),
+        lambda: store.release(rid, NOW_MS),
+        lambda: store.usage((tokens,), NOW_MS),
+        lambda: store.get_reservation(rid),
+        lambda: store.subject_config("alice", NOW_MS),
+        lambda: store.set_tier("alice", "pro_alpha"),
+        store.ping,
+    ]
+
+
+async def test_a_stopped_redis_fails_fast_and_a_restarted_one_has_the_counters(
+    persistent_redis: EmbeddedRedis, outage_store: RedisCounterStore
+) -> None:
+    tokens = counter()
+    committed = await outage_store.reserve(command(charge(tokens, 30, cap=1000)))
+    await outage_store.commit(committed.reservation_id, {"tokens": 25}, NOW_MS)
+    open_one = await outage_store.reserve(command(charge(tokens, 10, cap=1000)))
+    assert await outage_store.usage((tokens,), NOW_MS) == {tokens: CounterValue(25, 10)}
+
+    persistent_redis.stop()
+    elapsed = [await fails_fast(call) for call in every_call(outage_store, open_one.reservation_id)]
+    print(f"\nstopped redis: slowest failure {max(elapsed):.3f}s")
+
+    persistent_redis.restart()
+    assert await outage_store.usage((tokens,), NOW_MS) == {tokens: CounterValue(25, 10)}
+    settled = await outage_store.commit(open_one.reservation_id, {"tokens": 5}, NOW_MS)
+    assert settled.values == {tokens: CounterValue(30, 0)}
+    again = await outage_store.reserve(command(charge(tokens, 1, cap=1000)))
+    assert again.status is ReserveStatus.RESERVED
+
+
+async def test_a_hung_redis_times_out_at_the_deadline(
+    persistent_redis: EmbeddedRedis, outage_store: RedisCounterStore
+) -> None:
+    tokens = counter()
+    rid = (await outage_store.reserve(command(charge(tokens, 10, cap=1000)))).reservation_id
+    assert persistent_redis.pid is not None
+    os.kill(persistent_redis.pid, signal.SIGSTOP)  # the kernel still accepts; nobody answers
+    try:
+        elapsed = [await fails_fast(call) for call in every_call(outage_store, rid)]
+    finally:
+        os.kill(persistent_redis.pid, signal.SIGCONT)
+    assert min(elapsed) >= TIMEOUT_SECONDS * 0.9  # it did wait for the deadline, no longer
+    print(f"\nhung redis: failures took {min(elapsed):.3f}..{max(elapsed):.3f}s")
+
+    # A write that timed out may still be applied when Redis wakes up: its outcome is unknown.
+    # Retrying with the same request_id is safe: it counts once either way.
+    retried = await outage_store.reserve(command(charge(tokens, 1, cap=1000), request_id="during-outage"))
+    assert retried.status is ReserveStatus.RESERVED
+    value = (await outage_store.usage((tokens,), NOW_MS))[tokens]
+    reservation = await outage_store.get_reservation(rid)
+    assert reservation is not None
+    if reservation.state.value == "open":  # the commit and release sent during the hang were lost
+        assert value == CounterValue(0, 11)
+    else:  # one of them reached Redis
+        assert value in (CounterValue(1, 1), CounterValue(0, 1))

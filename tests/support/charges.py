@@ -1,0 +1,60 @@
+"""Builders for store-level tests: counters, charges and reserve commands in whole units."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from quota_service.policy.windows import Window
+from quota_service.store import keys
+from quota_service.store.base import GLOBAL_SCOPE, CounterCharge, CounterRef, ReserveCommand
+
+#: A fixed "now" for tests (unix ms): the real time at import, so Redis TTLs computed from
+#: it (which Redis measures on its own clock) are sensible.
+NOW_MS = int(time.time() * 1000)
+#: Counter keys expire two days from now (unix seconds): well after every injected now_ms.
+EXPIRE_AT = NOW_MS // 1000 + 2 * 86400
+
+
+def counter(
+    scope: str = "alice",
+    metric: str = "tokens",
+    window: Window = Window.DAY,
+    window_id: str = "2030-01-01",
+) -> CounterRef:
+    return CounterRef(scope, metric, window, window_id, resets_at=EXPIRE_AT - 3600, expire_at=EXPIRE_AT)
+
+
+def global_counter(metric: str = "cost_usd", window: Window = Window.DAY) -> CounterRef:
+    return counter(GLOBAL_SCOPE, metric, window)
+
+
+def charge(ref: CounterRef, ask: int, cap: int, block: int | None = None) -> CounterCharge:
+    """A charge gated at ``cap`` and ``block`` (default: the cap, as for hard stops)."""
+    return CounterCharge(ref, ask, cap, cap if block is None else block)
+
+
+def command(
+    *charges: CounterCharge,
+    subject: str = "alice",
+    global_charges: tuple[CounterCharge, ...] = (),
+    request_id: str = "",
+    now_ms: int = NOW_MS,
+    ttl_seconds: int = 60,
+    config_version: str | None = None,
+    dry_run: bool = False,
+    meta: Mapping[str, str] | None = None,
+) -> ReserveCommand:
+    """A reserve command with a fresh reservation id, as the server builds one."""
+    return ReserveCommand(
+        subject=subject,
+        reservation_id=keys.new_reservation_id(subject),
+        request_id=request_id,
+        subject_charges=tuple(charges),
+        global_charges=global_charges,
+        now_ms=now_ms,
+        ttl_seconds=ttl_seconds,
+        config_version=config_version,
+        meta=dict(meta or {}),
+        dry_run=dry_run,
+    )
