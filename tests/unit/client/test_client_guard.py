@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from fake_quota_service import FakeServer
 
 from quota_client import (
     CheckResult,
@@ -22,12 +23,12 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
-def client(fake) -> Iterator[QuotaClient]:  # type: ignore[no-untyped-def]
+def client(fake: FakeServer) -> Iterator[QuotaClient]:
     with QuotaClient(fake.target, deadline=2.0) as c:
         yield c
 
 
-def test_plain_calls_return_typed_results(client: QuotaClient, fake) -> None:  # type: ignore[no-untyped-def]
+def test_plain_calls_return_typed_results(client: QuotaClient, fake: FakeServer) -> None:
     result = client.check_and_reserve("u1", "blog_writer", provider="openai", model="m", tokens=100)
     assert isinstance(result, CheckResult)
     assert result.decision is Decision.ALLOW and result.reason is Reason.WITHIN_LIMITS
@@ -53,7 +54,7 @@ def test_plain_check_returns_a_deny_instead_of_raising(client: QuotaClient) -> N
     assert result.decision is Decision.DENY and not result.allowed and not result.reservation_id
 
 
-def test_guard_commits_the_actual_usage(client: QuotaClient, fake) -> None:  # type: ignore[no-untyped-def]
+def test_guard_commits_the_actual_usage(client: QuotaClient, fake: FakeServer) -> None:
     with client.reserve("u1", "blog_writer", provider="openai", model="m", tokens=300) as r:
         assert r.state == "open" and r.decision is Decision.ALLOW and r.warning is None
         assert fake.service.held["u1"] == 300
@@ -65,7 +66,7 @@ def test_guard_commits_the_actual_usage(client: QuotaClient, fake) -> None:  # t
     assert request.request_id == r.request_id and dict(request.usage) == {"tokens": 300.0}
 
 
-def test_an_exception_inside_the_guard_releases_and_propagates(client: QuotaClient, fake) -> None:  # type: ignore[no-untyped-def]
+def test_an_exception_inside_the_guard_releases_and_propagates(client: QuotaClient, fake: FakeServer) -> None:
     with pytest.raises(RuntimeError, match="provider down"), client.reserve("u1", "blog_writer", tokens=300) as r:
         raise RuntimeError("provider down")
     assert r.state == "released"
@@ -73,20 +74,20 @@ def test_an_exception_inside_the_guard_releases_and_propagates(client: QuotaClie
     assert len(fake.service.calls_of("Release")) == 1
 
 
-def test_leaving_without_commit_commits_the_estimate(client: QuotaClient, fake) -> None:  # type: ignore[no-untyped-def]
+def test_leaving_without_commit_commits_the_estimate(client: QuotaClient, fake: FakeServer) -> None:
     with client.reserve("u1", "blog_writer", tokens=250) as r:
         pass
     assert r.state == "committed" and fake.service.used["u1"] == 250
 
 
-def test_require_commit_commits_the_estimate_then_raises(client: QuotaClient, fake) -> None:  # type: ignore[no-untyped-def]
+def test_require_commit_commits_the_estimate_then_raises(client: QuotaClient, fake: FakeServer) -> None:
     with pytest.raises(QuotaUsageError, match="require_commit"):  # noqa: SIM117
         with client.reserve("u1", "blog_writer", tokens=250, require_commit=True):
             pass
     assert fake.service.used["u1"] == 250 and fake.service.held["u1"] == 0
 
 
-def test_commit_twice_or_after_release_is_a_usage_error(client: QuotaClient, fake) -> None:  # type: ignore[no-untyped-def]
+def test_commit_twice_or_after_release_is_a_usage_error(client: QuotaClient, fake: FakeServer) -> None:
     with client.reserve("u1", "blog_writer", tokens=10) as r:
         r.commit(tokens=5)
         with pytest.raises(QuotaUsageError):
@@ -105,7 +106,7 @@ def test_commit_twice_or_after_release_is_a_usage_error(client: QuotaClient, fak
         _ = guard.result
 
 
-def test_deny_raises_with_the_limit_and_never_runs_the_block(client: QuotaClient, fake) -> None:  # type: ignore[no-untyped-def]
+def test_deny_raises_with_the_limit_and_never_runs_the_block(client: QuotaClient, fake: FakeServer) -> None:
     ran = False
     with pytest.raises(QuotaDenied) as denied, client.reserve("u1", "blog_writer", tokens=1001):
         ran = True
@@ -118,7 +119,7 @@ def test_deny_raises_with_the_limit_and_never_runs_the_block(client: QuotaClient
     assert not fake.service.calls_of("Release") and not fake.service.calls_of("Commit")
 
 
-def test_warn_proceeds_and_fires_on_warning(fake) -> None:  # type: ignore[no-untyped-def]
+def test_warn_proceeds_and_fires_on_warning(fake: FakeServer) -> None:
     seen: list[QuotaWarning] = []
     with QuotaClient(fake.target, on_warning=seen.append) as client:
         with client.reserve("u1", "blog_writer", tokens=850) as r:
@@ -132,7 +133,7 @@ def test_warn_proceeds_and_fires_on_warning(fake) -> None:  # type: ignore[no-un
         assert len(per_call) == 1 and len(seen) == 1
 
 
-def test_a_failing_warning_hook_releases(client: QuotaClient, fake) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_warning_hook_releases(client: QuotaClient, fake: FakeServer) -> None:
     def hook(warning: QuotaWarning) -> None:
         raise LookupError("notify failed")
 
@@ -141,14 +142,14 @@ def test_a_failing_warning_hook_releases(client: QuotaClient, fake) -> None:  # 
     assert fake.service.held["u1"] == 0 and len(fake.service.calls_of("Release")) == 1
 
 
-def test_invalid_argument_raises_a_request_error_without_retrying(client: QuotaClient, fake) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_argument_raises_a_request_error_without_retrying(client: QuotaClient, fake: FakeServer) -> None:
     with pytest.raises(QuotaRequestError) as err, client.reserve("", "blog_writer", tokens=1):
         pass
     assert err.value.code.name == "INVALID_ARGUMENT"
     assert len(fake.service.calls_of("CheckAndReserve")) == 1
 
 
-def test_decorator_with_parameter_name_estimate_and_actual(client: QuotaClient, fake) -> None:  # type: ignore[no-untyped-def]
+def test_decorator_with_parameter_name_estimate_and_actual(client: QuotaClient, fake: FakeServer) -> None:
     @client.guard(
         "blog_writer",
         subject="user_id",
@@ -166,7 +167,7 @@ def test_decorator_with_parameter_name_estimate_and_actual(client: QuotaClient, 
     assert fake.service.used["u7"] == 42 and fake.service.held["u7"] == 0
 
 
-def test_decorator_with_fixed_estimate_and_callable_subject(client: QuotaClient, fake) -> None:  # type: ignore[no-untyped-def]
+def test_decorator_with_fixed_estimate_and_callable_subject(client: QuotaClient, fake: FakeServer) -> None:
     @client.guard("blog_writer", subject=lambda req: req["user"], images=1)
     def draw(req: dict[str, str]) -> str:
         if req.get("fail"):
@@ -203,7 +204,7 @@ def test_decorator_needs_a_subject(client: QuotaClient) -> None:
         client.guard("blog_writer", tokens=1, estimate=lambda subject: {"tokens": 1})
 
 
-def test_closed_client_refuses_calls(fake) -> None:  # type: ignore[no-untyped-def]
+def test_closed_client_refuses_calls(fake: FakeServer) -> None:
     client = QuotaClient(fake.target)
     client.check_and_reserve("u1", "blog_writer", tokens=1)
     client.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import grpc
 import pytest
@@ -59,9 +60,7 @@ def test_retry_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
 
 def test_budget_stops_after_max_attempts() -> None:
     clock = FakeClock()
-    budget = CallBudget(
-        ClientOptions(deadline=100, retry=RetryPolicy(max_attempts=3, jitter=0)), clock=clock
-    )
+    budget = CallBudget(ClientOptions(deadline=100, retry=RetryPolicy(max_attempts=3, jitter=0)), clock=clock)
     delays = []
     while True:
         budget.attempt()
@@ -149,7 +148,7 @@ def test_client_options_from_keywords() -> None:
         QuotaClient("example:1", deadline=0)
 
 
-def test_tls_config_needs_cert_and_key_together(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_tls_config_needs_cert_and_key_together(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         TlsConfig(certificate_chain=b"cert")
     (tmp_path / "ca.pem").write_bytes(b"CA")

@@ -1,0 +1,411 @@
+"""The synchronous client: :class:`QuotaClient` and its guard, :class:`Reservation`."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+import grpc
+
+from quota.v1 import quota_pb2, quota_pb2_grpc
+from quota_client import _wire
+from quota_client._common import (
+    ClientBase,
+    ReservationBase,
+    State,
+    WarningHook,
+    estimate_resolver,
+    log_settle_failure,
+    log_unverified_decision,
+    logger,
+    subject_resolver,
+)
+from quota_client.errors import QuotaDenied, QuotaUnavailable, QuotaUsageError
+from quota_client.models import CheckResult, CommitResult, ReleaseResult, UsageReport
+from quota_client.options import FailMode
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class QuotaClient(ClientBase):
+    """A blocking client of quota-service. Thread-safe; one per process is plenty.
+
+    ``QuotaClient(target="127.0.0.1:50051", *, deadline=2.0, attempt_timeout=0.5,
+    retry=RetryPolicy(), fail_mode="closed", tls=None, auth_token=None, metadata=None,
+    require_commit=False, on_warning=None, channel_options=())``
+
+    * ``target``: ``host:port`` (any gRPC target string).
+    * ``deadline``: seconds one logical call may take, retries and backoff included;
+      ``attempt_timeout``: seconds for one attempt (capped by what is left of ``deadline``).
+    * ``retry``: a :class:`RetryPolicy` for ``UNAVAILABLE`` / ``DEADLINE_EXCEEDED``. Every
+      retry reuses the call's ``request_id``, so the service counts it once. Other statuses
+      are never retried.
+    * ``fail_mode``: ``"closed"`` raises :class:`QuotaUnavailable` once the deadline or the
+      attempts are used up; ``"open"`` proceeds unverified and logs a warning.
+    * ``tls``: a :class:`TlsConfig` (root CAs, optional client certificate and key for
+      mTLS); ``None`` for a plaintext channel.
+    * ``auth_token`` is sent as ``authorization: Bearer <token>``; ``metadata`` adds more.
+    * ``require_commit`` / ``on_warning``: defaults for :meth:`reserve`.
+    * ``channel_options``: extra gRPC channel arguments (they win over the defaults).
+
+    The channel opens lazily and is closed by :meth:`close` or by leaving ``with client:``.
+    """
+
+    _channel: grpc.Channel | None = None
+    _stub_obj: quota_pb2_grpc.QuotaServiceStub | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> QuotaClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel. Idempotent; the client cannot be used afterwards."""
+        with self._lock:
+            self._closed = True
+            channel, self._channel, self._stub_obj = self._channel, None, None
+        if channel is not None:
+            channel.close()
+
+    def _stub(self) -> quota_pb2_grpc.QuotaServiceStub:
+        with self._lock:
+            self._ensure_open()
+            if self._stub_obj is None:
+                credentials = self._credentials()
+                args = self._channel_args()
+                self._channel = (
+                    grpc.insecure_channel(self.target, options=args)
+                    if credentials is None
+                    else grpc.secure_channel(self.target, credentials, options=args)
+                )
+                self._stub_obj = quota_pb2_grpc.QuotaServiceStub(self._channel)
+            return self._stub_obj
+
+    def _invoke(self, method: str, rpc: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
+        """One logical call: retried on UNAVAILABLE / DEADLINE_EXCEEDED within the deadline.
+
+        Raises :class:`QuotaUnavailable` when the budget is used up and
+        :class:`QuotaRequestError` for any other status.
+        """
+        budget = _wire.CallBudget(self.options)
+        while True:
+            timeout = budget.attempt()
+            try:
+                return rpc(request, timeout=timeout, metadata=self.options.metadata)
+            except grpc.RpcError as err:
+                code, details = _wire.status_of(err)
+                if code not in _wire.RETRYABLE:
+                    raise _wire.request_error(method, code, details) from None
+                delay = budget.retry_delay()
+                if delay is None:
+                    raise budget.unavailable(method, code, details) from None
+                logger.debug("quota: %s %s (attempt %d); retrying in %.3fs", method, code.name, budget.attempts, delay)
+                time.sleep(delay)
+
+    # -- plain calls -----------------------------------------------------------------------
+
+    def check_and_reserve(
+        self,
+        subject: str,
+        feature: str,
+        *,
+        provider: str = "",
+        model: str = "",
+        tokens: float | None = None,
+        images: float | None = None,
+        usage: Mapping[str, float] | None = None,
+        request_id: str | None = None,
+        dry_run: bool = False,
+        ttl_seconds: int = 0,
+    ) -> CheckResult:
+        """Ask, and unless DENY or ``dry_run`` reserve the estimate. Returns the decision as is:
+        a DENY is a result here, not an exception (the guard :meth:`reserve` raises it).
+
+        ``request_id`` is the idempotency key (a fresh uuid4 when ``None``); retries reuse it.
+        When the service stays unreachable: ``fail_mode="closed"`` raises
+        :class:`QuotaUnavailable`, ``"open"`` returns an ``unverified`` ALLOW.
+        """
+        amounts = _wire.usage_map(tokens, images, usage)
+        request_id = request_id or _wire.new_request_id()
+        request = _wire.check_request(
+            subject,
+            feature,
+            provider=provider,
+            model=model,
+            usage=amounts,
+            request_id=request_id,
+            dry_run=dry_run,
+            ttl_seconds=ttl_seconds,
+        )
+        try:
+            response = self._invoke("CheckAndReserve", self._stub().CheckAndReserve, request)
+        except QuotaUnavailable as failure:
+            if self.options.fail_mode is FailMode.CLOSED:
+                raise
+            result = _wire.unverified_result(request_id, failure)
+            log_unverified_decision(result, subject, feature, amounts)
+            return result
+        return _wire.check_result_of(response, request_id)
+
+    def commit(
+        self,
+        reservation_id: str,
+        *,
+        tokens: float | None = None,
+        images: float | None = None,
+        usage: Mapping[str, float] | None = None,
+    ) -> CommitResult:
+        """Settle a reservation with the actual usage; a metric left out counts 0.
+
+        Idempotent on the service (a repeat says ``already_settled``), so it is retried like
+        ``CheckAndReserve``. Unreachable: ``"closed"`` raises :class:`QuotaUnavailable`,
+        ``"open"`` logs and returns an ``unverified`` result (the service then settles the
+        reservation at its estimate when it expires).
+        """
+        request = quota_pb2.CommitRequest(reservation_id=reservation_id, usage=_wire.usage_map(tokens, images, usage))
+        try:
+            return _wire.commit_result_of(self._invoke("Commit", self._stub().Commit, request))
+        except QuotaUnavailable as failure:
+            if self.options.fail_mode is FailMode.CLOSED:
+                raise
+            logger.warning("quota: commit of %s not recorded (fail_mode=open): %s", reservation_id, failure)
+            return CommitResult(unverified=True)
+
+    def release(self, reservation_id: str) -> ReleaseResult:
+        """Give a reservation back (the provider call did not happen). Idempotent; retried;
+        fail mode as for :meth:`commit`."""
+        request = quota_pb2.ReleaseRequest(reservation_id=reservation_id)
+        try:
+            return _wire.release_result_of(self._invoke("Release", self._stub().Release, request))
+        except QuotaUnavailable as failure:
+            if self.options.fail_mode is FailMode.CLOSED:
+                raise
+            logger.warning("quota: release of %s not recorded (fail_mode=open): %s", reservation_id, failure)
+            return ReleaseResult(unverified=True)
+
+    def get_usage(self, subject: str) -> UsageReport:
+        """The subject's tier and limits now. Read-only, so the fail mode does not apply:
+        an unreachable service always raises :class:`QuotaUnavailable`."""
+        request = quota_pb2.GetUsageRequest(subject=subject)
+        return _wire.usage_report_of(subject, self._invoke("GetUsage", self._stub().GetUsage, request))
+
+    # -- the guard -------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        subject: str,
+        feature: str,
+        *,
+        provider: str = "",
+        model: str = "",
+        tokens: float | None = None,
+        images: float | None = None,
+        usage: Mapping[str, float] | None = None,
+        request_id: str | None = None,
+        ttl_seconds: int = 0,
+        on_warning: WarningHook | None = None,
+        require_commit: bool | None = None,
+    ) -> Reservation:
+        """A guard for one provider call; the reservation is made on entering ``with``::
+
+            with client.reserve("user-1", "blog_writer", provider="openai",
+                                model="gpt-4o-mini", tokens=1200) as r:
+                resp = call_provider(...)
+                r.commit(tokens=resp.usage.total_tokens)
+
+        See :class:`Reservation` for what entering and leaving the block guarantee.
+        ``on_warning`` / ``require_commit`` default to the client's.
+        """
+        return Reservation(
+            self,
+            subject=subject,
+            feature=feature,
+            provider=provider,
+            model=model,
+            estimate=_wire.usage_map(tokens, images, usage),
+            request_id=request_id,
+            ttl_seconds=ttl_seconds,
+            on_warning=on_warning or self.on_warning,
+            require_commit=self.options.require_commit if require_commit is None else require_commit,
+        )
+
+    def guard(
+        self,
+        feature: str,
+        *,
+        subject: str | Callable[..., str] = "subject",
+        provider: str = "",
+        model: str = "",
+        tokens: float | None = None,
+        images: float | None = None,
+        usage: Mapping[str, float] | None = None,
+        estimate: Callable[..., Mapping[str, float]] | None = None,
+        actual: Callable[[Any], Mapping[str, float]] | None = None,
+        on_warning: WarningHook | None = None,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorator form of :meth:`reserve`: every call of the function is one guarded call.
+
+        * ``subject``: the name of the function's parameter holding the subject id (default
+          ``"subject"``), or a callable taking the function's arguments.
+        * the estimate: fixed (``tokens=``, ``images=``, ``usage=``) or ``estimate=``, a
+          callable taking the function's arguments and returning ``{metric: amount}``.
+        * ``actual``: a callable taking the function's return value and returning the actual
+          usage to commit; without it the estimate is committed.
+
+        DENY raises :class:`QuotaDenied` before the function runs; an exception from the
+        function releases the reservation and propagates.
+        """
+        amounts = estimate_resolver(estimate, tokens, images, usage)
+
+        def decorate(func: Callable[P, R]) -> Callable[P, R]:
+            subject_of = subject_resolver(func, subject)
+
+            @functools.wraps(func)
+            def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+                with self.reserve(
+                    subject_of(*args, **kwargs),
+                    feature,
+                    provider=provider,
+                    model=model,
+                    usage=amounts(*args, **kwargs),
+                    on_warning=on_warning,
+                ) as reservation:
+                    result = func(*args, **kwargs)
+                    if actual is not None:
+                        reservation.commit(usage=actual(result))
+                    return result
+
+            return guarded
+
+        return decorate
+
+
+class Reservation(ReservationBase):
+    """One guarded provider call (made by :meth:`QuotaClient.reserve`).
+
+    Entering the block asks the service with a ``request_id`` fixed for this guard (retries
+    reuse it, so they never count twice):
+
+    * DENY raises :class:`QuotaDenied`; nothing was reserved and the block does not run.
+    * WARN proceeds: :attr:`warning` is set and the ``on_warning`` hook is called (if the
+      hook raises, the reservation is released and the error propagates).
+    * unreachable: ``fail_mode="closed"`` raises :class:`QuotaUnavailable`; ``"open"``
+      proceeds with :attr:`unverified` ``True``, and commit/release only log.
+
+    Leaving the block:
+
+    * after :meth:`commit` or :meth:`release`: nothing more happens;
+    * with an exception: the reservation is released, the exception propagates;
+    * normally without a commit: the estimate is committed; under ``require_commit=True``
+      it is committed too (never hand money back silently) and :class:`QuotaUsageError` is
+      raised. A failed automatic settle is logged, not raised: the service settles an
+      expired reservation at its estimate anyway.
+    """
+
+    def __init__(self, client: QuotaClient, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._client = client
+
+    def __enter__(self) -> Reservation:
+        if self._state is not State.NEW:
+            raise QuotaUsageError("a reservation guard can be entered once")
+        result = self._client.check_and_reserve(
+            self.subject,
+            self.feature,
+            provider=self.provider,
+            model=self.model,
+            usage=self.estimate,
+            request_id=self.request_id,
+            ttl_seconds=self.ttl_seconds,
+        )
+        if not result.allowed:
+            self._result = result
+            self._state = State.DENIED
+            if result.reservation_id:  # a decision this client does not know, that reserved
+                try:
+                    self._client.release(result.reservation_id)
+                except Exception as err:
+                    log_settle_failure("release", self, err)
+            raise QuotaDenied(result)
+        self._accept(result)
+        if self._warning is not None and self._on_warning is not None:
+            try:
+                self._on_warning(self._warning)
+            except BaseException:
+                self._settle_on_error()
+                raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._state is not State.OPEN:
+            return
+        if exc is not None:
+            self._settle_on_error()
+            return
+        try:
+            self._commit(self.estimate)
+        except Exception as err:  # the service settles an expired reservation at its estimate
+            log_settle_failure("automatic commit", self, err)
+        if self.require_commit:
+            raise QuotaUsageError(
+                f"left the guard of {self.subject}/{self.feature} without commit() under "
+                "require_commit=True; the estimate was committed"
+            )
+
+    def commit(
+        self,
+        *,
+        tokens: float | None = None,
+        images: float | None = None,
+        usage: Mapping[str, float] | None = None,
+    ) -> CommitResult:
+        """Settle with the actual usage (no amounts: the estimate); a metric left out counts 0.
+        Once only: a second commit, or a commit after release, raises :class:`QuotaUsageError`.
+        Unverified reservations only log. If the service cannot be reached the error follows
+        the fail mode, and the guard will not release on the way out."""
+        given = tokens is not None or images is not None or usage is not None
+        return self._commit(_wire.usage_map(tokens, images, usage) if given else self.estimate)
+
+    def release(self) -> ReleaseResult:
+        """Give the reservation back: the provider call did not happen. Once only."""
+        self._begin_settle("release")
+        if self.result.unverified:
+            self._state = State.RELEASED
+            self._log_unrecorded("release", None)
+            self.release_result = ReleaseResult(unverified=True)
+            return self.release_result
+        self._state = State.UNSETTLED
+        self.release_result = self._client.release(self.reservation_id)
+        self._state = State.RELEASED
+        return self.release_result
+
+    def _commit(self, usage: Mapping[str, float]) -> CommitResult:
+        self._begin_settle("commit")
+        if self.result.unverified:
+            self._state = State.COMMITTED
+            self._log_unrecorded("commit", usage)
+            self.commit_result = CommitResult(unverified=True)
+            return self.commit_result
+        self._state = State.UNSETTLED  # from here on, never release: the call happened
+        self.commit_result = self._client.commit(self.reservation_id, usage=usage)
+        self._state = State.COMMITTED
+        return self.commit_result
+
+    def _settle_on_error(self) -> None:
+        try:
+            self.release()
+        except Exception as err:
+            log_settle_failure("release", self, err)
