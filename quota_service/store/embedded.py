@@ -209,7 +209,8 @@ class EmbeddedRedis:
     def _ensure_dir(self) -> Path:
         if self._data_dir is not None:
             self._data_dir.mkdir(parents=True, exist_ok=True)
-            return self._data_dir
+            # Absolute: redis-server runs with cwd=directory and resolves --dir against it.
+            return self._data_dir.resolve()
         if self._own_dir is None:
             self._own_dir = Path(tempfile.mkdtemp(prefix="quota-redis-"))
         return self._own_dir

