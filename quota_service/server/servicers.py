@@ -12,6 +12,7 @@ from quota_service.policy.engine import build_request, validate_name
 from quota_service.quotas import Quotas
 from quota_service.server import convert
 from quota_service.server.status import grpc_errors
+from quota_service.store.keys import subject_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -63,3 +64,4 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 def _require_reservation(reservation_id: str) -> None:
     if not reservation_id:
         raise InvalidRequest("reservation_id is required")
+    subject_of(reservation_id)  # InvalidRequest unless it is an id this service issued
