@@ -7,8 +7,8 @@
 -- KEYS[5..4+n] q:{S}:<metric>:<window>:<window_id>   counter hashes (used, held)
 -- ARGV[1] now_ms  ARGV[2] rid  ARGV[3] expires_ms  ARGV[4] grace_ms  ARGV[5] sweep_limit
 -- ARGV[6] record_prefix  ARGV[7] idempotent  ARGV[8] dry_run  ARGV[9] config_version
--- ARGV[10] meta  ARGV[11] has_global  ARGV[12] charges
--- ARGV[13+4(i-1) ..] ask, cap, block, expire_at_ms for counter KEYS[4+i]
+-- ARGV[10] meta  ARGV[11] has_global
+-- ARGV[12] charges JSON [[key, metric, ask, window, window_id, resets_at, expire_at, cap, block], ...]
 
 local function num(value)
   return tonumber(value) or 0
@@ -21,6 +21,7 @@ local grace_ms = num(ARGV[4])
 local idempotent = ARGV[7] == '1'
 local dry_run = ARGV[8] == '1'
 local n = #KEYS - 4
+local charges = cjson.decode(ARGV[12])
 
 redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, num(ARGV[5]))
 
@@ -50,8 +51,8 @@ end
 
 local denied = false
 for i = 1, n do
-  local base = 12 + 4 * (i - 1)
-  local ask, cap, block = num(ARGV[base + 1]), num(ARGV[base + 2]), num(ARGV[base + 3])
+  local c = charges[i]
+  local ask, cap, block = num(c[3]), num(c[8]), num(c[9])
   local uh = num(current[i][1]) + num(current[i][2])
   if ask > 0 and (uh >= block or uh + ask > cap) then
     denied = true
@@ -75,10 +76,10 @@ end
 local answer_expiry = expires_ms + grace_ms
 local record_expiry = answer_expiry
 for i = 1, n do
-  local base = 12 + 4 * (i - 1)
-  local key_expiry = num(ARGV[base + 4])
-  if num(ARGV[base + 1]) > 0 then
-    redis.call('HINCRBY', KEYS[4 + i], 'held', ARGV[base + 1])
+  local c = charges[i]
+  local key_expiry = num(c[7]) * 1000
+  if num(c[3]) > 0 then
+    redis.call('HINCRBY', KEYS[4 + i], 'held', c[3])
     redis.call('PEXPIREAT', KEYS[4 + i], key_expiry)
     record_expiry = math.max(record_expiry, key_expiry)
   end

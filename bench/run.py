@@ -64,12 +64,24 @@ class BenchError(RuntimeError):
 # -- child processes ---------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the benchmark process dies (Linux)."""
-    with contextlib.suppress(Exception):
+def _load_libc() -> Any:
+    # Loaded in the parent: the forked child must not import or dlopen anything before exec
+    # (another thread may hold the import lock at fork time, and the child would hang).
+    try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC: Final = _load_libc() if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the benchmark process dies (Linux)."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass

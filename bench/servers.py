@@ -7,7 +7,7 @@
 
 ``python -m bench.servers --mode design --redis-url URL --port-file F [--steps 2]``
     The floor plus exactly one EVALSHA per call of ``bench/design_reserve.lua``, a script of
-    the same shape as quota-service's ``reserve.lua`` (7 KEYS, 24 ARGV: open set, request
+    the same shape as quota-service's ``reserve.lua`` (7 KEYS, 12 ARGV: open set, request
     key, record hash, config hash and three counter hashes of one ``{subject}`` hash tag),
     through redis.asyncio with hiredis. The least a one-script-per-request design can cost.
     ``--steps 2`` adds a second EVALSHA on the company-wide counter (``{__global__}`` slot),
@@ -133,7 +133,7 @@ class DesignFloorServicer(_CheckOnly):
         counter_keys = [f"q:{tag}:{metric}:{window}:{wid}" for metric, window, wid, *_ in counters]
         charges = json.dumps(
             [
-                [key, c[0], str(ask), c[1], c[2], str(c[3]), str(c[4])]
+                [key, c[0], str(ask), c[1], c[2], str(c[3]), str(c[4]), str(c[5]), str(c[6])]
                 for key, c, ask in zip(counter_keys, counters, asks, strict=True)
             ]
         )
@@ -152,8 +152,6 @@ class DesignFloorServicer(_CheckOnly):
             "1" if has_global else "0",
             charges,
         ]
-        for c, ask in zip(counters, asks, strict=True):
-            args += [ask, c[5], c[6], c[4] * 1000]
         reply = await self._script(keys=script_keys, args=args)
         return str(reply[0])
 

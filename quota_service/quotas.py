@@ -8,19 +8,27 @@
    wrong decision);
 3. plan with the pure engine, reserve with the store, decide with the engine from the
    values the store saw;
-4. on :class:`StoreUnavailable`, answer with the tier's ``on_store_error``.
+4. on :class:`StoreUnavailable`, answer with the tier's ``on_store_error`` (after the
+   emergency stops, which are in memory and apply whatever the store does). When that
+   answer is DENY and the failed step may have reserved (the subject's step went through,
+   the global one failed, or a write timed out with its outcome unknown), the command's
+   reservation is released in the background (best effort, retried for a while), so a
+   denied caller is not charged the estimate when it expires.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from quota_service.clock import Clock, SystemClock, to_ms
-from quota_service.errors import NotFound, StoreUnavailable
+from quota_service.errors import InvalidRequest, NotFound, StoreUnavailable
 from quota_service.metrics import DECISIONS, STORE_ERRORS
 from quota_service.policy.compiled import CompiledPolicy, StoreErrorMode, Tier
 from quota_service.policy.engine import (
@@ -51,6 +59,15 @@ from quota_service.store.keys import new_reservation_id, subject_of
 log = logging.getLogger(__name__)
 
 STALE_RETRIES = 3
+#: Seconds between the tries of a background release after a store failure (then it gives
+#: up: the reservation settles at its estimate when it expires, as any unsettled one does).
+RELEASE_RETRY_DELAYS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+@functools.cache
+def _decision_counter(decision: Decision, reason: Reason) -> Any:
+    """The Prometheus child for one (decision, reason): resolved once, not per request."""
+    return DECISIONS.labels(decision.name, reason.value)
 
 
 class StopSource(Protocol):
@@ -126,6 +143,8 @@ class Quotas:
         self.clock = clock or SystemClock()
         self.stops = stops or NoStops()
         self.configs = config_cache or SubjectConfigCache()
+        self._background: set[asyncio.Task[None]] = set()
+        self._missing_tiers_logged: set[tuple[str, str]] = set()
 
     async def subject_config(self, subject: str, *, fresh: bool = False) -> SubjectConfig:
         cached = None if fresh else self.configs.get(subject)
@@ -137,29 +156,84 @@ class Quotas:
 
     def _tier_name(self, policy: CompiledPolicy, config: SubjectConfig | None) -> Tier | None:
         tier = policy.tier_for(config.tier if config else None)
-        if config and config.tier and config.tier not in policy.tiers:
-            log.warning(
-                "tier %r assigned to a subject no longer exists; using the default tier %r",
-                config.tier,
-                policy.default_tier,
-            )
+        self._warn_missing_tier(policy, config)
         return tier
+
+    def _warn_missing_tier(self, policy: CompiledPolicy, config: SubjectConfig | None) -> None:
+        """Log (once per tier and policy version) that an assigned tier no longer exists:
+        its subjects get the default tier (a reload removed or renamed it)."""
+        if not config or not config.tier or config.tier in policy.tiers:
+            return
+        key = (config.tier, policy.version)
+        if key in self._missing_tiers_logged:
+            return
+        self._missing_tiers_logged.add(key)
+        log.warning(
+            "tier %r assigned to subjects (e.g. in this request) no longer exists in policy %s; "
+            "using the default tier %r for them",
+            config.tier,
+            policy.version,
+            policy.default_tier,
+        )
 
     async def check_and_reserve(self, request: QuotaRequest) -> ReserveAnswer:
         policy = self.policy.current
         cached = self.configs.get(request.subject)
+        sent: list[str] = []  # reservation ids of the reserve commands sent, in order
         try:
-            answer = await self._check_and_reserve(policy, request)
+            answer = await self._check_and_reserve(policy, request, sent)
         except StoreUnavailable as exc:
             STORE_ERRORS.labels("reserve").inc()
-            answer = self._store_unavailable(policy, cached, exc)
-        DECISIONS.labels(answer.outcome.decision.name, answer.outcome.reason.value).inc()
+            answer = self._store_unavailable(policy, self.configs.get(request.subject) or cached, exc, request)
+            if answer.outcome.decision is Decision.DENY and sent:
+                # Only the last command can hold anything: earlier ones answered (stale config).
+                self._release_later(sent[-1])
+        _decision_counter(answer.outcome.decision, answer.outcome.reason).inc()
         return answer
 
-    async def _check_and_reserve(self, policy: CompiledPolicy, request: QuotaRequest) -> ReserveAnswer:
+    def _release_later(self, reservation_id: str) -> None:
+        """Release ``reservation_id`` in the background: the answer (a DENY) does not wait
+        for a store that just failed. Unknown ids (nothing was reserved) are fine."""
+        task = asyncio.create_task(self._release_quietly(reservation_id), name=f"release {reservation_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _release_quietly(self, reservation_id: str) -> None:
+        for delay in RELEASE_RETRY_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                await self.store.release(reservation_id, to_ms(self.clock.now()))
+            except (NotFound, InvalidRequest):
+                return  # never reserved (the failure came first): nothing to give back
+            except StoreUnavailable as exc:
+                log.debug("release of %s after a store failure: %s; retrying", reservation_id, exc)
+                continue
+            log.info("released %s: the request was denied after a store failure", reservation_id)
+            return
+        log.warning(
+            "could not release %s after a store failure; it settles at its estimate when it expires",
+            reservation_id,
+        )
+
+    async def drain(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for background releases (at shutdown), then cancel them."""
+        tasks = set(self._background)
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=seconds)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _check_and_reserve(
+        self, policy: CompiledPolicy, request: QuotaRequest, sent: list[str] | None = None
+    ) -> ReserveAnswer:
         fresh = False
         for _ in range(STALE_RETRIES):
             config = await self.subject_config(request.subject, fresh=fresh)
+            self._warn_missing_tier(policy, config)
             now = self.clock.now()
             the_plan = plan(policy, request, now=now, config=config, stops=self.stops.active())
             if the_plan.denial is not None:
@@ -167,7 +241,10 @@ class Quotas:
                     fresh = True  # the denial rests on the cached tier: confirm it before answering
                     continue
                 return self._answer(policy, the_plan, the_plan.denial)
-            result = await self.store.reserve(self._command(the_plan, config, now_ms=to_ms(now)))
+            command = self._command(the_plan, config, now_ms=to_ms(now))
+            if sent is not None and not command.dry_run:
+                sent.append(command.reservation_id)
+            result = await self.store.reserve(command)
             if result.status is ReserveStatus.STALE_CONFIG:
                 fresh = True
                 continue
@@ -211,9 +288,22 @@ class Quotas:
         return ReserveAnswer(outcome, tier, policy.version, **extra)  # type: ignore[arg-type]
 
     def _store_unavailable(
-        self, policy: CompiledPolicy, config: SubjectConfig | None, exc: StoreUnavailable
+        self,
+        policy: CompiledPolicy,
+        config: SubjectConfig | None,
+        exc: StoreUnavailable,
+        request: QuotaRequest | None = None,
     ) -> ReserveAnswer:
+        """The answer while the store fails: an emergency stop covering the request still
+        denies (the stops are in memory); otherwise the tier's ``on_store_error``. The tier
+        is the one this replica last read for the subject (the default tier if it never did)."""
         tier = self._tier_name(policy, config)
+        if request is not None:
+            for stop in self.stops.active():
+                if stop.covers(request, tier.name if tier else ""):
+                    log.warning("store unavailable (%s); %s covers the request: DENY", exc, stop.describe())
+                    outcome = Outcome(Decision.DENY, Reason.EMERGENCY_STOP, f"denied by {stop.describe()}")
+                    return ReserveAnswer(outcome, tier.name if tier else "", policy.version)
         mode = tier.on_store_error if tier else policy.on_store_error
         log.warning("store unavailable (%s); answering %s by on_store_error", exc, mode.value)
         if mode is StoreErrorMode.ALLOW:

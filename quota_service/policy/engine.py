@@ -28,7 +28,7 @@ from decimal import ROUND_CEILING, Decimal
 from quota_service.errors import InvalidRequest
 from quota_service.policy.compiled import CompiledPolicy, Limit, LimitKind, Tier, UnpricedMode
 from quota_service.policy.units import COST_METRIC, MAX_UNITS, from_units, parse_usage
-from quota_service.policy.windows import Window, WindowSpan, window_span
+from quota_service.policy.windows import Window, WindowSpan, current_span
 from quota_service.store.base import (
     GLOBAL_SCOPE,
     CounterCharge,
@@ -266,7 +266,7 @@ def _group(
         by_counter.setdefault(limit.counter, []).append(limit)
     plans = []
     for (metric, window), group in by_counter.items():
-        span: WindowSpan = window_span(window, now, policy.timezone)
+        span: WindowSpan = current_span(window, now, policy.timezone)
         ref = CounterRef(scope, metric, window, span.window_id, span.end, span.end + COUNTER_RETENTION_SECONDS)
         plans.append(CounterPlan(ref, (asks or {}).get(metric, 0), tuple(group)))
     return tuple(plans)

@@ -43,8 +43,9 @@ def exact_units(metric: str, amount: Decimal) -> int | None:
 
 
 def from_units(metric: str, units: int) -> float:
-    """Units back to the metric's own measure, for display on the wire."""
-    return float(Decimal(units) / scale(metric))
+    """Units back to the metric's own measure, for display on the wire: the double nearest
+    the exact value (IEEE division of two integers below 2**53 is correctly rounded)."""
+    return units / 1_000_000 if metric == COST_METRIC else float(units)
 
 
 def validate_metric_name(metric: str) -> None:

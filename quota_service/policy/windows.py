@@ -65,3 +65,18 @@ def window_span(window: Window, now: datetime, tz: tzinfo) -> WindowSpan:
     year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
     end_dt = _local_midnight(year, month, 1, tz)
     return WindowSpan(window, f"{local.year:04d}-{local.month:02d}", int(start_dt.timestamp()), int(end_dt.timestamp()))
+
+
+_CURRENT: dict[tuple[Window, tzinfo], WindowSpan] = {}
+
+
+def current_span(window: Window, now: datetime, tz: tzinfo) -> WindowSpan:
+    """:func:`window_span`, remembered until the window ends: the calendar maths runs once
+    per window and zone, not once per request. Correct for any clock, also one that moves
+    backwards (a remembered span is used only while it contains ``now``)."""
+    instant = now.timestamp()
+    span = _CURRENT.get((window, tz))
+    if span is None or not span.start <= instant < span.end:
+        span = window_span(window, now, tz)
+        _CURRENT[(window, tz)] = span
+    return span

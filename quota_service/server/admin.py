@@ -1,36 +1,234 @@
-"""AdminService: thin adapters over the admin core."""
+"""AdminService: thin adapters over the admin core (:mod:`quota_service.admin`).
+
+Each RPC converts the request, calls :class:`~quota_service.admin.Admin` with the caller's
+credential fingerprint (:func:`~quota_service.server.auth.actor_of`, for the audit log) and
+converts the answer; errors map to status codes in one place (:func:`grpc_errors`).
+Amounts leave in the metric's own measure (USD for ``cost_usd``), times in unix seconds
+(audit entries: unix milliseconds).
+"""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
 
 from quota.v1 import admin_pb2, admin_pb2_grpc
+from quota_service.admin import Admin, AuditRecord, UsageRow
+from quota_service.policy.engine import EmergencyStop, StopScope
+from quota_service.policy.units import from_units
 from quota_service.quotas import Quotas
 from quota_service.server import convert
+from quota_service.server.auth import actor_of
 from quota_service.server.status import grpc_errors
+from quota_service.store.base import OverrideRecord
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+SCOPE_TO_WIRE: dict[StopScope, admin_pb2.StopScope] = {
+    StopScope.GLOBAL: admin_pb2.GLOBAL,
+    StopScope.PROVIDER: admin_pb2.PROVIDER,
+    StopScope.FEATURE: admin_pb2.FEATURE,
+    StopScope.TIER: admin_pb2.TIER,
+    StopScope.SUBJECT: admin_pb2.SUBJECT,
+}
+SCOPE_FROM_WIRE: dict[int, StopScope] = {int(wire): scope for scope, wire in SCOPE_TO_WIRE.items()}
+
+
+def stop_scope(value: int) -> StopScope | None:
+    """A wire scope; ``None`` for STOP_SCOPE_UNSPECIFIED or an unknown number (the core refuses it)."""
+    return SCOPE_FROM_WIRE.get(int(value))
+
+
+def override_message(record: OverrideRecord) -> admin_pb2.Override:
+    return admin_pb2.Override(
+        subject=record.subject,
+        metric=record.metric,
+        window=record.window.value,
+        max=from_units(record.metric, record.max_units),
+        expires_at=record.expires_at,
+        reason=record.reason,
+        created_at=record.created_at,
+        created_by=record.created_by,
+    )
+
+
+def stop_message(stop: EmergencyStop) -> admin_pb2.Stop:
+    return admin_pb2.Stop(
+        scope=SCOPE_TO_WIRE[stop.scope],
+        target=stop.target,
+        reason=stop.reason,
+        created_at=stop.created_at,
+        created_by=stop.created_by,
+    )
+
+
+def audit_message(record: AuditRecord) -> admin_pb2.AuditEntry:
+    return admin_pb2.AuditEntry(
+        id=record.entry_id,
+        at=record.at_ms,
+        actor=record.actor,
+        action=record.action,
+        target=record.target,
+        before=record.before,
+        after=record.after,
+        reason=record.reason,
+    )
+
+
+def usage_message(metric: str, row: UsageRow) -> admin_pb2.UsageEntry:
+    return admin_pb2.UsageEntry(
+        subject=row.subject, used=from_units(metric, row.used), held=from_units(metric, row.held)
+    )
+
+
+def _actor(context: Context) -> str:
+    """The caller's credential fingerprint for the audit log (never the credential)."""
+    metadata = context.invocation_metadata() or ()
+    return actor_of(tuple((str(key), value) for key, value in metadata))
+
+
+def default_admin(quotas: Quotas) -> Admin:
+    """An :class:`Admin` over the Redis store behind ``quotas`` (what ``serve`` builds by hand)."""
+    from quota_service.store.admin_store import RedisAdminStore
+    from quota_service.store.redis_store import RedisCounterStore
+
+    if not isinstance(quotas.store, RedisCounterStore):
+        raise TypeError("AdminServicer needs an Admin, or Quotas over a RedisCounterStore")
+    refresher = quotas.stops if hasattr(quotas.stops, "refresh") else None
+    return Admin(quotas=quotas, store=RedisAdminStore(counters=quotas.store), stops=refresher)  # type: ignore[arg-type]
+
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, *, quotas: Quotas) -> None:
-        self._quotas = quotas
+    """Every AdminService RPC. ``admin``: the core; without it, one is built over
+    ``quotas``' Redis store (:func:`default_admin`)."""
+
+    def __init__(self, *, admin: Admin | None = None, quotas: Quotas | None = None) -> None:
+        if admin is None:
+            if quotas is None:
+                raise TypeError("AdminServicer needs admin= or quotas=")
+            admin = default_admin(quotas)
+        self._admin = admin
+
+    # -- tiers --------------------------------------------------------------------------------
+
+    @grpc_errors
+    async def SetTier(self, request: admin_pb2.SetTierRequest, context: Context) -> admin_pb2.SetTierResponse:
+        change = await self._admin.set_tier(request.subject, request.tier, actor=_actor(context), reason=request.reason)
+        return admin_pb2.SetTierResponse(subject=change.subject, tier=change.tier, previous_tier=change.previous_tier)
+
+    @grpc_errors
+    async def GetSubject(self, request: admin_pb2.GetSubjectRequest, context: Context) -> admin_pb2.GetSubjectResponse:
+        view = await self._admin.get_subject(request.subject)
+        return admin_pb2.GetSubjectResponse(
+            subject=view.subject,
+            tier=view.tier,
+            tier_assigned=view.tier_assigned,
+            overrides=[override_message(o) for o in view.overrides],
+            stops=[stop_message(s) for s in view.stops],
+            limits=[convert.limit_status(r) for r in view.limits],
+        )
+
+    # -- overrides ------------------------------------------------------------------------------
+
+    @grpc_errors
+    async def SetOverride(
+        self, request: admin_pb2.SetOverrideRequest, context: Context
+    ) -> admin_pb2.SetOverrideResponse:
+        record = await self._admin.set_override(
+            request.subject,
+            request.metric,
+            request.window,
+            request.max,
+            request.ttl_seconds,
+            actor=_actor(context),
+            reason=request.reason,
+        )
+        return admin_pb2.SetOverrideResponse(override=override_message(record))
+
+    @grpc_errors
+    async def DeleteOverride(
+        self, request: admin_pb2.DeleteOverrideRequest, context: Context
+    ) -> admin_pb2.DeleteOverrideResponse:
+        deleted = await self._admin.delete_override(
+            request.subject, request.metric, request.window, actor=_actor(context)
+        )
+        return admin_pb2.DeleteOverrideResponse(deleted=deleted)
+
+    @grpc_errors
+    async def ListOverrides(
+        self, request: admin_pb2.ListOverridesRequest, context: Context
+    ) -> admin_pb2.ListOverridesResponse:
+        records = await self._admin.list_overrides(request.subject)
+        return admin_pb2.ListOverridesResponse(overrides=[override_message(o) for o in records])
+
+    # -- emergency stops ------------------------------------------------------------------------
+
+    @grpc_errors
+    async def EmergencyStop(
+        self, request: admin_pb2.EmergencyStopRequest, context: Context
+    ) -> admin_pb2.EmergencyStopResponse:
+        stop = await self._admin.emergency_stop(
+            stop_scope(request.scope),
+            request.target,
+            actor=_actor(context),
+            reason=request.reason,
+        )
+        return admin_pb2.EmergencyStopResponse(stop=stop_message(stop))
+
+    @grpc_errors
+    async def ResumeStop(self, request: admin_pb2.ResumeStopRequest, context: Context) -> admin_pb2.ResumeStopResponse:
+        resumed = await self._admin.resume_stop(
+            stop_scope(request.scope),
+            request.target,
+            actor=_actor(context),
+            reason=request.reason,
+        )
+        return admin_pb2.ResumeStopResponse(resumed=resumed)
+
+    @grpc_errors
+    async def ListStops(self, request: admin_pb2.ListStopsRequest, context: Context) -> admin_pb2.ListStopsResponse:
+        return admin_pb2.ListStopsResponse(stops=[stop_message(s) for s in await self._admin.list_stops()])
+
+    # -- policies ---------------------------------------------------------------------------------
 
     @grpc_errors
     async def GetPolicyStatus(
         self, request: admin_pb2.GetPolicyStatusRequest, context: Context
     ) -> admin_pb2.GetPolicyStatusResponse:
-        return admin_pb2.GetPolicyStatusResponse(status=convert.policy_status(self._quotas.policy.status()))
+        return admin_pb2.GetPolicyStatusResponse(status=convert.policy_status(self._admin.policy_status()))
 
     @grpc_errors
     async def ReloadPolicies(
         self, request: admin_pb2.ReloadPoliciesRequest, context: Context
     ) -> admin_pb2.ReloadPoliciesResponse:
         # A bad file raises PolicyError -> FAILED_PRECONDITION; the running policy stays.
-        changed = await asyncio.to_thread(self._quotas.policy.reload)
-        return admin_pb2.ReloadPoliciesResponse(
-            status=convert.policy_status(self._quotas.policy.status()), changed=changed
+        changed, status = await self._admin.reload_policies(actor=_actor(context))
+        return admin_pb2.ReloadPoliciesResponse(status=convert.policy_status(status), changed=changed)
+
+    # -- usage --------------------------------------------------------------------------------------
+
+    @grpc_errors
+    async def ResetUsage(self, request: admin_pb2.ResetUsageRequest, context: Context) -> admin_pb2.ResetUsageResponse:
+        count = await self._admin.reset_usage(
+            request.subject,
+            request.metric,
+            request.window,
+            actor=_actor(context),
+            reason=request.reason,
         )
+        return admin_pb2.ResetUsageResponse(counters_reset=count)
+
+    @grpc_errors
+    async def TopUsage(self, request: admin_pb2.TopUsageRequest, context: Context) -> admin_pb2.TopUsageResponse:
+        top = await self._admin.top_usage(request.metric, request.window, request.n)
+        return admin_pb2.TopUsageResponse(
+            entries=[usage_message(top.metric, row) for row in top.entries], window_start=top.window_start
+        )
+
+    # -- audit -----------------------------------------------------------------------------------------
+
+    @grpc_errors
+    async def ListAudit(self, request: admin_pb2.ListAuditRequest, context: Context) -> admin_pb2.ListAuditResponse:
+        records = await self._admin.list_audit(limit=request.limit, subject=request.subject)
+        return admin_pb2.ListAuditResponse(entries=[audit_message(r) for r in records])

@@ -8,6 +8,7 @@ port, which is returned, so tests and scripts never race for a fixed one.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,17 +34,52 @@ class ConfigurationError(QuotaServiceError):
 
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
+    """PEM files to serve over TLS: ``cert`` (the server's certificate, then its chain) and
+    ``key`` (its unencrypted private key), both required; ``client_ca`` non-empty: require
+    client certificates signed by one of its CAs (mutual TLS).
+
+    Every mistake is a :class:`ConfigurationError` naming the option and the file, raised
+    before the port is bound: a missing option (constructor), or a file that cannot be read,
+    holds no PEM, or a key that does not belong to the certificate (:meth:`credentials`).
+    Never a traceback, never a server that silently speaks plaintext or skips client checks.
+    """
+
     cert: str
     key: str
-    client_ca: str = ""  # non-empty: require and verify client certificates (mTLS)
+    client_ca: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.cert or not self.key:
+            missing = ", ".join(
+                f"--{name}" for name, value in (("tls-cert", self.cert), ("tls-key", self.key)) if not value
+            )
+            raise ConfigurationError(f"TLS needs both --tls-cert and --tls-key; missing: {missing}")
 
     def credentials(self) -> grpc.ServerCredentials:
-        chain = (Path(self.key).read_bytes(), Path(self.cert).read_bytes())
-        if self.client_ca:
-            return grpc.ssl_server_credentials(
-                [chain], root_certificates=Path(self.client_ca).read_bytes(), require_client_auth=True
-            )
-        return grpc.ssl_server_credentials([chain])
+        cert = self._read_pem(self.cert, "--tls-cert", "certificate", b"-----BEGIN CERTIFICATE-----")
+        key = self._read_pem(self.key, "--tls-key", "private key", b"PRIVATE KEY-----")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            # The password callback refuses to prompt: gRPC cannot use an encrypted key anyway.
+            context.load_cert_chain(self.cert, self.key, password=lambda: b"")
+        except ssl.SSLError as exc:
+            raise ConfigurationError(
+                f"--tls-key {self.key} does not belong to --tls-cert {self.cert}, or is encrypted: {exc.reason or exc}"
+            ) from None
+        if not self.client_ca:
+            return grpc.ssl_server_credentials([(key, cert)])
+        client_ca = self._read_pem(self.client_ca, "--tls-client-ca", "certificate", b"-----BEGIN CERTIFICATE-----")
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
+
+    @staticmethod
+    def _read_pem(path: str, option: str, what: str, marker: bytes) -> bytes:
+        try:
+            content = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(f"{option} {path}: cannot read it: {exc.strerror or exc}") from None
+        if marker not in content:
+            raise ConfigurationError(f"{option} {path}: no PEM {what} in it")
+        return content
 
 
 def is_loopback(listen: str) -> bool:
@@ -77,7 +113,9 @@ async def create_server(
     tls: TlsFiles | None = None,
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
     """Build (not start) the server. Returns the server, the bound port and the health
-    servicer (set NOT_SERVING on it before draining)."""
+    servicer (set NOT_SERVING on it before draining). ``admin``: the AdminService servicer
+    (``serve`` passes one over its stop watcher); by default one over ``quotas``' Redis store.
+    AdminService is registered only when :func:`admin_mode` says it is served."""
     token = admin_mode(listen=listen, admin_token=admin_token, insecure_admin=insecure_admin)
     interceptors = [AdminAuthInterceptor(token)] if token is not None else []
     server = grpc.aio.server(

@@ -1,9 +1,12 @@
 """``quota-service serve``: wire the parts together, serve, drain gracefully.
 
 Start-up order: the policy (a bad file stops start-up with its errors), the store (an
-embedded redis-server when no URL is given), the gRPC server. SIGTERM/SIGINT: health
-goes NOT_SERVING, in-flight calls get ``--grace`` seconds to finish, then the store
-(and an embedded Redis) shut down. SIGHUP reloads the policy files.
+embedded redis-server when no URL is given), the emergency stops (read before the first
+request is served; if the store cannot be read, the replica serves but denies everything
+until it can, see :mod:`quota_service.stops`), the gRPC server. SIGTERM/SIGINT: health
+goes NOT_SERVING, in-flight calls get ``--grace`` seconds to finish, then the stop watcher,
+the store (and an embedded Redis) shut down. SIGHUP reloads the policy files; so does an
+edit of them unless ``--no-watch``.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from pathlib import Path
 
 from grpc_health.v1 import health_pb2
 
+from quota_service.admin import Admin
 from quota_service.errors import PolicyError, QuotaServiceError
 from quota_service.quotas import Quotas
 from quota_service.reload import LivePolicy
+from quota_service.server.admin import AdminServicer
 from quota_service.server.app import TlsFiles, admin_mode, create_server
+from quota_service.stops import StopWatcher
 
 log = logging.getLogger("quota_service")
 
@@ -46,10 +52,16 @@ def serve_from_args(args: argparse.Namespace) -> int:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    from quota_service.store.admin_store import RedisAdminStore
     from quota_service.store.embedded import EmbeddedRedis
     from quota_service.store.redis_store import RedisCounterStore
 
     token = admin_mode(listen=args.listen, admin_token=args.admin_token, insecure_admin=args.insecure_admin)
+    # Any TLS option asks for TLS: TlsFiles refuses an incomplete set, so a client CA without a
+    # server certificate never ends up serving plaintext without the client check it asked for.
+    # Checked before anything is started, so a refusal leaves no process behind.
+    wants_tls = any((args.tls_cert, args.tls_key, args.tls_client_ca))
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if wants_tls else None
     policy = LivePolicy(args.policies)
     embedded: EmbeddedRedis | None = None
     redis_url = args.redis_url
@@ -61,15 +73,26 @@ async def serve(args: argparse.Namespace) -> int:
     else:
         store_desc = _redact(redis_url)
     store = RedisCounterStore.from_url(redis_url, timeout_seconds=args.store_timeout)
-    quotas = Quotas(policy=policy, store=store)
-    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
-    server, port, health_servicer = await create_server(
-        quotas=quotas,
-        listen=args.listen,
-        admin_token=args.admin_token,
-        insecure_admin=args.insecure_admin,
-        tls=tls,
-    )
+    admin_store = RedisAdminStore(counters=store)
+    stops = StopWatcher(store=admin_store)
+    quotas = Quotas(policy=policy, store=store, stops=stops)
+    try:
+        # Before serving: a replica never answers without knowing the emergency stops.
+        await stops.start()
+        server, port, health_servicer = await create_server(
+            quotas=quotas,
+            listen=args.listen,
+            admin=AdminServicer(admin=Admin(quotas=quotas, store=admin_store, stops=stops)),
+            admin_token=args.admin_token,
+            insecure_admin=args.insecure_admin,
+            tls=tls,
+        )
+    except BaseException:
+        await stops.close()
+        await store.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        raise
     if args.metrics_port:
         from prometheus_client import start_http_server
 
@@ -102,6 +125,8 @@ async def serve(args: argparse.Namespace) -> int:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+        await quotas.drain(1.0)
+        await stops.close()
         await store.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)

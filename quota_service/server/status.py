@@ -51,6 +51,7 @@ Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
 def grpc_errors(method: Method) -> Method:
     """Wrap an ``async def Rpc(self, request, context)`` servicer method."""
     name = method.__name__
+    latency = RPC_LATENCY.labels(name)  # resolved once, not per call
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -65,6 +66,6 @@ def grpc_errors(method: Method) -> Method:
             log.exception("%s failed", name)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}; see the server log")
         finally:
-            RPC_LATENCY.labels(name).observe(time.perf_counter() - started)
+            latency.observe(time.perf_counter() - started)
 
     return wrapper  # type: ignore[return-value]

@@ -63,6 +63,7 @@ from quota_service.store.base import (
     SettleResult,
     SubjectConfig,
 )
+from quota_service.store.batching import GroupCommit
 
 __all__ = ["RedisCounterStore"]
 
@@ -71,9 +72,13 @@ T = TypeVar("T")
 #: Open reservations settled at their estimate per script call (bounds a script's run time).
 SWEEP_LIMIT: Final = 100
 
-_SCRIPT_NAMES: Final = ("reserve", "settle", "usage", "config_get", "config_write")
-#: Scripts that call the functions of ``lib.lua`` (prepended to their text).
-_NEEDS_LIB: Final = frozenset({"reserve", "settle", "usage"})
+_SCRIPT_NAMES: Final = ("reserve", "reserve_batch", "settle", "usage", "config_get", "config_write")
+#: Scripts that call the functions of ``lib.lua`` (prepended to their text) ...
+_NEEDS_LIB: Final = frozenset({"reserve", "reserve_batch", "settle", "usage"})
+#: ... and of ``reserve_core.lua`` (prepended after it).
+_NEEDS_RESERVE_CORE: Final = frozenset({"reserve", "reserve_batch"})
+#: Most global steps one batched script call carries.
+GLOBAL_BATCH: Final = 64
 _CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _PLAIN_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
 
@@ -88,9 +93,31 @@ def script_source(name: str) -> str:
     Read once per process from the installed package data."""
     folder = importlib.resources.files("quota_service.store").joinpath("lua")
     text = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    if name in _NEEDS_RESERVE_CORE:
+        text = folder.joinpath("reserve_core.lua").read_text(encoding="utf-8") + "\n" + text
     if name in _NEEDS_LIB:
         text = folder.joinpath("lib.lua").read_text(encoding="utf-8") + "\n" + text
     return text
+
+
+@dataclass(frozen=True, slots=True)
+class _ReserveCall:
+    """A prepared reserve.lua call and how to read its reply."""
+
+    keys: list[str]
+    args: list[str | int]
+    refs: list[CounterRef]
+
+    def parse(self, reply: Sequence[Any]) -> _StepResult:
+        status, rid, expires, replayed, flat, global_snapshot = reply
+        return _StepResult(
+            status=status,
+            reservation_id=rid,
+            expires_ms=int(expires),
+            replayed=replayed == "1",
+            values=_values(flat, self.refs),
+            global_snapshot=global_snapshot,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +189,8 @@ def _charges_json(charges: Sequence[CounterCharge]) -> str:
             c.counter.window_id,
             str(c.counter.resets_at),
             str(c.counter.expire_at),
+            str(c.cap),
+            str(c.block),
         ]
         for c in charges
     ]
@@ -233,6 +262,9 @@ class RedisCounterStore:
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(script_source(name)) for name in _SCRIPT_NAMES
         }
+        self._global_batches: GroupCommit[_ReserveCall, Any] = GroupCommit(
+            self._run_global_batch, max_batch=GLOBAL_BATCH
+        )
 
     @classmethod
     def from_url(
@@ -277,6 +309,16 @@ class RedisCounterStore:
             )
         return cls(client=client, timeout_seconds=timeout_seconds, grace_seconds=grace_seconds, clock=clock)
 
+    @property
+    def client(self) -> Redis | RedisCluster:
+        """The ``redis.asyncio`` client (read-only): the admin store shares its connections."""
+        return self._client
+
+    @property
+    def timeout_seconds(self) -> float:
+        """The deadline of one Redis round trip, in seconds."""
+        return self._timeout
+
     # -- plumbing -------------------------------------------------------------------------
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -303,7 +345,7 @@ class RedisCounterStore:
 
     # -- reserve ----------------------------------------------------------------------------
 
-    async def _reserve_step(
+    def _reserve_call(
         self,
         *,
         scope: str,
@@ -316,7 +358,8 @@ class RedisCounterStore:
         meta_json: str,
         has_global: bool,
         dry_run: bool,
-    ) -> _StepResult:
+    ) -> _ReserveCall:
+        """KEYS and ARGV of one reserve.lua call (see its header)."""
         refs = [c.counter for c in charges]
         script_keys = [
             keys.open_set_key(scope),
@@ -340,18 +383,30 @@ class RedisCounterStore:
             "1" if has_global else "0",
             _charges_json(charges),
         ]
-        for c in charges:
-            args += [c.ask, c.cap, c.block, c.counter.expire_at * 1000]
-        reply = await self._script("reserve", script_keys, args)
-        status, rid, expires, replayed, flat, global_snapshot = reply
-        return _StepResult(
-            status=status,
-            reservation_id=rid,
-            expires_ms=int(expires),
-            replayed=replayed == "1",
-            values=_values(flat, refs),
-            global_snapshot=global_snapshot,
-        )
+        return _ReserveCall(script_keys, args, refs)
+
+    async def _reserve_step(self, **call: Any) -> _StepResult:
+        """One reserve.lua call, on its own."""
+        prepared = self._reserve_call(**call)
+        return prepared.parse(await self._script("reserve", prepared.keys, prepared.args))
+
+    async def _global_step(self, **call: Any) -> _StepResult:
+        """One global reserve step, group-committed with the others in flight (reserve_batch.lua)."""
+        prepared = self._reserve_call(**call)
+        return prepared.parse(await self._global_batches.submit(prepared))
+
+    async def _run_global_batch(self, batch: Sequence[_ReserveCall]) -> Sequence[Any]:
+        if len(batch) == 1:
+            return [await self._script("reserve", batch[0].keys, batch[0].args)]
+        script_keys: list[str] = []
+        counts: list[str | int] = [len(batch)]
+        args: list[str | int] = []
+        for prepared in batch:
+            script_keys += prepared.keys
+            args += prepared.args
+            counts += [len(prepared.keys), len(prepared.args)]
+        replies: Sequence[Any] = await self._script("reserve_batch", script_keys, counts + args)
+        return replies
 
     async def reserve(self, command: ReserveCommand) -> ReserveResult:
         """Check and hold every charge of ``command``: the subject's in one atomic step, then
@@ -388,6 +443,8 @@ class RedisCounterStore:
         )
         values: dict[CounterRef, CounterValue] = dict(subject.values)
 
+        if subject.status == "stale_config":  # a dry run too: its plan rests on a stale config
+            return ReserveResult(ReserveStatus.STALE_CONFIG, "", values)
         if command.dry_run:
             if command.global_charges:
                 checked = await step(
@@ -402,8 +459,6 @@ class RedisCounterStore:
                 values.update(checked.values)
             return ReserveResult(ReserveStatus.CHECKED, "", values)
 
-        if subject.status == "stale_config":
-            return ReserveResult(ReserveStatus.STALE_CONFIG, "", values)
         if subject.status == "duplicate":
             raise InvalidRequest(f"reservation id {command.reservation_id!r} is already in use")
         if subject.status == "denied":
@@ -421,7 +476,10 @@ class RedisCounterStore:
 
         # The global step is idempotent by reservation id: a replay of the request re-runs it
         # and gets its first answer (or, after a crash in between, its first run).
-        company = await step(
+        company = await self._global_step(
+            now_ms=command.now_ms,
+            meta_json=meta_json,
+            dry_run=False,
             scope=GLOBAL_SCOPE,
             charges=command.global_charges,
             reservation_id=reservation_id,

@@ -11,8 +11,8 @@
 --
 -- Reservation record (hash r:{S}:<id>):
 --   state       open | expired | committed | released
---   charges     JSON [[counter_key, metric, ask, window, window_id, resets_at, expire_at], ...]
---               (ask in units, as a string; resets_at/expire_at unix seconds)
+--   charges     JSON [[counter_key, metric, ask, window, window_id, resets_at, expire_at, cap, block], ...]
+--               (ask, cap, block in units, as strings; resets_at/expire_at unix seconds)
 --   snapshot    JSON {counter_key: [used, held]} before the reservation
 --   meta        JSON {string: string}
 --   created_ms, expires_ms, settled_ms (unix ms); has_global "1"/"0"; request (request key or "")

@@ -284,3 +284,37 @@ async def test_bad_commands_are_refused_before_any_write(store: RedisCounterStor
         with pytest.raises(InvalidRequest):
             await store.reserve(replace(command(charge(tokens, 1, cap=100)), reservation_id=reservation_id))
     assert await raw.dbsize() == 0
+
+
+async def test_200_subjects_at_once_stop_exactly_at_the_global_cap(
+    store: RedisCounterStore, raw: redis.asyncio.Redis
+) -> None:
+    """The global steps of concurrent requests are group-committed (reserve_batch.lua): the
+    company-wide cap must still be exact, and every denied subject's part given back."""
+    company = global_counter()
+    subjects = [f"user{i}" for i in range(200)]
+    results = await asyncio.gather(
+        *(
+            store.reserve(
+                command(
+                    charge(counter(who, "cost_usd"), 10, cap=1_000_000),
+                    subject=who,
+                    global_charges=(charge(company, 10, cap=1000),),
+                )
+            )
+            for who in subjects
+        )
+    )
+    statuses = Counter(r.status for r in results)
+    assert statuses == {ReserveStatus.RESERVED: 100, ReserveStatus.DENIED_GLOBAL: 100}
+    assert await value(store, company) == CounterValue(used=0, held=1000)
+    # each global step saw a distinct "before": the batches ran the steps one after the other
+    assert sorted(r.values[company].held for r in results if r.status is ReserveStatus.RESERVED) == list(
+        range(0, 1000, 10)
+    )
+    for who, result in zip(subjects, results, strict=True):
+        held = CounterValue(0, 10) if result.status is ReserveStatus.RESERVED else CounterValue(0, 0)
+        assert await value(store, counter(who, "cost_usd")) == held, who
+    reserved = [r.reservation_id for r in results if r.status is ReserveStatus.RESERVED]
+    await asyncio.gather(*(store.commit(rid, {"cost_usd": 7}, NOW_MS) for rid in reserved))
+    assert await value(store, company) == CounterValue(used=700, held=0)

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from quota_service.policy.windows import Window, window_span
+from quota_service.policy.windows import Window, current_span, window_span
 
 pytestmark = pytest.mark.unit
 
@@ -58,3 +58,13 @@ def test_half_hour_offsets_and_minutes() -> None:
 def test_naive_instants_are_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         window_span(Window.DAY, datetime(2026, 1, 1), BERLIN)
+
+
+def test_current_span_is_remembered_only_while_it_contains_now() -> None:
+    noon = datetime(2026, 11, 24, 11, 0, tzinfo=UTC)
+    first = current_span(Window.DAY, noon, BERLIN)
+    assert current_span(Window.DAY, noon + timedelta(hours=10), BERLIN) is first  # 22:00 Berlin, same day
+    tomorrow = current_span(Window.DAY, noon + timedelta(hours=12), BERLIN)  # 00:00 Berlin, next day
+    assert tomorrow.window_id == "2026-11-25"
+    assert current_span(Window.DAY, noon, BERLIN) == first  # a clock moved back gets the right span again
+    assert current_span(Window.DAY, noon, KOLKATA).window_id == "2026-11-24"  # per zone

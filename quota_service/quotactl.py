@@ -1,0 +1,686 @@
+"""``quotactl``: the operator's console for a running quota-service.
+
+Every command is one RPC (AdminService, or QuotaService.GetUsage for ``usage``) with a
+deadline of ``--timeout`` seconds; a command either prints its answer and exits 0, or
+prints ``quotactl: <STATUS_CODE>: <message>`` on stderr and exits with a code that says
+what went wrong (see ``quotactl --help``). An RPC error never ends in a Python traceback.
+
+With ``--json`` the command prints the RPC's response message on stdout in the proto3
+JSON mapping: field names exactly as in ``proto/quota/v1/*.proto`` (snake_case), enums
+by name, every field present even when zero, keys sorted, int64 values as JSON numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from quota.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc
+from quota_service import quotactl_format as fmt
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_DENIED = 4
+EXIT_NOT_FOUND = 5
+
+EXIT_CODE_OF: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: EXIT_OK,
+    grpc.StatusCode.UNAVAILABLE: EXIT_UNREACHABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNREACHABLE,
+    grpc.StatusCode.UNAUTHENTICATED: EXIT_DENIED,
+    grpc.StatusCode.PERMISSION_DENIED: EXIT_DENIED,
+    grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
+}
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 5.0
+WINDOWS = ("minute", "hour", "day", "month")
+SCOPES = {
+    name.lower(): value for name, value in admin_pb2.StopScope.items() if value != admin_pb2.STOP_SCOPE_UNSPECIFIED
+}
+KIND_NAMES = {
+    quota_pb2.LIMIT_KIND_TIER: "tier",
+    quota_pb2.LIMIT_KIND_OVERRIDE: "override",
+    quota_pb2.LIMIT_KIND_HARD_STOP: "hard stop",
+    quota_pb2.LIMIT_KIND_GLOBAL: "global",
+}
+
+EPILOG = """\
+exit codes:
+  0  ok
+  1  the server refused or failed the call (stderr: the gRPC status code and its message),
+     e.g. INVALID_ARGUMENT, FAILED_PRECONDITION (a bad policy on reload), INTERNAL
+  2  usage error: bad arguments, or an unreadable token or TLS file
+  3  the server is unreachable: UNAVAILABLE (also a failed TLS handshake) or DEADLINE_EXCEEDED
+  4  not allowed: UNAUTHENTICATED (no token) or PERMISSION_DENIED (wrong token)
+  5  not found: NOT_FOUND, or nothing to delete / resume
+
+environment:
+  QUOTA_TARGET            server address, HOST:PORT (default 127.0.0.1:50051)
+  QUOTA_ADMIN_TOKEN       the admin bearer token (--token-file takes precedence)
+  QUOTA_TLS_CA            PEM CA bundle to verify the server with (turns TLS on)
+  QUOTA_TLS_CLIENT_CERT   PEM client certificate for mutual TLS (with QUOTA_TLS_CLIENT_KEY)
+  QUOTA_TLS_CLIENT_KEY    PEM private key of the client certificate
+  QUOTA_TLS_SERVER_NAME   the name to verify the server certificate against
+
+--json prints the RPC's response message in the proto3 JSON mapping: field names as in the
+.proto, keys sorted, every field present, enums by name, int64 as numbers.
+"""
+
+Request = TypeVar("Request", bound=Message)
+Response = TypeVar("Response", bound=Message)
+
+
+class UsageError(Exception):
+    """The invocation cannot work: an unreadable file, an unusable token. Exit 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a command produced: ``reply`` for ``--json``, ``text`` for people.
+
+    ``exit_code`` other than 0 comes with ``problem``, printed on stderr (the RPC itself
+    succeeded, e.g. ``DeleteOverride`` answered ``deleted: false``)."""
+
+    reply: Message
+    text: str
+    exit_code: int = EXIT_OK
+    problem: str = ""
+
+
+class Remote:
+    """The two services behind one channel; every call carries the deadline and the token."""
+
+    def __init__(self, channel: grpc.Channel, *, timeout: float, token: str) -> None:
+        self.admin = admin_pb2_grpc.AdminServiceStub(channel)
+        self.quota = quota_pb2_grpc.QuotaServiceStub(channel)
+        self.timeout = timeout
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def call(self, method: grpc.UnaryUnaryMultiCallable[Request, Response], request: Request) -> Response:
+        return method(request, timeout=self.timeout, metadata=self.metadata)
+
+
+Command = Callable[[Remote, argparse.Namespace], Outcome]
+
+
+def exit_code_for(code: grpc.StatusCode) -> int:
+    """The exit code for a failed RPC's status (1 for any code without a meaning of its own)."""
+    return EXIT_CODE_OF.get(code, EXIT_FAILED)
+
+
+# --- rendering --------------------------------------------------------------------------
+
+
+def to_json(message: Message) -> str:
+    """``message`` in the proto3 JSON mapping with the .proto's field names, every field
+    present (zeros and empty lists included), keys sorted, enums by name, int64 as numbers."""
+    return json_format.MessageToJson(
+        message,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+        indent=2,
+        sort_keys=True,
+        unquote_int64_if_possible=True,
+    )
+
+
+def scope_name(scope: int) -> str:
+    return admin_pb2.StopScope.Name(scope).lower() if scope in admin_pb2.StopScope.values() else str(scope)
+
+
+def stop_label(scope: int, target: str) -> str:
+    return f"{scope_name(scope)} {target}" if target else scope_name(scope)
+
+
+def limits_table(limits: Sequence[quota_pb2.LimitStatus]) -> str:
+    if not limits:
+        return "no limits apply"
+    rows = [
+        [
+            limit.metric,
+            limit.window,
+            KIND_NAMES.get(limit.kind, "-"),
+            fmt.amount(limit.metric, limit.used),
+            fmt.amount(limit.metric, limit.held),
+            fmt.amount(limit.metric, limit.max),
+            fmt.amount(limit.metric, limit.remaining),
+            fmt.percent(limit.ratio),
+            fmt.timestamp(limit.resets_at),
+        ]
+        for limit in limits
+    ]
+    headers = ["METRIC", "WINDOW", "KIND", "USED", "HELD", "MAX", "REMAINING", "USE", "RESETS (UTC)"]
+    return fmt.table(headers, rows, right=(3, 4, 5, 6, 7))
+
+
+def overrides_table(overrides: Sequence[admin_pb2.Override]) -> str:
+    rows = [
+        [
+            o.subject,
+            o.metric,
+            o.window,
+            fmt.amount(o.metric, o.max),
+            fmt.timestamp(o.expires_at, zero="never"),
+            fmt.timestamp(o.created_at),
+            o.created_by or "-",
+            o.reason or "-",
+        ]
+        for o in overrides
+    ]
+    headers = ["SUBJECT", "METRIC", "WINDOW", "MAX", "EXPIRES (UTC)", "SET (UTC)", "BY", "REASON"]
+    return fmt.table(headers, rows, right=(3,))
+
+
+def stops_table(stops: Sequence[admin_pb2.Stop]) -> str:
+    rows = [
+        [scope_name(s.scope), s.target or "*", fmt.timestamp(s.created_at), s.created_by or "-", s.reason or "-"]
+        for s in stops
+    ]
+    return fmt.table(["SCOPE", "TARGET", "SINCE (UTC)", "BY", "REASON"], rows)
+
+
+def policy_status_text(status: admin_pb2.PolicyStatus) -> str:
+    pairs = [
+        ("version", status.version),
+        ("loaded at", fmt.timestamp(status.loaded_at)),
+        ("files", "\n".join(status.files) or "-"),
+        ("default tier", status.default_tier),
+        ("tiers", ", ".join(status.tiers) or "-"),
+    ]
+    if status.last_error:
+        pairs.append(
+            ("last reload", f"FAILED at {fmt.timestamp(status.last_error_at)}; version {status.version} stays")
+        )
+        pairs.append(("error", status.last_error))
+    else:
+        pairs.append(("last reload", "ok"))
+    return fmt.fields(pairs)
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def cmd_status(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """The policy in force: version (content hash), when it was loaded, from which files,
+    its tiers, and the error of the last failed reload (that policy was *not* loaded)."""
+    reply = remote.call(remote.admin.GetPolicyStatus, admin_pb2.GetPolicyStatusRequest())
+    return Outcome(reply, policy_status_text(reply.status))
+
+
+def cmd_reload(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """Reload the policy files now. A bad file is refused (exit 1, FAILED_PRECONDITION,
+    the errors on stderr) and the running policy stays; counters are never touched."""
+    reply = remote.call(remote.admin.ReloadPolicies, admin_pb2.ReloadPoliciesRequest())
+    headline = (
+        f"reloaded: version {reply.status.version} is in force"
+        if reply.changed
+        else f"unchanged: the files still hold version {reply.status.version}"
+    )
+    return Outcome(reply, f"{headline}\n\n{policy_status_text(reply.status)}")
+
+
+def cmd_tier_set(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """Move SUBJECT to TIER (\"\" returns it to the policy's default tier); in force for its
+    next request on every replica. Audited with --reason."""
+    reply = remote.call(
+        remote.admin.SetTier, admin_pb2.SetTierRequest(subject=args.subject, tier=args.tier, reason=args.reason)
+    )
+    previous = reply.previous_tier or "(policy default)"
+    return Outcome(reply, f"{reply.subject}: tier {previous} -> {reply.tier or '(policy default)'}")
+
+
+def cmd_tier_get(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """SUBJECT's tier (assigned, or the policy's default), its overrides, the emergency
+    stops that cover it and its limits in their current windows."""
+    reply = remote.call(remote.admin.GetSubject, admin_pb2.GetSubjectRequest(subject=args.subject))
+    origin = "assigned" if reply.tier_assigned else "policy default"
+    parts = [fmt.fields([("subject", reply.subject), ("tier", f"{reply.tier} ({origin})")])]
+    if reply.overrides:
+        parts.append("overrides\n" + overrides_table(reply.overrides))
+    if reply.stops:
+        parts.append("EMERGENCY STOPS covering this subject\n" + stops_table(reply.stops))
+    parts.append("limits\n" + limits_table(reply.limits))
+    return Outcome(reply, "\n\n".join(parts))
+
+
+def cmd_override_set(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """Cap SUBJECT's METRIC per WINDOW at MAX (replacing its tier's cap), until deleted or
+    for --ttl. Setting the same SUBJECT/METRIC/WINDOW again replaces it."""
+    request = admin_pb2.SetOverrideRequest(
+        subject=args.subject,
+        metric=args.metric,
+        window=args.window,
+        max=args.max,
+        ttl_seconds=args.ttl,
+        reason=args.reason,
+    )
+    reply = remote.call(remote.admin.SetOverride, request)
+    o = reply.override
+    lifetime = o.expires_at - o.created_at if o.created_at else args.ttl
+    until = f"for {fmt.duration(lifetime)}, until {fmt.timestamp(o.expires_at)}" if o.expires_at else "until deleted"
+    text = f"{o.subject}: {o.metric} per {o.window} capped at {fmt.amount(o.metric, o.max)} {until}"
+    if o.reason:
+        text += f" (reason: {o.reason})"
+    return Outcome(reply, text)
+
+
+def cmd_override_list(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """The overrides in force, of SUBJECT or of every subject."""
+    reply = remote.call(remote.admin.ListOverrides, admin_pb2.ListOverridesRequest(subject=args.subject))
+    if not reply.overrides:
+        return Outcome(reply, f"no overrides for {args.subject}" if args.subject else "no overrides")
+    return Outcome(reply, overrides_table(reply.overrides))
+
+
+def cmd_override_delete(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """Remove SUBJECT's override of METRIC per WINDOW: the tier's cap applies again.
+    Exit 5 when there was no such override."""
+    request = admin_pb2.DeleteOverrideRequest(subject=args.subject, metric=args.metric, window=args.window)
+    reply = remote.call(remote.admin.DeleteOverride, request)
+    what = f"{args.subject}: {args.metric} per {args.window}"
+    if not reply.deleted:
+        return Outcome(reply, "", EXIT_NOT_FOUND, f"no override of {what}")
+    return Outcome(reply, f"{what}: override deleted; the tier's cap applies again")
+
+
+def cmd_stop(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """Pull an emergency stop: every request it covers is denied (EMERGENCY_STOP) on every
+    replica within 1 s, and it stays in force across restarts until ``resume``."""
+    request = admin_pb2.EmergencyStopRequest(scope=args.scope, target=args.stop_target, reason=args.reason)
+    reply = remote.call(remote.admin.EmergencyStop, request)
+    stop = reply.stop
+    return Outcome(
+        reply,
+        f"EMERGENCY STOP in force: {stop_label(stop.scope, stop.target)} (reason: {stop.reason or '-'})",
+    )
+
+
+def cmd_resume(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """Lift an emergency stop. Exit 5 when no such stop was in force."""
+    request = admin_pb2.ResumeStopRequest(scope=args.scope, target=args.stop_target, reason=args.reason)
+    reply = remote.call(remote.admin.ResumeStop, request)
+    label = stop_label(args.scope, args.stop_target)
+    if not reply.resumed:
+        return Outcome(reply, "", EXIT_NOT_FOUND, f"no emergency stop on {label}")
+    return Outcome(reply, f"resumed: {label}")
+
+
+def cmd_stops(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """Every emergency stop in force."""
+    reply = remote.call(remote.admin.ListStops, admin_pb2.ListStopsRequest())
+    if not reply.stops:
+        return Outcome(reply, "no emergency stops in force")
+    return Outcome(reply, stops_table(reply.stops))
+
+
+def cmd_usage(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """SUBJECT's tier and every limit in its current window: used, held, cap, use."""
+    reply = remote.call(remote.quota.GetUsage, quota_pb2.GetUsageRequest(subject=args.subject))
+    head = fmt.fields([("subject", args.subject), ("tier", reply.tier), ("policy", reply.policy_version)])
+    return Outcome(reply, f"{head}\n\n{limits_table(reply.limits)}")
+
+
+def cmd_top(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """The N subjects using the most of METRIC in the current WINDOW (used + held)."""
+    request = admin_pb2.TopUsageRequest(metric=args.metric, window=args.window, n=args.n)
+    reply = remote.call(remote.admin.TopUsage, request)
+    since = fmt.timestamp(reply.window_start)
+    head = f"top {args.n} by {args.metric} per {args.window} (window from {since})"
+    if not reply.entries:
+        return Outcome(reply, f"{head}\n\nno usage in this window")
+    rows = [
+        [
+            str(rank),
+            entry.subject,
+            fmt.amount(args.metric, entry.used),
+            fmt.amount(args.metric, entry.held),
+            fmt.amount(args.metric, entry.used + entry.held),
+        ]
+        for rank, entry in enumerate(reply.entries, start=1)
+    ]
+    return Outcome(
+        reply, f"{head}\n\n" + fmt.table(["#", "SUBJECT", "USED", "HELD", "TOTAL"], rows, right=(0, 2, 3, 4))
+    )
+
+
+def cmd_reset(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """Zero SUBJECT's counters in their current windows (all metrics and windows unless
+    --metric / --window narrow it). Audited with --reason."""
+    request = admin_pb2.ResetUsageRequest(
+        subject=args.subject, metric=args.metric, window=args.window, reason=args.reason
+    )
+    reply = remote.call(remote.admin.ResetUsage, request)
+    scope = f"{args.metric or 'every metric'}, {args.window or 'every window'}"
+    return Outcome(reply, f"{args.subject}: {reply.counters_reset} counter(s) reset ({scope})")
+
+
+def cmd_audit(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """The latest admin changes, newest first: who, what, before and after, why."""
+    reply = remote.call(remote.admin.ListAudit, admin_pb2.ListAuditRequest(limit=args.limit, subject=args.subject))
+    if not reply.entries:
+        return Outcome(reply, "no audit entries")
+    rows = [
+        [
+            fmt.timestamp_ms(e.at),
+            e.actor or "-",
+            e.action,
+            e.target or "-",
+            e.reason or "-",
+            fmt.describe_change(e.before, e.after),
+        ]
+        for e in reply.entries
+    ]
+    return Outcome(reply, fmt.table(["AT (UTC)", "ACTOR", "ACTION", "TARGET", "REASON", "CHANGE"], rows))
+
+
+# --- arguments --------------------------------------------------------------------------
+
+
+def parse_scope(text: str) -> int:
+    """``global`` / ``PROVIDER`` / ... (any case) -> the StopScope value."""
+    try:
+        return SCOPES[text.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"invalid scope {text!r} (choose from {', '.join(SCOPES)})") from None
+
+
+def parse_ttl(text: str) -> int:
+    try:
+        return fmt.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text}")
+    return value
+
+
+def _add_connection_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """The global options, on the top-level parser (with defaults) and on every command
+    (without defaults, so ``quotactl status --json`` and ``quotactl --json status`` agree)."""
+    env = os.environ
+
+    def default(value: object) -> object:
+        return value if top_level else argparse.SUPPRESS
+
+    group = parser.add_argument_group("connection and output")
+    group.add_argument(
+        "--target",
+        default=default(env.get("QUOTA_TARGET", DEFAULT_TARGET)),
+        help=f"server HOST:PORT (env QUOTA_TARGET; default {DEFAULT_TARGET})",
+    )
+    group.add_argument(
+        "--token-file",
+        default=default(""),
+        help="read the admin token from this file (else env QUOTA_ADMIN_TOKEN)",
+    )
+    group.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=default(DEFAULT_TIMEOUT),
+        help=f"seconds to wait for the answer (default {DEFAULT_TIMEOUT:g})",
+    )
+    group.add_argument("--json", action="store_true", default=default(False), help="print the response as JSON")
+    group.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="use TLS with the system's trusted CAs (implied by --tls-ca / --tls-cert)",
+    )
+    group.add_argument(
+        "--tls-ca",
+        default=default(env.get("QUOTA_TLS_CA", "")),
+        help="PEM CA bundle to verify the server (env QUOTA_TLS_CA)",
+    )
+    group.add_argument(
+        "--tls-cert",
+        default=default(env.get("QUOTA_TLS_CLIENT_CERT", "")),
+        help="PEM client certificate for mTLS (env QUOTA_TLS_CLIENT_CERT)",
+    )
+    group.add_argument(
+        "--tls-key",
+        default=default(env.get("QUOTA_TLS_CLIENT_KEY", "")),
+        help="PEM private key of --tls-cert (env QUOTA_TLS_CLIENT_KEY)",
+    )
+    group.add_argument(
+        "--tls-server-name",
+        default=default(env.get("QUOTA_TLS_SERVER_NAME", "")),
+        help="verify the server certificate against this name instead of the target's host",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quotactl",
+        description="Operate a running quota-service: tiers, overrides, emergency stops, policies, usage, audit.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_connection_options(parser, top_level=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, handler: Command, summary: str
+    ) -> argparse.ArgumentParser:
+        contract = " ".join((handler.__doc__ or "").replace("``", "").split())
+        sub = parent.add_parser(name, help=summary, description=contract)
+        _add_connection_options(sub, top_level=False)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def group(name: str, help_text: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        return sub.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION")
+
+    tier = group("tier", "a subject's tier: set, get")
+    p = command(tier, "set", cmd_tier_set, "move a subject to a tier")
+    p.add_argument("subject", metavar="SUBJECT")
+    p.add_argument("tier", metavar="TIER", help="a tier of the policy, e.g. basic_alpha ('' for the default tier)")
+    p.add_argument("--reason", default="", help="why (kept in the audit log)")
+    p = command(tier, "get", cmd_tier_get, "a subject's tier, overrides, stops and limits")
+    p.add_argument("subject", metavar="SUBJECT")
+
+    override = group("override", "per-subject caps that replace the tier's: set, list, delete")
+    p = command(override, "set", cmd_override_set, "cap a subject's metric per window")
+    p.add_argument("subject", metavar="SUBJECT")
+    p.add_argument("metric", metavar="METRIC", help="tokens, images, cost_usd, ...")
+    p.add_argument("window", metavar="WINDOW", choices=WINDOWS, help="minute | hour | day | month")
+    p.add_argument("max", metavar="MAX", type=float, help="the cap (cost_usd in USD)")
+    p.add_argument(
+        "--ttl", type=parse_ttl, default=0, help="expire after this long: 3600, 90m, 12h, 7d (default: never)"
+    )
+    p.add_argument("--reason", default="", help="why (kept in the audit log)")
+    p = command(override, "list", cmd_override_list, "the overrides in force")
+    p.add_argument(
+        "subject", metavar="SUBJECT", nargs="?", default="", help="only this subject's (default: every subject's)"
+    )
+    p = command(override, "delete", cmd_override_delete, "remove an override")
+    p.add_argument("subject", metavar="SUBJECT")
+    p.add_argument("metric", metavar="METRIC")
+    p.add_argument("window", metavar="WINDOW", choices=WINDOWS, help="minute | hour | day | month")
+
+    scope_help = "global | provider | feature | tier | subject (any case)"
+    p = command(commands, "stop", cmd_stop, "pull an emergency stop (deny everything it covers)")
+    p.add_argument("scope", metavar="SCOPE", type=parse_scope, help=scope_help)
+    p.add_argument(
+        "stop_target",
+        metavar="TARGET",
+        nargs="?",
+        default="",
+        help="provider, feature, tier or subject (none for global)",
+    )
+    p.add_argument("--reason", required=True, help="why (required; shown to operators and kept in the audit log)")
+    p = command(commands, "resume", cmd_resume, "lift an emergency stop")
+    p.add_argument("scope", metavar="SCOPE", type=parse_scope, help=scope_help)
+    p.add_argument("stop_target", metavar="TARGET", nargs="?", default="", help="as given to stop")
+    p.add_argument("--reason", default="", help="why (kept in the audit log)")
+    command(commands, "stops", cmd_stops, "the emergency stops in force")
+
+    command(commands, "reload", cmd_reload, "reload the policy files now")
+    command(commands, "status", cmd_status, "the policy in force and the last reload error")
+
+    p = command(commands, "usage", cmd_usage, "a subject's limits in their current windows")
+    p.add_argument("subject", metavar="SUBJECT")
+    p = command(commands, "top", cmd_top, "who is spending: the top subjects of a metric")
+    p.add_argument("metric", metavar="METRIC", help="tokens, images, cost_usd, ...")
+    p.add_argument("window", metavar="WINDOW", choices=WINDOWS, help="minute | hour | day | month")
+    p.add_argument("-n", type=positive_int, default=10, help="how many subjects (default 10)")
+    p = command(commands, "reset", cmd_reset, "zero a subject's counters")
+    p.add_argument("subject", metavar="SUBJECT")
+    p.add_argument("--metric", default="", help="only this metric (default: every metric)")
+    p.add_argument(
+        "--window",
+        metavar="WINDOW",
+        choices=WINDOWS,
+        default="",
+        help="only this window: minute | hour | day | month (default: every window)",
+    )
+    p.add_argument("--reason", default="", help="why (kept in the audit log)")
+    p = command(commands, "audit", cmd_audit, "the latest admin changes")
+    p.add_argument("--limit", type=positive_int, default=20, help="at most this many entries (default 20)")
+    p.add_argument("--subject", default="", help="only changes to this subject")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and cross-check the arguments; a usage error exits 2 (argparse's convention)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.handler in (cmd_stop, cmd_resume):
+        if args.scope == admin_pb2.GLOBAL and args.stop_target:
+            parser.error("a global stop takes no TARGET")
+        if args.scope != admin_pb2.GLOBAL and not args.stop_target:
+            parser.error(f"a {scope_name(args.scope)} stop needs a TARGET")
+    if not args.target.strip():
+        parser.error("--target is empty (HOST:PORT, or env QUOTA_TARGET)")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together (mutual TLS)")
+    return args
+
+
+# --- connection -------------------------------------------------------------------------
+
+
+def read_token(args: argparse.Namespace) -> str:
+    """The admin token: the first line of --token-file, else env QUOTA_ADMIN_TOKEN, else ``""``
+    (no credentials sent; only a server with --insecure-admin accepts that)."""
+    if args.token_file:
+        token = _read(args.token_file, "token file").decode("utf-8", errors="replace").strip()
+    else:
+        token = os.environ.get("QUOTA_ADMIN_TOKEN", "").strip()
+    if any(not (0x21 <= ord(ch) <= 0x7E) for ch in token):
+        raise UsageError("the admin token must be printable ASCII without spaces")
+    return token
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+
+
+def open_channel(args: argparse.Namespace) -> grpc.Channel:
+    """A plaintext channel, or TLS when any TLS option is given (mutual TLS with a client
+    certificate). Reads the PEM files now: an unreadable one is a :class:`UsageError`."""
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return grpc.insecure_channel(args.target)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(args.tls_ca, "CA file") if args.tls_ca else None,
+        private_key=_read(args.tls_key, "client key") if args.tls_key else None,
+        certificate_chain=_read(args.tls_cert, "client certificate") if args.tls_cert else None,
+    )
+    options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+    return grpc.secure_channel(args.target, credentials, options=options)
+
+
+def describe_rpc_error(exc: grpc.RpcError, args: argparse.Namespace) -> tuple[int, str]:
+    """The exit code and the stderr text for a failed RPC."""
+    if isinstance(exc, grpc.Call):
+        code, details = exc.code(), exc.details() or ""
+    else:  # not raised by the stubs in practice; never let it escape as a traceback
+        code, details = grpc.StatusCode.UNKNOWN, str(exc)
+    exit_code = exit_code_for(code)
+    message = f"quotactl: {code.name}: {details}"
+    if exit_code == EXIT_UNREACHABLE:
+        message += f"\nquotactl: cannot reach quota-service at {args.target} (timeout {args.timeout:g}s)"
+        if args.tls or args.tls_ca or args.tls_cert:
+            message += " (check the TLS options: CA, client certificate, server name)"
+    elif code == grpc.StatusCode.UNAUTHENTICATED:
+        message += "\nquotactl: set QUOTA_ADMIN_TOKEN or --token-file"
+    elif code == grpc.StatusCode.PERMISSION_DENIED:
+        message += "\nquotactl: the admin token was refused"
+    elif code == grpc.StatusCode.FAILED_PRECONDITION and args.handler is cmd_reload:
+        message += "\nquotactl: nothing was reloaded; the last good policy stays in force"
+    return exit_code, message
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command; print its answer or its error. Returns the exit code."""
+    handler: Command = args.handler
+    try:
+        token = read_token(args)
+        with open_channel(args) as channel:
+            outcome = handler(Remote(channel, timeout=args.timeout, token=token), args)
+    except UsageError as exc:
+        print(f"quotactl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except grpc.RpcError as exc:
+        exit_code, message = describe_rpc_error(exc, args)
+        print(message, file=sys.stderr)
+        return exit_code
+    if args.json:
+        print(to_json(outcome.reply))
+    elif outcome.text:
+        print(outcome.text)
+    if outcome.problem:
+        print(f"quotactl: {outcome.problem}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``quotactl`` console script; returns the exit code."""
+    args = parse_args(argv)
+    try:
+        code = run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # ``quotactl audit | head``: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("quotactl: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

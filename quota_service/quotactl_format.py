@@ -1,0 +1,166 @@
+"""How ``quotactl`` shows values to an operator: pure functions, no I/O.
+
+* money (the ``cost_usd`` metric): ``$1,234.50``: at least 2 decimals, at most 6 (the
+  service keeps whole micro-dollars, so nothing is lost), thousands separated;
+* counted metrics (``tokens``, ``images``, ...): ``12,000``;
+* ratios: ``94.0%`` (truncated to 0.1 %);
+* times: ISO-8601 in UTC, ``2026-11-24T00:00:00Z``; ``0`` (the protocol's "none") shows as
+  a caller-chosen word such as ``never``;
+* tables: left-aligned text, right-aligned numbers, two spaces between columns, no
+  trailing blanks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+
+MONEY_METRIC = "cost_usd"
+_MICRO = Decimal("0.000001")
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_SECONDS_PER = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def money(usd: float) -> str:
+    """``1.5`` -> ``$1.50``, ``0.0006`` -> ``$0.0006``, ``-2`` -> ``-$2.00``.
+
+    Rounded to whole micro-dollars (the service's own unit), so a float's binary noise
+    (``1.0000000000000002``) never shows."""
+    if not math.isfinite(usd):
+        return str(usd)
+    exact = Decimal(repr(usd)).quantize(_MICRO, rounding=ROUND_HALF_EVEN)
+    sign = "-" if exact < 0 else ""
+    whole, _, fraction = f"{abs(exact):,.6f}".partition(".")
+    fraction = fraction.rstrip("0").ljust(2, "0")
+    return f"{sign}${whole}.{fraction}"
+
+
+def count(value: float) -> str:
+    """``12000`` -> ``12,000``; a fractional value keeps up to 6 decimals."""
+    if not math.isfinite(value):
+        return str(value)
+    if value == int(value):
+        return f"{int(value):,}"
+    return f"{value:,.6f}".rstrip("0").rstrip(".")
+
+
+def amount(metric: str, value: float) -> str:
+    """``value`` in the unit of ``metric``: money for ``cost_usd``, a count otherwise."""
+    return money(value) if metric == MONEY_METRIC else count(value)
+
+
+def percent(ratio: float) -> str:
+    """``0.94`` -> ``94.0%``; ``-`` when there is no meaningful ratio (NaN, infinite).
+
+    Truncated, never rounded up, so a subject at 94.99 % never shows the 95.0 % of a block
+    threshold it has not reached."""
+    if not math.isfinite(ratio):
+        return "-"
+    shown = (Decimal(repr(ratio)) * 100).quantize(Decimal("0.1"), rounding=ROUND_DOWN)
+    return f"{shown}%"
+
+
+def timestamp(unix_seconds: int, *, zero: str = "-") -> str:
+    """Unix seconds as ISO-8601 UTC (``2026-11-24T00:00:00Z``); ``zero`` for ``0``."""
+    if unix_seconds == 0:
+        return zero
+    return datetime.fromtimestamp(unix_seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def timestamp_ms(unix_ms: int, *, zero: str = "-") -> str:
+    """Unix milliseconds as ISO-8601 UTC with milliseconds (``2026-11-24T00:00:00.123Z``)."""
+    if unix_ms == 0:
+        return zero
+    moment = datetime.fromtimestamp(unix_ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{unix_ms % 1000:03d}Z"
+
+
+def duration(seconds: int) -> str:
+    """``5400`` -> ``1h30m``; ``0`` -> ``0s``. Whole seconds, largest units first."""
+    if seconds <= 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        whole, seconds = divmod(seconds, size)
+        if whole:
+            parts.append(f"{whole}{unit}")
+    return "".join(parts)
+
+
+def parse_duration(text: str) -> int:
+    """``"3600"``, ``"90s"``, ``"30m"``, ``"2h"``, ``"7d"``, ``"1w"`` -> whole seconds.
+
+    Raises :class:`ValueError` for anything else (negative, fractional, unknown unit)."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (use seconds, or a number with s, m, h, d or w)")
+    return int(match.group(1)) * _SECONDS_PER[match.group(2).lower()]
+
+
+def describe_change(before: str, after: str) -> str:
+    """An audit entry's change on one line, from its ``before`` / ``after`` JSON texts.
+
+    ``created_at`` / ``created_by`` keys are left out (the entry's own time and actor say
+    it). Two objects with the same keys: only the values that differ,
+    ``tier: free_alpha -> basic_alpha``. Nothing before (``null``): ``set {...}``; nothing
+    after: ``removed {...}``. Anything else: ``<before> -> <after>`` (compact JSON, or the
+    text as it is when it is not JSON)."""
+    try:
+        old, new = _without_stamps(json.loads(before or "null")), _without_stamps(json.loads(after or "null"))
+    except ValueError:
+        return f"{before or '-'} -> {after or '-'}"
+    if isinstance(old, dict) and isinstance(new, dict) and old.keys() == new.keys():
+        changed = [f"{key}: {_value(old[key])} -> {_value(new[key])}" for key in sorted(old) if old[key] != new[key]]
+        return "; ".join(changed) or "no change"
+    if old is None and new is not None:
+        return f"set {_value(new)}"
+    if new is None and old is not None:
+        return f"removed {_value(old)}"
+    return f"{_value(old)} -> {_value(new)}"
+
+
+def _without_stamps(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in ("created_at", "created_by")}
+    return value
+
+
+def _value(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()) -> str:
+    """An aligned text table. ``right``: indexes of the columns to right-align (numbers).
+
+    Every row must have as many cells as there are headers."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"row has {len(row)} cells, table has {len(headers)} columns")
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = []
+    for row in (headers, *rows):
+        cells = [
+            cell.rjust(width) if index in right else cell.ljust(width)
+            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def fields(pairs: Sequence[tuple[str, str]]) -> str:
+    """``label  value`` lines with the values aligned; a multi-line value is indented to
+    the value column on its continuation lines."""
+    width = max((len(label) for label, _ in pairs), default=0)
+    lines = []
+    for label, value in pairs:
+        first, *rest = value.splitlines() or [""]
+        lines.append(f"{label.ljust(width)}  {first}".rstrip())
+        lines.extend(f"{' ' * (width + 2)}{line}".rstrip() for line in rest)
+    return "\n".join(lines)

@@ -1,0 +1,222 @@
+"""Emergency stops on the request path: :class:`StopWatcher`, this replica's cache of them.
+
+The stops live in the store (``s:{__stops__}``, see
+:mod:`quota_service.store.admin_store`); every change is published on a pub/sub channel.
+:meth:`StopWatcher.active` answers from memory (no I/O on the request path), kept fresh by
+two loops:
+
+* a subscription: each message (and each (re)subscription) triggers a re-read of every
+  stop, so a change is seen within a round trip or two of being made;
+* a polling backstop: the stops are re-read every ``poll_interval`` seconds (0.5 s) whatever
+  the channel does (a lost message, a broken or half-open connection, a failover).
+
+So a stop is in force on every replica within ``poll_interval`` plus a round trip (well
+under 1 s), and usually within milliseconds. Re-reads are serialized, so an older read
+never overwrites a newer one.
+
+Start-up and an unreachable store. :meth:`StopWatcher.start` loads the stops before the
+replica serves. If the store cannot be read then, the replica does not know whether a stop
+is in force, and it **fails closed**: until the first successful load, :meth:`active`
+returns one synthetic GLOBAL stop, so every request is denied with ``EMERGENCY_STOP``
+(a paid call is never allowed past a kill switch this replica could not see, not even by a
+tier's ``on_store_error: allow``). The polling loop keeps trying every ``poll_interval``
+and logs an error at most every ``log_every`` seconds until it succeeds. Once loaded, a
+store outage keeps the last stops read (nobody can change them while the store is down)
+and is logged as a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Protocol
+
+from quota_service.errors import StoreUnavailable
+from quota_service.metrics import EMERGENCY_STOPS_ACTIVE
+from quota_service.policy.engine import EmergencyStop, StopScope
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL_SECONDS = 0.5
+
+#: In force until the stops were read once: every request is denied (see the module docstring).
+NOT_LOADED = EmergencyStop(
+    StopScope.GLOBAL,
+    "",
+    reason="the emergency stops could not be read from the store yet; denying everything until they are",
+    created_by="quota-service",
+)
+
+
+class StopStore(Protocol):
+    async def list_stops(self) -> list[EmergencyStop]:
+        """Every stop in force (may raise :class:`StoreUnavailable`)."""
+        ...
+
+    def stop_changes(self) -> AsyncGenerator[None, None]:
+        """Yields once subscribed, then once per change notice; raises :class:`StoreUnavailable`
+        when the subscription breaks."""
+        ...
+
+
+class StopWatcher:
+    """A :class:`~quota_service.quotas.StopSource` backed by the store, cached in memory.
+
+    ``poll_interval``: seconds between backstop re-reads. ``resubscribe_delay``: seconds to
+    wait before subscribing again after the subscription failed. ``log_every``: the least
+    number of seconds between two log lines about the same ongoing failure.
+    Not thread-safe: one event loop owns it.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: StopStore,
+        poll_interval: float = POLL_INTERVAL_SECONDS,
+        resubscribe_delay: float = 0.5,
+        log_every: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        self._store = store
+        self._poll_interval = poll_interval
+        self._resubscribe_delay = resubscribe_delay
+        self._log_every = log_every
+        self._monotonic = monotonic
+        self._stops: tuple[EmergencyStop, ...] = (NOT_LOADED,)
+        self._loaded = False
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._failing_since: float | None = None
+        self._last_failure_log = float("-inf")
+        self.refreshes = 0  # successful re-reads (for tests and debugging)
+
+    # -- the request path ------------------------------------------------------------------
+
+    def active(self) -> Sequence[EmergencyStop]:
+        """The stops in force, from memory (never I/O). Before the first successful load:
+        one GLOBAL stop that denies everything (fail closed)."""
+        return self._stops
+
+    @property
+    def loaded(self) -> bool:
+        """True once the stops were read from the store at least once."""
+        return self._loaded
+
+    # -- keeping it fresh ---------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Re-read every stop now and swap the cache. Raises :class:`StoreUnavailable`
+        (the cache stays as it was). Concurrent calls run one after the other, so the
+        cache always ends with the result of the latest read."""
+        async with self._lock:
+            stops = tuple(await self._store.list_stops())
+            changed = stops != self._stops
+            self._stops = stops
+            first = not self._loaded
+            self._loaded = True
+            self.refreshes += 1
+        EMERGENCY_STOPS_ACTIVE.set(len(stops))
+        self._recovered()
+        if first:
+            log.info("emergency stops loaded: %s", _describe(stops))
+        elif changed:
+            log.warning("emergency stops changed: %s", _describe(stops))
+
+    async def start(self, *, attempts: int = 3) -> bool:
+        """Load the stops (up to ``attempts`` tries, ``poll_interval`` apart), then start the
+        subscription and the polling loop. Returns whether the stops are loaded; when not,
+        the replica fails closed (see the module docstring) until the polling loop succeeds."""
+        for attempt in range(max(1, attempts)):
+            try:
+                await self.refresh()
+                break
+            except StoreUnavailable as exc:
+                self._failed(exc)
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(self._poll_interval)
+        if not self._loaded:
+            log.error(
+                "EMERGENCY STOPS NOT LOADED: the store is unreachable; every request is DENIED "
+                "(EMERGENCY_STOP) until they are read; retrying every %.1f s",
+                self._poll_interval,
+            )
+        self._tasks = [
+            asyncio.create_task(self._poll_loop(), name="stops-poll"),
+            asyncio.create_task(self._subscription_loop(), name="stops-subscription"),
+        ]
+        return self._loaded
+
+    async def close(self) -> None:
+        """Stop both loops (the subscription's connection is closed)."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except StoreUnavailable as exc:
+            self._failed(exc)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            await self._refresh_quietly()
+
+    async def _subscription_loop(self) -> None:
+        while True:
+            changes = self._store.stop_changes()
+            try:
+                async for _ in changes:
+                    await self._refresh_quietly()
+            except StoreUnavailable as exc:
+                log.debug("stop subscription lost (%s); subscribing again", exc)
+            except Exception:  # a bug must not end the subscription for good; polling still runs
+                log.exception("stop subscription failed; subscribing again")
+            finally:
+                with contextlib.suppress(Exception):
+                    await changes.aclose()
+            await asyncio.sleep(self._resubscribe_delay)
+
+    # -- logging loudly, not endlessly ------------------------------------------------------------
+
+    def _failed(self, exc: StoreUnavailable) -> None:
+        now = self._monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        if now - self._last_failure_log < self._log_every:
+            return
+        self._last_failure_log = now
+        if not self._loaded:
+            log.error(
+                "EMERGENCY STOPS NOT LOADED for %.0f s (%s): every request is DENIED until they are read",
+                now - self._failing_since,
+                exc,
+            )
+        else:
+            log.warning(
+                "cannot re-read the emergency stops for %.0f s (%s); enforcing the last ones read: %s",
+                now - self._failing_since,
+                exc,
+                _describe(self._stops),
+            )
+
+    def _recovered(self) -> None:
+        if self._failing_since is not None:
+            log.warning("emergency stops readable again after %.1f s", self._monotonic() - self._failing_since)
+        self._failing_since = None
+        self._last_failure_log = float("-inf")
+
+
+def _describe(stops: Sequence[EmergencyStop]) -> str:
+    if not stops:
+        return "none"
+    return "; ".join(stop.describe() for stop in stops)

@@ -1,0 +1,140 @@
+"""A DENY answered because the store failed after the subject's step reserved gives the
+reservation back (Quotas releases it in the background), so the denied caller is never
+charged the estimate at expiry. The global step is made to fail for real: a wrong-typed key
+in the global slot on one Redis, and the global slot's master stopped on a real cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio
+from admin_plane import ALPHA
+from redis.asyncio.connection import AbstractConnection
+from support.redis_cluster import LocalRedisCluster
+
+from quota_service.policy.engine import Decision, Reason, build_request
+from quota_service.quotas import Quotas
+from quota_service.reload import LivePolicy
+from quota_service.store import keys
+from quota_service.store.base import GLOBAL_SCOPE
+from quota_service.store.redis_store import RedisCounterStore
+
+pytestmark = pytest.mark.redis
+
+DAY = time.strftime("%Y-%m-%d", time.gmtime())
+
+
+def tokens(who: str, amount: int = 100) -> object:
+    # Priced: the plan has company-wide (cost_usd per day) charges, so there is a global step.
+    return build_request(
+        subject=who, feature="blog_writer", provider="openai", model="gpt-4o-mini", usage={"tokens": amount}
+    )
+
+
+@pytest.fixture
+async def quotas(redis_url: str) -> AsyncIterator[Quotas]:
+    store = RedisCounterStore.from_url(redis_url, timeout_seconds=2.0)
+    try:
+        yield Quotas(policy=LivePolicy(ALPHA), store=store)
+    finally:
+        await store.close()
+
+
+async def test_a_failed_global_step_denies_and_gives_the_subject_part_back(quotas: Quotas, redis_url: str) -> None:
+    raw = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        ok = await quotas.check_and_reserve(tokens("warm"))  # the global slot works ...
+        assert ok.outcome.decision is Decision.ALLOW
+        await raw.set(keys.open_set_key(GLOBAL_SCOPE), "not a zset")  # ... and now every global step fails
+
+        answer = await quotas.check_and_reserve(tokens("victim"))  # free_alpha: on_store_error deny
+        assert (answer.outcome.decision, answer.outcome.reason) == (Decision.DENY, Reason.STORE_UNAVAILABLE)
+        assert not answer.reservation_id
+        await quotas.drain(5.0)
+        counter = await raw.hgetall(f"q:{{victim}}:tokens:day:{DAY}")
+        assert counter.get("held") == "0" and counter.get("used", "0") == "0", counter
+        (record_key,) = await raw.keys("r:{victim}:*")
+        assert await raw.hget(record_key, "state") == "released"
+    finally:
+        await raw.aclose()
+
+
+async def test_an_allow_by_on_store_error_keeps_the_hold(quotas: Quotas, redis_url: str) -> None:
+    raw = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await quotas.store.set_tier("payer", "pro_alpha")  # type: ignore[attr-defined]
+        await quotas.subject_config("payer", fresh=True)
+        await raw.set(keys.open_set_key(GLOBAL_SCOPE), "not a zset")
+        answer = await quotas.check_and_reserve(tokens("payer"))
+        assert (answer.outcome.decision, answer.outcome.reason) == (Decision.ALLOW, Reason.STORE_UNAVAILABLE)
+        await quotas.drain(5.0)
+        # The call goes ahead unverified: its estimate stays held and settles at expiry (conservative).
+        assert await raw.hget(f"q:{{payer}}:tokens:day:{DAY}", "held") == "100"
+    finally:
+        await raw.aclose()
+
+
+@pytest.mark.cluster
+async def test_on_a_cluster_with_the_global_master_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Quick retries: the client's first call after losing a master may still fail while it
+    # rediscovers the cluster; the global part (which holds nothing) keeps failing while its
+    # master is down, and the test waits for the retries to end rather than cancel them.
+    monkeypatch.setattr("quota_service.quotas.RELEASE_RETRY_DELAYS", (0.0, 0.2, 0.2, 0.2, 0.2))
+    cluster = LocalRedisCluster(tmp_path / "cluster").start()
+    try:
+        await _deny_with_the_global_master_down(cluster)
+    finally:
+        cluster.stop()
+        await _close_abandoned_connections()
+
+
+async def _close_abandoned_connections() -> None:
+    """redis-py's cluster client, rediscovering a cluster that lost a master, drops node
+    objects whose in-flight connections its ``aclose()`` then never reaches; close them
+    here, so the test leaves no socket behind (the suite turns ResourceWarning into errors)."""
+    for obj in gc.get_objects():
+        if isinstance(obj, AbstractConnection) and obj.is_connected:
+            await obj.disconnect()
+
+
+async def _deny_with_the_global_master_down(cluster: LocalRedisCluster) -> None:
+    store = RedisCounterStore.from_url(cluster.url, timeout_seconds=2.0)
+    quotas = Quotas(policy=LivePolicy(ALPHA), store=store)
+    try:
+        ok = await quotas.check_and_reserve(tokens("warm"))
+        assert ok.outcome.decision is Decision.ALLOW
+        owner = _owner_port(cluster, keys.open_set_key(GLOBAL_SCOPE))
+        victim = next(s for s in (f"victim-{i}" for i in range(1000)) if _owner_port(cluster, f"c:{{{s}}}") != owner)
+        subject_port = _owner_port(cluster, f"c:{{{victim}}}")
+        await quotas.subject_config(victim)  # known before the failure
+        next(n for n in cluster.nodes if n.port == owner).stop()
+
+        answer = await quotas.check_and_reserve(tokens(victim))
+        assert (answer.outcome.decision, answer.outcome.reason) == (Decision.DENY, Reason.STORE_UNAVAILABLE)
+        # The subject's part is released within a retry or two (the retries that follow are for
+        # the global part, which holds nothing); checked well within the cluster's node timeout.
+        with redis.Redis(port=subject_port, decode_responses=True) as raw:
+            deadline = time.monotonic() + 3
+            while raw.hget(f"q:{{{victim}}}:tokens:day:{DAY}", "held") != "0":
+                assert time.monotonic() < deadline, raw.hgetall(f"q:{{{victim}}}:tokens:day:{DAY}")
+                await asyncio.sleep(0.05)
+            (record_key,) = raw.keys(f"r:{{{victim}}}:*")
+            assert raw.hget(record_key, "state") == "released"
+        await quotas.drain(5.0)
+    finally:
+        await store.close()
+
+
+def _owner_port(cluster: LocalRedisCluster, key: str) -> int:
+    with redis.Redis(port=cluster.ports[0], decode_responses=True) as client:
+        slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))  # type: ignore[no-untyped-call]
+        for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):  # type: ignore[no-untyped-call]
+            if int(start) <= slot <= int(end):
+                return int(master[1])
+    raise AssertionError(f"no node serves {key}")
