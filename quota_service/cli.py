@@ -85,6 +85,13 @@ def _build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="probe a running server's grpc.health.v1 status (exit 0 when SERVING)")
     health.add_argument("--target", default=os.environ.get("QUOTA_TARGET", "127.0.0.1:50051"))
     health.add_argument("--timeout", type=float, default=2.0)
+    health.add_argument(
+        "--tls-ca", default=os.environ.get("QUOTA_TLS_CA", ""), help="PEM CA that signed the server's certificate (TLS)"
+    )
+    health.add_argument(
+        "--tls-cert", default=os.environ.get("QUOTA_TLS_CLIENT_CERT", ""), help="PEM client certificate (mTLS)"
+    )
+    health.add_argument("--tls-key", default=os.environ.get("QUOTA_TLS_CLIENT_KEY", ""), help="PEM client key (mTLS)")
 
     check = sub.add_parser("check-policy", help="validate a policy file or directory and print a summary")
     check.add_argument("path", help="policy file or directory")
@@ -106,12 +113,28 @@ def _check_policy(path: str) -> int:
     return 0
 
 
-def _health(target: str, timeout: float) -> int:
+def _health(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    target, timeout = args.target, args.timeout
     try:
-        with grpc.insecure_channel(target) as channel:
+        if args.tls_ca or args.tls_cert:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=Path(args.tls_ca).read_bytes() if args.tls_ca else None,
+                private_key=Path(args.tls_key).read_bytes() if args.tls_key else None,
+                certificate_chain=Path(args.tls_cert).read_bytes() if args.tls_cert else None,
+            )
+            channel = grpc.secure_channel(target, credentials)
+        else:
+            channel = grpc.insecure_channel(target)
+    except OSError as exc:
+        print(f"cannot read a TLS file: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
     except grpc.RpcError as exc:
         print(f"{target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
@@ -126,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-policy":
         return _check_policy(args.path)
     if args.command == "health":
-        return _health(args.target, args.timeout)
+        return _health(args)
     from quota_service.server.main import serve_from_args
 
     return serve_from_args(args)

@@ -331,3 +331,30 @@ def test_a_client_ca_without_a_server_certificate_is_refused(redis_url: str, tmp
         assert "TLS needs both --tls-cert and --tls-key" in server.log()
     finally:
         server.stop()
+
+
+def health(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "quota_service.cli", "health", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        env={k: v for k, v in os.environ.items() if not k.startswith("QUOTA_")},
+    )
+
+
+def test_the_health_probe_speaks_tls_and_mtls(
+    tls_server: TlsServerProcess, mtls_server: TlsServerProcess, pki: Pki
+) -> None:
+    ok = health("--target", tls_server.target, "--tls-ca", str(pki.ca))
+    assert (ok.returncode, ok.stdout.strip()) == (0, f"{tls_server.target}: SERVING"), ok.stderr
+    plaintext = health("--target", tls_server.target, "--timeout", "2")
+    assert plaintext.returncode == 1 and "UNAVAILABLE" in plaintext.stderr
+    mutual = health(
+        "--target", mtls_server.target, "--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert),
+        "--tls-key", str(pki.client_key),
+    )  # fmt: skip
+    assert mutual.returncode == 0, mutual.stderr
+    anonymous = health("--target", mtls_server.target, "--tls-ca", str(pki.ca), "--timeout", "2")
+    assert anonymous.returncode == 1
