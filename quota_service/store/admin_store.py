@@ -46,7 +46,6 @@ from typing import Any, Final, TypeVar
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisClusterException, RedisError
 
 from quota_service.admin import AuditRecord, UsageRow
 from quota_service.errors import StoreUnavailable
@@ -54,7 +53,7 @@ from quota_service.policy.engine import EmergencyStop, StopScope
 from quota_service.policy.windows import Window
 from quota_service.store import keys
 from quota_service.store.base import GLOBAL_SCOPE, OverrideRecord, SubjectConfig
-from quota_service.store.redis_store import RedisCounterStore
+from quota_service.store.redis_store import STORE_ERRORS, RedisCounterStore, bounded_call
 
 __all__ = [
     "AUDIT_KEY",
@@ -83,7 +82,6 @@ AUDIT_PAGE: Final = 500
 #: How long the stop subscription waits for a message before looking again (seconds).
 SUBSCRIPTION_POLL_SECONDS: Final = 1.0
 
-_STORE_ERRORS: Final = (RedisError, RedisClusterException, OSError)
 _SCRIPTS: Final = ("admin_stop", "admin_reset", "admin_prune_index")
 _GLOB_SPECIAL: Final = frozenset("*?[]\\")
 
@@ -168,14 +166,7 @@ class RedisAdminStore:
     # -- plumbing -------------------------------------------------------------------------
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """One round trip, bounded by the deadline; every failure becomes ``StoreUnavailable``."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await call()
-        except TimeoutError as exc:
-            raise StoreUnavailable(f"redis {what}: no answer within {self._timeout:g}s") from exc
-        except _STORE_ERRORS as exc:
-            raise StoreUnavailable(f"redis {what} failed: {type(exc).__name__}: {exc}") from exc
+        return await bounded_call(what, self._timeout, call)
 
     async def _script(self, name: str, script_keys: Sequence[str], args: Sequence[str | int]) -> Any:
         script = self._scripts[name]
@@ -286,12 +277,12 @@ class RedisAdminStore:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=SUBSCRIPTION_POLL_SECONDS
                     )
-                except _STORE_ERRORS as exc:
+                except STORE_ERRORS as exc:
                     raise StoreUnavailable(f"redis stop subscription broke: {type(exc).__name__}: {exc}") from exc
                 if message is not None and message.get("type") == "message":
                     yield None
         finally:
-            with contextlib.suppress(*_STORE_ERRORS, TimeoutError):
+            with contextlib.suppress(*STORE_ERRORS, TimeoutError):
                 async with asyncio.timeout(self._timeout):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 

@@ -83,7 +83,19 @@ _CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _PLAIN_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
 
 #: What a store error looks like coming out of redis-py (or the OS, or the deadline).
-_STORE_ERRORS: Final = (RedisError, RedisClusterException, OSError)
+STORE_ERRORS: Final = (RedisError, RedisClusterException, OSError)
+
+
+async def bounded_call(what: str, seconds: float, call: Callable[[], Awaitable[T]]) -> T:
+    """One Redis round trip, bounded by ``seconds``. The one place where redis-py's
+    (and the OS's, and the deadline's) failures become :class:`StoreUnavailable`."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await call()
+    except TimeoutError as exc:
+        raise StoreUnavailable(f"redis {what}: no answer within {seconds:g}s") from exc
+    except STORE_ERRORS as exc:
+        raise StoreUnavailable(f"redis {what} failed: {type(exc).__name__}: {exc}") from exc
 
 
 @functools.cache
@@ -322,14 +334,7 @@ class RedisCounterStore:
     # -- plumbing -------------------------------------------------------------------------
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """One round trip, bounded by the deadline; every failure becomes ``StoreUnavailable``."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await call()
-        except TimeoutError as exc:
-            raise StoreUnavailable(f"redis {what}: no answer within {self._timeout:g}s") from exc
-        except _STORE_ERRORS as exc:
-            raise StoreUnavailable(f"redis {what} failed: {type(exc).__name__}: {exc}") from exc
+        return await bounded_call(what, self._timeout, call)
 
     async def _script(self, name: str, script_keys: Sequence[str], args: Sequence[str | int]) -> Any:
         script = self._scripts[name]
