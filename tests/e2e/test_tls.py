@@ -358,3 +358,31 @@ def test_the_health_probe_speaks_tls_and_mtls(
     assert mutual.returncode == 0, mutual.stderr
     anonymous = health("--target", mtls_server.target, "--tls-ca", str(pki.ca), "--timeout", "2")
     assert anonymous.returncode == 1
+
+
+def test_the_python_client_guards_a_call_over_tls_and_mtls(
+    tls_server: TlsServerProcess, mtls_server: TlsServerProcess, pki: Pki
+) -> None:
+    from quota_client import QuotaClient, QuotaUnavailable, TlsConfig
+
+    with QuotaClient(tls_server.target, tls=TlsConfig.from_files(ca=pki.ca)) as client:
+        with client.reserve("tls-user", "blog_writer", provider="openai", model="gpt-4o-mini", tokens=40) as r:
+            r.commit(tokens=25)
+        day = next(row for row in client.get_usage("tls-user").limits if row.metric == "tokens")
+        assert (day.used, day.held) == (25, 0)
+
+    mutual = TlsConfig.from_files(ca=pki.ca, cert=pki.client_cert, key=pki.client_key)
+    chat = {"provider": "openai", "model": "gpt-4o-mini"}
+    with (
+        QuotaClient(mtls_server.target, tls=mutual) as client,
+        client.reserve("mtls-user", "blog_writer", tokens=40, **chat) as r,
+    ):
+        r.commit(tokens=30)
+    # Without a client certificate the mTLS server refuses the handshake: fail closed.
+    anonymous = TlsConfig.from_files(ca=pki.ca)
+    with (
+        QuotaClient(mtls_server.target, tls=anonymous, deadline=1.0) as client,
+        pytest.raises(QuotaUnavailable),
+        client.reserve("mtls-user", "blog_writer", tokens=1, **chat),
+    ):
+        pytest.fail("the block must not run")
