@@ -187,22 +187,25 @@ class Quotas:
             answer = self._store_unavailable(policy, self.configs.get(request.subject) or cached, exc, request)
             if answer.outcome.decision is Decision.DENY and sent:
                 # Only the last command can hold anything: earlier ones answered (stale config).
-                self._release_later(sent[-1])
+                self._release_later(sent[-1], request.request_id)
         _decision_counter(answer.outcome.decision, answer.outcome.reason).inc()
         return answer
 
-    def _release_later(self, reservation_id: str) -> None:
-        """Release ``reservation_id`` in the background: the answer (a DENY) does not wait
-        for a store that just failed. Unknown ids (nothing was reserved) are fine."""
-        task = asyncio.create_task(self._release_quietly(reservation_id), name=f"release {reservation_id}")
+    def _release_later(self, reservation_id: str, request_id: str) -> None:
+        """Withdraw ``reservation_id`` in the background: the answer (a DENY) does not wait
+        for a store that just failed. Unknown ids (nothing was reserved) are fine. The
+        request_id is forgotten with it, so a repeat is decided afresh rather than replayed
+        as a reservation that no longer holds anything."""
+        task = asyncio.create_task(self._release_quietly(reservation_id, request_id), name=f"release {reservation_id}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _release_quietly(self, reservation_id: str) -> None:
+    async def _release_quietly(self, reservation_id: str, request_id: str) -> None:
         for delay in RELEASE_RETRY_DELAYS:
             await asyncio.sleep(delay)
             try:
-                await self.store.release(reservation_id, to_ms(self.clock.now()))
+                if not await self.store.withdraw(reservation_id, request_id, to_ms(self.clock.now())):
+                    return  # never reserved, settled, or handed out by a replay since: keep it
             except (NotFound, InvalidRequest):
                 return  # never reserved (the failure came first): nothing to give back
             except StoreUnavailable as exc:

@@ -178,6 +178,11 @@ class CounterStore(Protocol):
 
     async def release(self, reservation_id: str, now_ms: int) -> SettleResult: ...
 
+    async def withdraw(self, reservation_id: str, request_id: str, now_ms: int) -> bool:
+        """Release a reservation whose caller was answered DENY and forget ``request_id``,
+        unless a replay of the request handed the reservation out since (then ``False``)."""
+        ...
+
     async def usage(self, counters: tuple[CounterRef, ...], now_ms: int) -> Mapping[CounterRef, CounterValue]:
         """Current values (after settling expired reservations of the scopes involved)."""
         ...

@@ -536,6 +536,7 @@ class RedisCounterStore:
         *,
         request_id: str = "",
         global_snapshot: str | None = None,
+        withdraw: bool = False,
     ) -> _SettleStep:
         script_keys = [
             keys.reservation_key(scope, reservation_id),
@@ -548,7 +549,7 @@ class RedisCounterStore:
             self._grace_ms,
             json.dumps({metric: str(units) for metric, units in actual.items()}),
             reservation_id,
-            "0" if global_snapshot is None else "1",
+            "2" if withdraw else "0" if global_snapshot is None else "1",
             global_snapshot or "",
         ]
         outcome, _state, charges_json, has_global, flat = await self._script("settle", script_keys, args)
@@ -566,6 +567,21 @@ class RedisCounterStore:
             company = await self._settle_step(GLOBAL_SCOPE, reservation_id, mode, actual, now_ms)
             values.update(company.values)
         return SettleResult(already_settled=part.outcome == "already_settled", values=values)
+
+    async def withdraw(self, reservation_id: str, request_id: str, now_ms: int) -> bool:
+        """Give back a reservation whose caller was answered DENY (the store failed midway)
+        and forget its ``request_id``, so a repeat of the request is decided afresh. Returns
+        ``False`` (and changes nothing) when a replay of the request has handed the
+        reservation out since, or when it is unknown or already settled."""
+        subject = keys.subject_of(reservation_id)
+        part = await self._settle_step(
+            subject, reservation_id, "release", {}, now_ms, request_id=request_id, withdraw=True
+        )
+        if part.outcome != "settled":
+            return False
+        if part.has_global:
+            await self._settle_step(GLOBAL_SCOPE, reservation_id, "release", {}, now_ms)
+        return True
 
     async def commit(self, reservation_id: str, actual: Mapping[str, int], now_ms: int) -> SettleResult:
         """Settle with ``actual`` units per metric (a metric left out counts 0; a metric the

@@ -39,6 +39,13 @@ local function reserve_one(KEYS, ARGV)
         values[2 * i - 1] = recorded[1]
         values[2 * i] = recorded[2]
       end
+      if answer.st == 'reserved' and answer.rid then
+        -- A replay hands this reservation out (again): a later withdraw must leave it alone.
+        local record = ARGV[6] .. answer.rid
+        if redis.call('EXISTS', record) == 1 then
+          redis.call('HSET', record, 'replayed', '1')
+        end
+      end
       return {answer.st, answer.rid or '', answer.exp or '0', '1', values, answer.gsnap or ''}
     end
   end

@@ -11,8 +11,14 @@
 -- ARGV[3]  grace_ms         ms a settled record is kept after max(now_ms, expires_ms)
 -- ARGV[4]  actual           JSON {metric: units (string)}; a metric left out counts 0 ("{}" for release)
 -- ARGV[5]  rid              the reservation id (member of KEYS[2])
--- ARGV[6]  mark_denied      "1": compensation for a global denial; besides releasing, the
---                           recorded answer under KEYS[3] becomes denied_global with ARGV[7]
+-- ARGV[6]  mark             "0": plain commit or release.
+--                           "1": compensation for a global denial; besides releasing, the
+--                           recorded answer under KEYS[3] becomes denied_global with ARGV[7].
+--                           "2": withdraw (mode release): the caller was answered DENY after a
+--                           store failure, so the reservation is released and its request key
+--                           deleted (a repeat of the request_id is decided afresh); unless a
+--                           replay has handed the reservation out since (record field
+--                           "replayed"), then nothing changes and the outcome is "kept".
 -- ARGV[7]  global_snapshot  JSON {counter_key: [used, held]} of the global step that denied
 --
 -- State changes (see lib.lua settle_record): open -> commit: used += actual, held -= ask;
@@ -20,12 +26,15 @@
 -- expired -> release: used -= ask; committed/released: nothing.
 --
 -- Returns {outcome, state_before, charges, has_global, values}:
---   outcome       settled | already_settled | missing
+--   outcome       settled | already_settled | missing | kept (withdraw only)
 --   charges       the record's charges JSON ("[]" when missing)
 --   has_global    "1" when the reservation also holds on __global__ counters
 --   values        flat {used_1, held_1, ...} (strings, units) of the charges' counters after settling
 
 local mode = ARGV[1]
+if ARGV[6] == '2' and redis.call('HGET', KEYS[1], 'replayed') == '1' then
+  return {'kept', 'open', '[]', '0', {}}
+end
 local state, charges = settle_record(KEYS[1], KEYS[2], ARGV[5], mode, cjson.decode(ARGV[4]), ARGV[2],
   ARGV[3])
 if state == '' then
@@ -41,6 +50,11 @@ if ARGV[6] == '1' then
     answer.rid = ''
     answer.gsnap = ARGV[7]
     redis.call('SET', KEYS[3], cjson.encode(answer), 'KEEPTTL')
+  end
+elseif ARGV[6] == '2' and (state == 'open' or state == 'expired') then
+  local prior = redis.call('GET', KEYS[3])
+  if prior and cjson.decode(prior).rid == ARGV[5] then
+    redis.call('DEL', KEYS[3])
   end
 end
 

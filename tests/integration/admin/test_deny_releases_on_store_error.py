@@ -138,3 +138,33 @@ def _owner_port(cluster: LocalRedisCluster, key: str) -> int:
             if int(start) <= slot <= int(end):
                 return int(master[1])
     raise AssertionError(f"no node serves {key}")
+
+
+async def test_the_same_request_id_after_the_withdraw_is_decided_afresh(quotas: Quotas, redis_url: str) -> None:
+    """The caller was told DENY; the withdraw forgets its request_id with the hold, so a repeat
+    (the store healthy again) gets a real reservation that counts once, never a replay of a
+    reservation that was given back (whose commit would land nowhere)."""
+    raw = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    request = build_request(
+        subject="retrier",
+        feature="blog_writer",
+        provider="openai",
+        model="gpt-4o-mini",
+        usage={"tokens": 100},
+        request_id="req-after-outage",
+    )
+    try:
+        await quotas.check_and_reserve(tokens("warm"))
+        await raw.set(keys.open_set_key(GLOBAL_SCOPE), "not a zset")
+        denied = await quotas.check_and_reserve(request)
+        assert denied.outcome.reason is Reason.STORE_UNAVAILABLE
+        await quotas.drain(5.0)
+        await raw.delete(keys.open_set_key(GLOBAL_SCOPE))  # the store is healthy again
+
+        again = await quotas.check_and_reserve(request)
+        assert again.outcome.decision is Decision.ALLOW and again.reservation_id and not again.replayed
+        await quotas.commit(again.reservation_id, {"tokens": 60})
+        counter = await raw.hgetall(f"q:{{retrier}}:tokens:day:{DAY}")
+        assert (counter.get("used"), counter.get("held")) == ("60", "0")
+    finally:
+        await raw.aclose()

@@ -211,3 +211,37 @@ async def test_unknown_and_malformed_reservations(store: RedisCounterStore) -> N
     for actual in ({"tokens": -1}, {"Tokens!": 1}, {"tokens": 2**53}):
         with pytest.raises(InvalidRequest):
             await store.commit(rid, actual, NOW_MS)
+
+
+async def test_withdraw_releases_both_parts_and_forgets_the_request(store: RedisCounterStore) -> None:
+    """The caller was answered DENY after a store failure: the hold goes, and a repeat of the
+    request_id is decided afresh instead of replaying a reservation that holds nothing."""
+    tokens, company = counter(), global_counter()
+    first = await store.reserve(
+        command(charge(tokens, 10, cap=1000), request_id="req-w", global_charges=(charge(company, 10, cap=10**6),))
+    )
+    assert first.status is ReserveStatus.RESERVED
+    assert await store.withdraw(first.reservation_id, "req-w", NOW_MS)
+    assert await store.usage((tokens, company), NOW_MS) == {tokens: CounterValue(0, 0), company: CounterValue(0, 0)}
+    again = await store.reserve(
+        command(charge(tokens, 10, cap=1000), request_id="req-w", global_charges=(charge(company, 10, cap=10**6),))
+    )
+    assert again.status is ReserveStatus.RESERVED and not again.replayed
+    assert again.reservation_id != first.reservation_id
+    assert await store.usage((tokens, company), NOW_MS) == {tokens: CounterValue(0, 10), company: CounterValue(0, 10)}
+    assert not await store.withdraw(first.reservation_id, "req-w", NOW_MS)  # already settled
+
+
+async def test_withdraw_keeps_a_reservation_a_replay_handed_out(store: RedisCounterStore) -> None:
+    tokens = counter()
+    first = await store.reserve(command(charge(tokens, 10, cap=1000), request_id="req-r"))
+    replay = await store.reserve(command(charge(tokens, 10, cap=1000), request_id="req-r"))
+    assert replay.replayed and replay.reservation_id == first.reservation_id
+    assert not await store.withdraw(first.reservation_id, "req-r", NOW_MS)
+    assert await value(store, tokens) == CounterValue(0, 10)
+    await store.commit(first.reservation_id, {"tokens": 8}, NOW_MS)  # the client's commit still lands
+    assert await value(store, tokens) == CounterValue(8, 0)
+
+
+async def test_withdraw_of_an_unknown_reservation_changes_nothing(store: RedisCounterStore) -> None:
+    assert not await store.withdraw(keys.new_reservation_id("alice"), "req-x", NOW_MS)
