@@ -15,7 +15,6 @@ from pathlib import Path
 import grpc
 import pytest
 import trustme
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.server_process import ROOT, ServerProcess
 
 from quota.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc
@@ -74,31 +73,9 @@ def credentials(
     )
 
 
-class TlsServerProcess(ServerProcess):
-    """A ServerProcess whose readiness probe speaks TLS (the plaintext probe cannot)."""
-
-    def __init__(self, *, probe_credentials: grpc.ChannelCredentials, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.probe_credentials = probe_credentials
-
-    def wait_healthy(self, timeout: float) -> None:
-        with grpc.secure_channel(self.target, self.probe_credentials) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + max(timeout, 1.0)
-            while True:
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(0.05)
-
-
 @pytest.fixture
-def tls_server(redis_url: str, tmp_path: Path, pki: Pki) -> Iterator[TlsServerProcess]:
-    server = TlsServerProcess(
+def tls_server(redis_url: str, tmp_path: Path, pki: Pki) -> Iterator[ServerProcess]:
+    server = ServerProcess(
         redis_url=redis_url,
         workdir=tmp_path,
         extra_args=("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)),
@@ -112,8 +89,8 @@ def tls_server(redis_url: str, tmp_path: Path, pki: Pki) -> Iterator[TlsServerPr
 
 
 @pytest.fixture
-def mtls_server(redis_url: str, tmp_path: Path, pki: Pki) -> Iterator[TlsServerProcess]:
-    server = TlsServerProcess(
+def mtls_server(redis_url: str, tmp_path: Path, pki: Pki) -> Iterator[ServerProcess]:
+    server = ServerProcess(
         redis_url=redis_url,
         workdir=tmp_path,
         extra_args=(
@@ -164,31 +141,31 @@ def quotactl(*args: str, target: str, token: str = "") -> subprocess.CompletedPr
 # --- server TLS ---------------------------------------------------------------------------
 
 
-def test_a_tls_client_trusting_the_ca_is_served(tls_server: TlsServerProcess, pki: Pki) -> None:
+def test_a_tls_client_trusting_the_ca_is_served(tls_server: ServerProcess, pki: Pki) -> None:
     with grpc.secure_channel(tls_server.target, credentials(pki)) as channel:
         answer = ask(channel)
     assert answer.decision == quota_pb2.ALLOW and answer.reservation_id
     assert "(TLS)" in tls_server.log()
 
 
-def test_the_certificate_verifies_by_host_name_too(tls_server: TlsServerProcess, pki: Pki) -> None:
+def test_the_certificate_verifies_by_host_name_too(tls_server: ServerProcess, pki: Pki) -> None:
     with grpc.secure_channel(f"localhost:{tls_server.port}", credentials(pki)) as channel:
         assert ask(channel).decision == quota_pb2.ALLOW
 
 
-def test_a_plaintext_client_is_not_served(tls_server: TlsServerProcess) -> None:
+def test_a_plaintext_client_is_not_served(tls_server: ServerProcess) -> None:
     started = time.monotonic()
     with grpc.insecure_channel(tls_server.target) as channel:
         assert refused(channel) == grpc.StatusCode.UNAVAILABLE
     assert time.monotonic() - started < FAILURE_TIMEOUT + 1
 
 
-def test_a_client_not_trusting_the_servers_ca_refuses_it(tls_server: TlsServerProcess, pki: Pki) -> None:
+def test_a_client_not_trusting_the_servers_ca_refuses_it(tls_server: ServerProcess, pki: Pki) -> None:
     with grpc.secure_channel(tls_server.target, credentials(pki, ca=pki.rogue_ca)) as channel:
         assert refused(channel) == grpc.StatusCode.UNAVAILABLE
 
 
-def test_admin_calls_over_tls_still_need_the_token(tls_server: TlsServerProcess, pki: Pki) -> None:
+def test_admin_calls_over_tls_still_need_the_token(tls_server: ServerProcess, pki: Pki) -> None:
     with grpc.secure_channel(tls_server.target, credentials(pki)) as channel:
         stub = admin_pb2_grpc.AdminServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
@@ -205,22 +182,22 @@ def test_admin_calls_over_tls_still_need_the_token(tls_server: TlsServerProcess,
 # --- mutual TLS ---------------------------------------------------------------------------
 
 
-def test_mtls_serves_a_client_with_a_certificate_from_the_client_ca(mtls_server: TlsServerProcess, pki: Pki) -> None:
+def test_mtls_serves_a_client_with_a_certificate_from_the_client_ca(mtls_server: ServerProcess, pki: Pki) -> None:
     with grpc.secure_channel(mtls_server.target, credentials(pki, cert=pki.client_cert, key=pki.client_key)) as ch:
         assert ask(ch).decision == quota_pb2.ALLOW
 
 
-def test_mtls_refuses_a_client_without_a_certificate(mtls_server: TlsServerProcess, pki: Pki) -> None:
+def test_mtls_refuses_a_client_without_a_certificate(mtls_server: ServerProcess, pki: Pki) -> None:
     with grpc.secure_channel(mtls_server.target, credentials(pki)) as channel:
         assert refused(channel) == grpc.StatusCode.UNAVAILABLE
 
 
-def test_mtls_refuses_a_certificate_from_another_ca(mtls_server: TlsServerProcess, pki: Pki) -> None:
+def test_mtls_refuses_a_certificate_from_another_ca(mtls_server: ServerProcess, pki: Pki) -> None:
     with grpc.secure_channel(mtls_server.target, credentials(pki, cert=pki.rogue_cert, key=pki.rogue_key)) as ch:
         assert refused(ch) == grpc.StatusCode.UNAVAILABLE
 
 
-def test_mtls_refuses_a_plaintext_client(mtls_server: TlsServerProcess) -> None:
+def test_mtls_refuses_a_plaintext_client(mtls_server: ServerProcess) -> None:
     with grpc.insecure_channel(mtls_server.target) as channel:
         assert refused(channel) == grpc.StatusCode.UNAVAILABLE
 
@@ -228,7 +205,7 @@ def test_mtls_refuses_a_plaintext_client(mtls_server: TlsServerProcess) -> None:
 # --- quotactl over TLS and mTLS -------------------------------------------------------------
 
 
-def test_quotactl_over_tls(tls_server: TlsServerProcess, pki: Pki) -> None:
+def test_quotactl_over_tls(tls_server: ServerProcess, pki: Pki) -> None:
     ok = quotactl("--tls-ca", str(pki.ca), "status", target=tls_server.target, token=tls_server.admin_token)
     assert ok.returncode == 0, ok.stderr
     assert "default tier  free_alpha" in ok.stdout
@@ -242,7 +219,7 @@ def test_quotactl_over_tls(tls_server: TlsServerProcess, pki: Pki) -> None:
     assert "check the TLS options" in untrusted.stderr
 
 
-def test_quotactl_tls_options_from_the_environment(tls_server: TlsServerProcess, pki: Pki) -> None:
+def test_quotactl_tls_options_from_the_environment(tls_server: ServerProcess, pki: Pki) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTA_")}
     env |= {
         "QUOTA_TARGET": f"localhost:{tls_server.port}",
@@ -261,7 +238,7 @@ def test_quotactl_tls_options_from_the_environment(tls_server: TlsServerProcess,
     assert '"default_tier": "free_alpha"' in done.stdout
 
 
-def test_quotactl_over_mtls(mtls_server: TlsServerProcess, pki: Pki) -> None:
+def test_quotactl_over_mtls(mtls_server: ServerProcess, pki: Pki) -> None:
     tls = ("--tls-ca", str(pki.ca))
     client = ("--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key))
     ok = quotactl(*tls, *client, "usage", "mtls-user", target=mtls_server.target, token=mtls_server.admin_token)
@@ -280,7 +257,7 @@ def test_quotactl_over_mtls(mtls_server: TlsServerProcess, pki: Pki) -> None:
     assert no_token.returncode == 4, no_token.stderr
 
 
-def test_quotactl_with_an_unreadable_certificate_is_a_usage_error(tls_server: TlsServerProcess, pki: Pki) -> None:
+def test_quotactl_with_an_unreadable_certificate_is_a_usage_error(tls_server: ServerProcess, pki: Pki) -> None:
     done = quotactl("--tls-ca", str(pki.ca.parent / "missing.pem"), "status", target=tls_server.target)
     assert done.returncode == 2
     assert "cannot read the CA file" in done.stderr and "Traceback" not in done.stderr
@@ -344,9 +321,7 @@ def health(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_health_probe_speaks_tls_and_mtls(
-    tls_server: TlsServerProcess, mtls_server: TlsServerProcess, pki: Pki
-) -> None:
+def test_the_health_probe_speaks_tls_and_mtls(tls_server: ServerProcess, mtls_server: ServerProcess, pki: Pki) -> None:
     ok = health("--target", tls_server.target, "--tls-ca", str(pki.ca))
     assert (ok.returncode, ok.stdout.strip()) == (0, f"{tls_server.target}: SERVING"), ok.stderr
     plaintext = health("--target", tls_server.target, "--timeout", "2")
@@ -361,7 +336,7 @@ def test_the_health_probe_speaks_tls_and_mtls(
 
 
 def test_the_python_client_guards_a_call_over_tls_and_mtls(
-    tls_server: TlsServerProcess, mtls_server: TlsServerProcess, pki: Pki
+    tls_server: ServerProcess, mtls_server: ServerProcess, pki: Pki
 ) -> None:
     from quota_client import QuotaClient, QuotaUnavailable, TlsConfig
 

@@ -29,8 +29,11 @@ class ServerProcess:
         policies: Path = SHIPPED_POLICIES,
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        probe_credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.redis_url = redis_url
+        # TLS servers: the readiness probe must speak TLS (a plaintext probe cannot).
+        self.probe_credentials = probe_credentials
         self.policies = policies
         self.workdir = workdir
         self.extra_args = extra_args
@@ -80,7 +83,12 @@ class ServerProcess:
         self.wait_healthy(deadline - time.monotonic())
 
     def wait_healthy(self, timeout: float) -> None:
-        with grpc.insecure_channel(self.target) as channel:
+        channel = (
+            grpc.secure_channel(self.target, self.probe_credentials)
+            if self.probe_credentials is not None
+            else grpc.insecure_channel(self.target)
+        )
+        with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             deadline = time.monotonic() + max(timeout, 1.0)
             while True:
