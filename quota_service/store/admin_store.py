@@ -159,10 +159,6 @@ class RedisAdminStore:
             for name in _SCRIPTS
         }
 
-    @property
-    def is_cluster(self) -> bool:
-        return isinstance(self._client, RedisCluster)
-
     # -- plumbing -------------------------------------------------------------------------
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
