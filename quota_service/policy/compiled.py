@@ -101,10 +101,11 @@ class PriceTable:
     """
 
     entries: Mapping[str, Mapping[str, Decimal]] = field(default_factory=lambda: MappingProxyType({}))
+    #: Every metric priced somewhere in the table (derived once: the table is immutable).
+    priced_metrics: frozenset[str] = field(init=False)
 
-    @property
-    def priced_metrics(self) -> frozenset[str]:
-        return frozenset(m for rates in self.entries.values() for m in rates)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "priced_metrics", frozenset(m for rates in self.entries.values() for m in rates))
 
     def rate(self, provider: str, model: str, metric: str) -> Decimal | None:
         """USD per unit of ``metric`` for this provider/model, or ``None`` when unpriced."""
@@ -114,20 +115,30 @@ class PriceTable:
                 return rates[metric]
         return None
 
-    def cost_micros(self, provider: str, model: str, usage: Mapping[str, int]) -> tuple[int, list[str]]:
-        """The cost of ``usage`` in micro-dollars (rounded up) and the metrics left unpriced."""
-        total = Decimal(0)
+    def cost_micros(
+        self, provider: str, model: str, usage: Mapping[str, int]
+    ) -> tuple[int, list[str], dict[str, Decimal]]:
+        """The cost of ``usage`` in micro-dollars (rounded up), the metrics left unpriced, and
+        the rate of each priced metric used (what a later commit is priced at)."""
         unpriced: list[str] = []
+        rates: dict[str, Decimal] = {}
         priced = self.priced_metrics
-        for metric, amount in sorted(usage.items()):
+        for metric in sorted(usage):
             if metric == COST_METRIC or metric not in priced:
                 continue
             rate = self.rate(provider, model, metric)
             if rate is None:
                 unpriced.append(metric)
             else:
-                total += rate * amount
-        return _ceil(total * 1_000_000), unpriced
+                rates[metric] = rate
+        return micros_at(rates, usage), unpriced, rates
+
+
+def micros_at(rates: Mapping[str, Decimal], usage: Mapping[str, int]) -> int:
+    """USD micro-dollars of ``usage`` at ``rates`` (USD per unit), rounded up; a metric
+    without a rate costs nothing. The one place a cost is computed."""
+    total = sum((rates[metric] * amount for metric, amount in usage.items() if metric in rates), Decimal(0))
+    return _ceil(total * 1_000_000)
 
 
 @dataclass(frozen=True, slots=True)

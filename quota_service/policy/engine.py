@@ -23,10 +23,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 
 from quota_service.errors import InvalidRequest
-from quota_service.policy.compiled import CompiledPolicy, Limit, LimitKind, Tier, UnpricedMode
+from quota_service.policy.compiled import CompiledPolicy, Limit, LimitKind, Tier, UnpricedMode, micros_at
 from quota_service.policy.units import COST_METRIC, MAX_UNITS, from_units, parse_usage
 from quota_service.policy.windows import Window, WindowSpan, current_span
 from quota_service.store.base import (
@@ -300,7 +300,7 @@ def plan(
                 f"feature {request.feature!r} is not included in tier {tier.display_name!r}",
             ),
         )
-    cost, unpriced = policy.prices.cost_micros(request.provider, request.model, request.usage)
+    cost, unpriced, rates = policy.prices.cost_micros(request.provider, request.model, request.usage)
     if unpriced and policy.unpriced is UnpricedMode.DENY:
         target = f"{request.provider}/{request.model}" if request.provider else "(no provider)"
         return Plan(
@@ -315,18 +315,13 @@ def plan(
     if cost:
         asks[COST_METRIC] = cost
     ttl = request.ttl_seconds or tier.reservation_ttl_seconds
-    rates = {
-        metric: str(rate)
-        for metric in request.usage
-        if (rate := policy.prices.rate(request.provider, request.model, metric)) is not None
-    }
     meta = {
         "feature": request.feature,
         "provider": request.provider,
         "model": request.model,
         "tier": tier.name,
         # Commit prices the actual usage at the rates of the reservation, not of a later policy.
-        "rates": json.dumps(rates, sort_keys=True),
+        "rates": json.dumps({metric: str(rate) for metric, rate in rates.items()}, sort_keys=True),
     }
     return Plan(
         request,
@@ -442,8 +437,7 @@ def settlement(asks: Mapping[str, int], meta: Mapping[str, str], usage: Mapping[
     settled = {metric: actual.get(metric, 0) for metric in asks if metric != COST_METRIC}
     if COST_METRIC in asks:
         rates = {m: Decimal(r) for m, r in json.loads(meta.get("rates", "{}")).items()}
-        total = sum((rates[m] * n for m, n in settled.items() if m in rates), Decimal(0))
-        settled[COST_METRIC] = int((total * 1_000_000).to_integral_value(rounding=ROUND_CEILING))
+        settled[COST_METRIC] = micros_at(rates, settled)
     return settled
 
 

@@ -135,18 +135,23 @@ def test_price_resolution_is_most_specific_per_metric(alpha: CompiledPolicy) -> 
 
 
 def test_twenty_images_at_five_cents_are_exactly_one_dollar(alpha: CompiledPolicy) -> None:
-    assert alpha.prices.cost_micros("acme", "painter", {"images": 20}) == (1_000_000, [])
+    assert alpha.prices.cost_micros("acme", "painter", {"images": 20}) == (
+        1_000_000,
+        [],
+        {"images": Decimal("0.05")},
+    )
 
 
 def test_token_cost_rounds_up_to_whole_micro_dollars(alpha: CompiledPolicy) -> None:
     # 1 token of gpt-4o-mini = $0.0000006 -> 0.6 micro-dollars -> 1
-    assert alpha.prices.cost_micros("openai", "gpt-4o-mini", {"tokens": 1}) == (1, [])
-    assert alpha.prices.cost_micros("openai", "gpt-4o-mini", {"tokens": 1_000_000}) == (600_000, [])
+    mini = {"tokens": Decimal("0.0000006")}
+    assert alpha.prices.cost_micros("openai", "gpt-4o-mini", {"tokens": 1}) == (1, [], mini)
+    assert alpha.prices.cost_micros("openai", "gpt-4o-mini", {"tokens": 1_000_000}) == (600_000, [], mini)
 
 
 def test_metric_priced_elsewhere_but_not_here_is_unpriced() -> None:
     policy = _compile(_minimal(prices={"openai/*": {"tokens": 0.000002}}))
-    assert policy.prices.cost_micros("acme", "x", {"tokens": 10, "requests": 1}) == (0, ["tokens"])
+    assert policy.prices.cost_micros("acme", "x", {"tokens": 10, "requests": 1}) == (0, ["tokens"], {})
 
 
 # --- compile_policy on models built in Python ----------------------------------------------------
