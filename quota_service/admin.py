@@ -35,12 +35,14 @@ from typing import Any, Protocol
 from quota_service.clock import Clock, to_ms
 from quota_service.errors import InvalidRequest, NotFound, PolicyError, StoreUnavailable
 from quota_service.policy.compiled import CompiledPolicy
-from quota_service.policy.engine import EmergencyStop, LimitReport, StopScope, validate_name
+from quota_service.policy.domain import OverrideRecord, SubjectConfig
+from quota_service.policy.engine import LimitReport
+from quota_service.policy.stops import EmergencyStop, StopScope
 from quota_service.policy.units import MAX_UNITS, exact_units, from_units, validate_metric_name
+from quota_service.policy.validation import validate_name
 from quota_service.policy.windows import WINDOW_ORDER, Window, window_span
 from quota_service.quotas import Quotas
 from quota_service.reload import PolicyStatus
-from quota_service.store.base import OverrideRecord, SubjectConfig
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@
     ├── InvalidRequest          a malformed request: nothing was counted   -> INVALID_ARGUMENT
     ├── NotFound                an unknown reservation, tier, override     -> NOT_FOUND
     ├── PolicyError             a policy file that cannot be loaded        -> FAILED_PRECONDITION
-    ├── StoreUnavailable        Redis unreachable, timing out or failing   -> (decided by on_store_error)
+    ├── StoreUnavailable        Redis unreachable or timing out (an outage) -> (decided by on_store_error)
+    ├── StoreDataError          damaged data or a script error (a bug)      -> DENY STORE_ERROR / INTERNAL
     ├── Unauthenticated         admin call without credentials             -> UNAUTHENTICATED
     └── PermissionDenied        admin call with wrong credentials          -> PERMISSION_DENIED
 
@@ -19,6 +20,17 @@ place, ``quota_service.server.status``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+#: How many characters of a refused value an error message repeats.
+ECHO_CHARS = 64
+
+
+def shown(value: str) -> str:
+    """A caller's value for an error message: quoted (``repr``, so control characters are
+    escaped) and cut to :data:`ECHO_CHARS` characters, so a 20 KB name is never echoed whole."""
+    if len(value) <= ECHO_CHARS:
+        return repr(value)
+    return repr(value[:ECHO_CHARS]) + f"... ({len(value.encode('utf-8', 'replace'))} bytes)"
 
 
 class QuotaServiceError(Exception):
@@ -61,6 +73,17 @@ class PolicyError(QuotaServiceError):
 
 class StoreUnavailable(QuotaServiceError):
     """The counter store (Redis) did not answer correctly within the deadline."""
+
+
+class StoreDataError(QuotaServiceError):
+    """The store answered, but with something that cannot be right: a wrong-typed or corrupt
+    key (WRONGTYPE), a Lua or cjson error, an unknown script status, out of memory. A bug or
+    damage, not an outage: never answered by ``on_store_error``. ``key`` names the key
+    involved when known."""
+
+    def __init__(self, message: str, *, key: str = "") -> None:
+        self.key = key
+        super().__init__(message)
 
 
 class Unauthenticated(QuotaServiceError):

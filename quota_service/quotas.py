@@ -25,35 +25,28 @@ import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 
 from quota_service.clock import Clock, SystemClock, to_ms
 from quota_service.errors import InvalidRequest, NotFound, StoreUnavailable
 from quota_service.metrics import DECISIONS, STORE_ERRORS
 from quota_service.policy.compiled import CompiledPolicy, StoreErrorMode, Tier
+from quota_service.policy.domain import CounterRef, CounterValue, Decision, Reason, SubjectConfig
 from quota_service.policy.engine import (
-    Decision,
-    EmergencyStop,
     LimitReport,
     Outcome,
     Plan,
-    QuotaRequest,
-    Reason,
     decide,
     plan,
     report_usage,
     settlement,
     usage_counters,
 )
+from quota_service.policy.stops import EmergencyStop
+from quota_service.policy.validation import QuotaRequest
 from quota_service.reload import LivePolicy
-from quota_service.store.base import (
-    CounterRef,
-    CounterStore,
-    CounterValue,
-    ReserveCommand,
-    ReserveStatus,
-    SubjectConfig,
-)
+from quota_service.store.base import CounterStore, ReserveCommand, ReserveStatus
 from quota_service.store.keys import new_reservation_id, subject_of
 
 log = logging.getLogger(__name__)
@@ -282,7 +275,14 @@ class Quotas:
             now_ms=now_ms,
             ttl_seconds=the_plan.ttl_seconds,
             config_version=config.version,
-            meta=the_plan.meta,
+            estimate=the_plan.estimate,
+            rates={metric: str(rate) for metric, rate in the_plan.rates.items()},
+            meta={
+                "feature": request.feature,
+                "provider": request.provider,
+                "model": request.model,
+                "tier": the_plan.tier.name if the_plan.tier else "",
+            },
             dry_run=request.dry_run,
         )
 
@@ -327,7 +327,7 @@ class Quotas:
         reservation = await self.store.get_reservation(reservation_id)
         if reservation is None:
             raise NotFound(f"reservation {reservation_id!r} not found (unknown, or settled long ago)")
-        actual = settlement(reservation.asks, reservation.meta, usage)
+        actual = settlement(reservation.estimate, {m: Decimal(r) for m, r in reservation.rates.items()}, usage)
         result = await self.store.commit(reservation_id, actual, to_ms(self.clock.now()))
         return SettleAnswer(result.already_settled, await self._reports_for(subject, result.values))
 

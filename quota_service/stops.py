@@ -36,7 +36,7 @@ from typing import Protocol
 
 from quota_service.errors import StoreUnavailable
 from quota_service.metrics import EMERGENCY_STOPS_ACTIVE
-from quota_service.policy.engine import EmergencyStop, StopScope
+from quota_service.policy.stops import EmergencyStop, StopScope
 
 log = logging.getLogger(__name__)
 

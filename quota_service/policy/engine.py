@@ -1,6 +1,7 @@
-"""The decision engine: pure functions from a request, a compiled policy, the subject's
-admin config and the active emergency stops to a :class:`Plan`, and from a plan and
-counter values to an :class:`Outcome`. No I/O, no grpc, no redis, no yaml.
+"""The decision engine: pure functions from a validated request, a compiled policy, the
+subject's admin config and the active emergency stops to a :class:`Plan`, and from a plan
+and counter values to an :class:`Outcome`. No I/O, no grpc, no redis, no yaml, nothing of
+the store.
 
 The decision rule (DESIGN.md), per limit on a counter the request uses (``ask > 0``),
 with ``uh = used + held`` before this request:
@@ -10,152 +11,51 @@ with ``uh = used + held`` before this request:
 * ALLOW otherwise
 
 Hard stops and global caps have no thresholds (deny only past ``max``). The request's
-decision is the worst over all its limits. The Redis scripts apply the same DENY
-predicate atomically (through :meth:`CounterPlan.charge`); this module is the one that
-explains it: the reason, the message and the limit that decided.
+decision is the worst over all its limits. This module is the one place the rule lives:
+the store applies its DENY half atomically from the caps and block lines the plan hands it
+(:meth:`CounterPlan.charge`), and :func:`decide` explains the result (reason, message, the
+deciding limit) from the values the store saw.
 """
 
 from __future__ import annotations
 
-import enum
-import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
 from quota_service.errors import InvalidRequest
+from quota_service.policy import messages
 from quota_service.policy.compiled import CompiledPolicy, Limit, LimitKind, Tier, UnpricedMode, micros_at
-from quota_service.policy.units import COST_METRIC, MAX_UNITS, from_units, parse_usage
-from quota_service.policy.windows import Window, WindowSpan, current_span
-from quota_service.store.base import (
+from quota_service.policy.domain import (
     GLOBAL_SCOPE,
     CounterCharge,
     CounterRef,
     CounterValue,
+    Decision,
     OverrideRecord,
+    Reason,
     SubjectConfig,
 )
+from quota_service.policy.stops import EmergencyStop
+from quota_service.policy.units import COST_METRIC, MAX_UNITS, parse_usage
+from quota_service.policy.validation import QuotaRequest
+from quota_service.policy.windows import Window, current_span
 
-# How long a counter key outlives its window: late commits still land on it.
-COUNTER_RETENTION_SECONDS = 86_400
-MAX_TTL_SECONDS = 86_400
-_NAME = re.compile(r"^[^\s{}\x00-\x1f\x7f]{1,256}$")
-
-
-class Decision(enum.IntEnum):
-    """Ordered: a request's decision is the ``max`` over its limits."""
-
-    ALLOW = 1
-    WARN = 2
-    DENY = 3
-
-
-class Reason(enum.Enum):
-    WITHIN_LIMITS = "WITHIN_LIMITS"
-    WARN_THRESHOLD = "WARN_THRESHOLD"
-    BLOCK_THRESHOLD = "BLOCK_THRESHOLD"
-    LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
-    HARD_STOP = "HARD_STOP"
-    GLOBAL_LIMIT = "GLOBAL_LIMIT"
-    EMERGENCY_STOP = "EMERGENCY_STOP"
-    FEATURE_NOT_ALLOWED = "FEATURE_NOT_ALLOWED"
-    UNPRICED_MODEL = "UNPRICED_MODEL"
-    UNKNOWN_TIER = "UNKNOWN_TIER"
-    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
-
-
-class StopScope(enum.Enum):
-    GLOBAL = "GLOBAL"
-    PROVIDER = "PROVIDER"
-    FEATURE = "FEATURE"
-    TIER = "TIER"
-    SUBJECT = "SUBJECT"
-
-
-@dataclass(frozen=True, slots=True)
-class EmergencyStop:
-    """An admin's stop: every request it covers is denied before any counter is read."""
-
-    scope: StopScope
-    target: str = ""
-    reason: str = ""
-    created_at: int = 0
-    created_by: str = ""
-
-    def covers(self, request: QuotaRequest, tier: str) -> bool:
-        match self.scope:
-            case StopScope.GLOBAL:
-                return True
-            case StopScope.PROVIDER:
-                return request.provider == self.target
-            case StopScope.FEATURE:
-                return request.feature == self.target
-            case StopScope.TIER:
-                return tier == self.target
-            case StopScope.SUBJECT:
-                return request.subject == self.target
-
-    def describe(self) -> str:
-        where = "everything" if self.scope is StopScope.GLOBAL else f"{self.scope.value.lower()} {self.target!r}"
-        return f"emergency stop on {where}" + (f": {self.reason}" if self.reason else "")
-
-
-@dataclass(frozen=True, slots=True)
-class QuotaRequest:
-    """A validated CheckAndReserve request. ``usage`` is in whole units, zero amounts
-    dropped, never ``cost_usd``. ``ttl_seconds`` 0 means the policy default."""
-
-    subject: str
-    feature: str
-    provider: str
-    model: str
-    usage: Mapping[str, int]
-    request_id: str = ""
-    dry_run: bool = False
-    ttl_seconds: int = 0
-
-
-def validate_name(field_name: str, value: str, *, required: bool = True) -> str:
-    """Subjects, features, providers, models and request ids: 1-256 characters, no
-    whitespace, braces or control characters (they end up inside Redis keys)."""
-    if not value:
-        if required:
-            raise InvalidRequest(f"{field_name} is required")
-        return value
-    if not _NAME.match(value):
-        raise InvalidRequest(
-            f"{field_name} {value[:80]!r} is not valid: 1-256 characters, no whitespace, braces or control characters"
-        )
-    return value
-
-
-def build_request(
-    *,
-    subject: str,
-    feature: str,
-    provider: str,
-    model: str,
-    usage: Mapping[str, float],
-    request_id: str = "",
-    dry_run: bool = False,
-    ttl_seconds: int = 0,
-) -> QuotaRequest:
-    """Validate wire values into a :class:`QuotaRequest`; :class:`InvalidRequest` otherwise."""
-    validate_name("subject", subject)
-    validate_name("feature", feature)
-    validate_name("provider", provider, required=False)
-    validate_name("model", model, required=False)
-    validate_name("request_id", request_id, required=False)
-    if model and not provider:
-        raise InvalidRequest("model given without provider")
-    if ttl_seconds < 0 or ttl_seconds > MAX_TTL_SECONDS:
-        raise InvalidRequest(f"reservation_ttl_seconds must be between 0 and {MAX_TTL_SECONDS}")
-    units = parse_usage(dict(usage))
-    if not units:
-        raise InvalidRequest("usage must name at least one metric with a positive amount")
-    return QuotaRequest(subject, feature, provider, model, units, request_id, dry_run, ttl_seconds)
+__all__ = [
+    "CounterPlan",
+    "LimitReport",
+    "Outcome",
+    "Plan",
+    "active_overrides",
+    "decide",
+    "judge",
+    "plan",
+    "report_usage",
+    "settlement",
+    "subject_limits",
+    "usage_counters",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,17 +110,23 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What to reserve for a request, or the denial that needs no counter (``denial``)."""
+    """What to reserve for a request, or the denial that needs no counter (``denial``).
+
+    ``estimate``: the request's usage per metric (units, ``cost_usd`` excluded), counted or
+    not: a Commit may name any of them. ``rates``: USD per unit of each priced metric the
+    request uses, at which a later Commit is priced (never a later policy's prices).
+    ``cost``: the estimate's cost in micro-dollars (0 when nothing is priced)."""
 
     request: QuotaRequest
     tier: Tier | None
-    asks: Mapping[str, int]
     counters: tuple[CounterPlan, ...] = ()
     global_counters: tuple[CounterPlan, ...] = ()
     denial: Outcome | None = None
     ttl_seconds: int = 0
     now: int = 0  # unix seconds the plan was made for
-    meta: Mapping[str, str] = field(default_factory=dict)
+    estimate: Mapping[str, int] = field(default_factory=dict)
+    rates: Mapping[str, Decimal] = field(default_factory=dict)
+    cost: int = 0
 
     def subject_charges(self) -> tuple[CounterCharge, ...]:
         return tuple(c.charge() for c in self.counters)
@@ -266,8 +172,8 @@ def _group(
         by_counter.setdefault(limit.counter, []).append(limit)
     plans = []
     for (metric, window), group in by_counter.items():
-        span: WindowSpan = current_span(window, now, policy.timezone)
-        ref = CounterRef(scope, metric, window, span.window_id, span.end, span.end + COUNTER_RETENTION_SECONDS)
+        span = current_span(window, now, policy.timezone)
+        ref = CounterRef(scope, metric, window, span.window_id, span.end)
         plans.append(CounterPlan(ref, (asks or {}).get(metric, 0), tuple(group)))
     return tuple(plans)
 
@@ -286,52 +192,34 @@ def plan(
     now_s = int(now.timestamp())
     tier = policy.tier_for(config.tier)
     if tier is None:
-        return Plan(request, None, {}, denial=_deny(Reason.UNKNOWN_TIER, f"tier {config.tier!r} does not exist"))
+        return Plan(request, None, denial=_deny(Reason.UNKNOWN_TIER, f"tier {config.tier!r} does not exist"))
     for stop in stops:
         if stop.covers(request, tier.name):
-            return Plan(request, tier, {}, denial=_deny(Reason.EMERGENCY_STOP, f"denied by {stop.describe()}"))
+            return Plan(request, tier, denial=_deny(Reason.EMERGENCY_STOP, f"denied by {stop.describe()}"))
     if not tier.allows_feature(request.feature):
-        return Plan(
-            request,
-            tier,
-            {},
-            denial=_deny(
-                Reason.FEATURE_NOT_ALLOWED,
-                f"feature {request.feature!r} is not included in tier {tier.display_name!r}",
-            ),
-        )
+        message = f"feature {request.feature!r} is not included in tier {tier.display_name!r}"
+        return Plan(request, tier, denial=_deny(Reason.FEATURE_NOT_ALLOWED, message))
     cost, unpriced, rates = policy.prices.cost_micros(request.provider, request.model, request.usage)
     if unpriced and policy.unpriced is UnpricedMode.DENY:
         target = f"{request.provider}/{request.model}" if request.provider else "(no provider)"
         return Plan(
-            request,
-            tier,
-            {},
-            denial=_deny(Reason.UNPRICED_MODEL, f"no price for {', '.join(unpriced)} on {target}"),
+            request, tier, denial=_deny(Reason.UNPRICED_MODEL, f"no price for {', '.join(unpriced)} on {target}")
         )
     if cost > MAX_UNITS:
         raise InvalidRequest("the request's cost is too large to count")
     asks = dict(request.usage)
     if cost:
         asks[COST_METRIC] = cost
-    ttl = request.ttl_seconds or tier.reservation_ttl_seconds
-    meta = {
-        "feature": request.feature,
-        "provider": request.provider,
-        "model": request.model,
-        "tier": tier.name,
-        # Commit prices the actual usage at the rates of the reservation, not of a later policy.
-        "rates": json.dumps({metric: str(rate) for metric, rate in rates.items()}, sort_keys=True),
-    }
     return Plan(
         request,
         tier,
-        asks,
         counters=_group(request.subject, subject_limits(tier, config, now_s), asks, policy, now),
         global_counters=_group(GLOBAL_SCOPE, policy.global_limits, asks, policy, now),
-        ttl_seconds=ttl,
+        ttl_seconds=request.ttl_seconds or tier.reservation_ttl_seconds,
         now=now_s,
-        meta=meta,
+        estimate=dict(request.usage),
+        rates=rates,
+        cost=cost,
     )
 
 
@@ -342,46 +230,28 @@ def usage_counters(
     return _group(subject, subject_limits(tier, config, int(now.timestamp())), None, policy, now)
 
 
+_DENY_REASON = {LimitKind.HARD_STOP: Reason.HARD_STOP, LimitKind.GLOBAL: Reason.GLOBAL_LIMIT}
+
+
 def judge(limit: Limit, used: int, held: int, ask: int) -> tuple[Decision, Reason]:
     """The decision rule for one limit, in integer units (see the module docstring)."""
     uh = used + held
-    deny_reason = {
-        LimitKind.HARD_STOP: Reason.HARD_STOP,
-        LimitKind.GLOBAL: Reason.GLOBAL_LIMIT,
-    }.get(limit.kind)
     if uh >= limit.block_units:
-        return Decision.DENY, deny_reason or Reason.BLOCK_THRESHOLD
+        return Decision.DENY, _DENY_REASON.get(limit.kind, Reason.BLOCK_THRESHOLD)
     if uh + ask > limit.max_units:
-        return Decision.DENY, deny_reason or Reason.LIMIT_EXCEEDED
+        return Decision.DENY, _DENY_REASON.get(limit.kind, Reason.LIMIT_EXCEEDED)
     if limit.warn_units is not None and uh + ask >= limit.warn_units:
         return Decision.WARN, Reason.WARN_THRESHOLD
     return Decision.ALLOW, Reason.WITHIN_LIMITS
 
 
-def _amount(limit: Limit, units: int) -> str:
-    value = from_units(limit.metric, units)
-    if limit.metric == COST_METRIC:
-        return f"${value:,.2f}"
-    return f"{value:,.0f} {limit.metric}"
-
-
 def _describe(report: LimitReport, ask: int) -> str:
-    limit = report.limit
-    label = {
-        LimitKind.TIER: f"{limit.metric} per {limit.window.value}",
-        LimitKind.OVERRIDE: f"{limit.metric} per {limit.window.value} (override)",
-        LimitKind.HARD_STOP: f"hard stop on {limit.metric} per {limit.window.value}",
-        LimitKind.GLOBAL: f"company-wide {limit.metric} per {limit.window.value}",
-    }[limit.kind]
     uh = report.used + report.held
-    if report.reason is Reason.BLOCK_THRESHOLD:
-        return f"{label}: {_amount(limit, uh)} of {_amount(limit, limit.max_units)} used, at the block threshold"
     if report.decision is Decision.DENY:
-        return (
-            f"{label}: {_amount(limit, uh)} of {_amount(limit, limit.max_units)} used; "
-            f"{_amount(limit, ask)} more would pass the cap"
-        )
-    return f"{label}: {_amount(limit, uh)} of {_amount(limit, limit.max_units)} used ({report.ratio:.0%})"
+        if report.reason is Reason.BLOCK_THRESHOLD:
+            return messages.at_block_line(report.limit, uh)
+        return messages.past_cap(report.limit, uh, ask)
+    return messages.within(report.limit, uh, report.ratio)
 
 
 def decide(plan: Plan, values: Mapping[CounterRef, CounterValue], *, reserved: bool) -> Outcome:
@@ -389,6 +259,10 @@ def decide(plan: Plan, values: Mapping[CounterRef, CounterValue], *, reserved: b
 
     ``reserved``: the store held the request's asks, so the reported ``held`` includes them.
     A missing value counts as zero.
+
+    The deciding limit of a DENY is one the request can never pass (its ask alone is above
+    the cap: no ``retry_after``), else the one that blocks longest (``retry_after`` is when
+    it resets). Of a WARN: the limit nearest its cap.
     """
     if plan.denial is not None:
         return plan.denial
@@ -399,44 +273,41 @@ def decide(plan: Plan, values: Mapping[CounterRef, CounterValue], *, reserved: b
         for limit in counter.limits:
             decision, reason = judge(limit, value.used, value.held, counter.ask)
             reports.append((LimitReport(limit, counter.ref, value.used, held_after, decision, reason), counter.ask))
+    limits = tuple(r for r, _ in reports)
     if not reports:
         return Outcome(Decision.ALLOW, Reason.WITHIN_LIMITS, "no limit applies", ())
-    worst = max(r.decision for r, _ in reports)
+    worst = max(r.decision for r in limits)
     if worst is Decision.ALLOW:
-        return Outcome(Decision.ALLOW, Reason.WITHIN_LIMITS, "within limits", tuple(r for r, _ in reports))
+        return Outcome(Decision.ALLOW, Reason.WITHIN_LIMITS, "within limits", limits)
     candidates = [(r, ask) for r, ask in reports if r.decision is worst]
+    retry_after = 0
     if worst is Decision.DENY:
-        # The limit that blocks longest decides; its reset is when a retry can succeed.
-        deciding, ask = max(candidates, key=lambda item: (item[0].ref.resets_at, item[0].ratio))
-        retry_after = max(0, deciding.ref.resets_at - plan.now)
+        hopeless = [(r, ask) for r, ask in candidates if ask > r.limit.max_units]
+        if hopeless:
+            deciding, ask = hopeless[0]
+        else:
+            deciding, ask = max(candidates, key=lambda item: (item[0].ref.resets_at, item[0].ratio))
+            retry_after = max(0, deciding.ref.resets_at - plan.now)
     else:
         deciding, ask = max(candidates, key=lambda item: item[0].ratio)
-        retry_after = 0
-    return Outcome(
-        worst,
-        deciding.reason,
-        _describe(deciding, ask),
-        tuple(r for r, _ in reports),
-        deciding,
-        retry_after,
-    )
+    return Outcome(worst, deciding.reason, _describe(deciding, ask), limits, deciding, retry_after)
 
 
-def settlement(asks: Mapping[str, int], meta: Mapping[str, str], usage: Mapping[str, float]) -> dict[str, int]:
+def settlement(estimate: Mapping[str, int], rates: Mapping[str, Decimal], usage: Mapping[str, float]) -> dict[str, int]:
     """The actual units to settle a reservation with: ``usage`` validated (a metric left
-    out counts 0), and ``cost_usd`` derived at the reservation's own rates (rounded up)
-    when the reservation held a cost. A metric that was not reserved is refused: it has
-    no counter in the reservation to land on."""
+    out counts 0), plus ``cost_usd`` at the reservation's own ``rates`` (rounded up) when
+    the reservation priced anything. ``estimate`` is what the reservation asked per metric
+    (counted on a counter or only priced): a Commit may name any of those metrics, and no
+    other (it would have nothing to land on and no price)."""
     actual = parse_usage(dict(usage))
-    unreserved = sorted(set(actual) - set(asks))
-    if unreserved:
+    unknown = sorted(set(actual) - set(estimate))
+    if unknown:
         raise InvalidRequest(
-            f"usage names {', '.join(unreserved)}, which this reservation did not reserve "
-            f"(reserved: {', '.join(sorted(m for m in asks if m != COST_METRIC))})"
+            f"usage names {', '.join(unknown)}, which this reservation did not estimate "
+            f"(estimated: {', '.join(sorted(estimate)) or 'nothing'})"
         )
-    settled = {metric: actual.get(metric, 0) for metric in asks if metric != COST_METRIC}
-    if COST_METRIC in asks:
-        rates = {m: Decimal(r) for m, r in json.loads(meta.get("rates", "{}")).items()}
+    settled = {metric: actual.get(metric, 0) for metric in estimate}
+    if rates:
         settled[COST_METRIC] = micros_at(rates, settled)
     return settled
 

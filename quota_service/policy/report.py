@@ -12,21 +12,9 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 from quota_service.policy.compiled import CompiledPolicy, Limit, Thresholds, Tier
-from quota_service.policy.units import COST_METRIC, MICROS_PER_USD
+from quota_service.policy.messages import format_amount
 
-__all__ = ["format_amount", "summarize"]
-
-_CENT = Decimal("0.01")
-
-
-def format_amount(metric: str, units: int) -> str:
-    """``units`` of ``metric`` for people: ``$10.00`` (micro-dollars in), ``1,000 tokens``."""
-    if metric == COST_METRIC:
-        usd = Decimal(units) / MICROS_PER_USD
-        if usd == usd.quantize(_CENT):
-            return f"${usd:,.2f}"
-        return f"${usd.normalize():,f}"
-    return f"{units:,} {metric}"
+__all__ = ["summarize"]
 
 
 def _percent(fraction: Decimal) -> str:

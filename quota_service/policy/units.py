@@ -17,7 +17,7 @@ import math
 import re
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
-from quota_service.errors import InvalidRequest
+from quota_service.errors import InvalidRequest, shown
 
 COST_METRIC = "cost_usd"
 MICROS_PER_USD = Decimal(1_000_000)
@@ -51,7 +51,7 @@ def from_units(metric: str, units: int) -> float:
 def validate_metric_name(metric: str) -> None:
     if not METRIC_NAME.match(metric):
         raise InvalidRequest(
-            f"metric name {metric!r} is not valid: lower-case letters, digits and '_', starting with a letter"
+            f"metric name {shown(metric)} is not valid: 1-63 lower-case letters, digits and '_', starting with a letter"
         )
 
 

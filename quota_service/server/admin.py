@@ -15,13 +15,13 @@ import grpc
 
 from quota.v1 import admin_pb2, admin_pb2_grpc
 from quota_service.admin import Admin, AuditRecord, UsageRow
-from quota_service.policy.engine import EmergencyStop, StopScope
+from quota_service.policy.domain import OverrideRecord
+from quota_service.policy.stops import EmergencyStop, StopScope
 from quota_service.policy.units import from_units
 from quota_service.quotas import Quotas
 from quota_service.server import convert
 from quota_service.server.auth import actor_of
 from quota_service.server.status import grpc_errors
-from quota_service.store.base import OverrideRecord
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

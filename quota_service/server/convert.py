@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from quota.v1 import admin_pb2, quota_pb2
 from quota_service.policy.compiled import LimitKind
-from quota_service.policy.engine import Decision, LimitReport, Reason
+from quota_service.policy.domain import Decision, Reason
+from quota_service.policy.engine import LimitReport
 from quota_service.policy.units import from_units
 from quota_service.quotas import ReserveAnswer
 from quota_service.reload import PolicyStatus

@@ -8,7 +8,7 @@ import grpc
 
 from quota.v1 import quota_pb2, quota_pb2_grpc
 from quota_service.errors import InvalidRequest
-from quota_service.policy.engine import build_request, validate_name
+from quota_service.policy.validation import build_request, validate_name
 from quota_service.quotas import Quotas
 from quota_service.server import convert
 from quota_service.server.status import grpc_errors

@@ -49,10 +49,10 @@ from redis.commands.core import AsyncScript
 
 from quota_service.admin import AuditRecord, UsageRow
 from quota_service.errors import StoreUnavailable
-from quota_service.policy.engine import EmergencyStop, StopScope
+from quota_service.policy.domain import GLOBAL_SCOPE, OverrideRecord, SubjectConfig
+from quota_service.policy.stops import EmergencyStop, StopScope
 from quota_service.policy.windows import Window
 from quota_service.store import keys
-from quota_service.store.base import GLOBAL_SCOPE, OverrideRecord, SubjectConfig
 from quota_service.store.redis_store import STORE_ERRORS, RedisCounterStore, bounded_call
 
 __all__ = [

@@ -1,5 +1,8 @@
 """The ``CounterStore`` interface, named in domain verbs, and the values it trades in.
 
+The values it trades in (counters, charges, subject configs) are domain types of the core
+(:mod:`quota_service.policy.domain`); the types below are the interface's own.
+
 Units everywhere: whole integers (micro-dollars for ``cost_usd``); times in unix
 milliseconds (``now_ms``) or seconds where named ``*_at``/``*_seconds``.
 
@@ -24,47 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from quota_service.policy.windows import Window
-
-GLOBAL_SCOPE = "__global__"
-
-
-@dataclass(frozen=True, slots=True)
-class CounterRef:
-    """One counter: a metric in one concrete window, for a subject or for the whole company.
-
-    ``scope`` is the subject id, or :data:`GLOBAL_SCOPE` for company-wide counters.
-    ``expire_at`` (unix seconds) is when the counter's key may vanish: a while after
-    ``resets_at``, so late commits still land on it.
-    """
-
-    scope: str
-    metric: str
-    window: Window
-    window_id: str
-    resets_at: int
-    expire_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class CounterCharge:
-    """What a reservation asks of one counter, with the gate the store must apply atomically.
-
-    The store denies the whole step when, for any charge, with ``uh = used + held``:
-    ``uh >= block`` or ``uh + ask > cap``. ``cap``/``block`` are the minimum of
-    ``max_units``/``block_units`` over every limit on this counter (see ``Limit``).
-    """
-
-    counter: CounterRef
-    ask: int
-    cap: int
-    block: int
-
-
-@dataclass(frozen=True, slots=True)
-class CounterValue:
-    used: int = 0
-    held: int = 0
+from quota_service.policy.domain import CounterCharge, CounterRef, CounterValue, SubjectConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +38,10 @@ class ReserveCommand:
     see :func:`quota_service.store.keys.new_reservation_id`); a replay returns the first one.
     ``config_version``: the subject's config version the plan was built from, or ``None``
     to skip the check; when Redis holds another version, nothing is written and the result
-    is ``stale_config``. ``meta``: strings kept with the reservation for ``commit``
-    (feature, provider, model, tier, prices).
+    is ``stale_config``. ``estimate``: the request's usage per metric (units, counted or only
+    priced); ``rates``: USD per unit (exact decimal strings) of each priced metric, at which a
+    Commit is priced; both are kept with the reservation. ``meta``: descriptive strings kept
+    with it (feature, provider, model, tier).
     """
 
     subject: str
@@ -87,6 +52,8 @@ class ReserveCommand:
     now_ms: int
     ttl_seconds: int
     config_version: str | None = None
+    estimate: Mapping[str, int] = field(default_factory=dict)
+    rates: Mapping[str, str] = field(default_factory=dict)
     meta: Mapping[str, str] = field(default_factory=dict)
     dry_run: bool = False
 
@@ -124,7 +91,9 @@ class Reservation:
     reservation_id: str
     subject: str
     state: ReservationState
-    asks: Mapping[str, int]  # per metric, the estimate held
+    asks: Mapping[str, int]  # per counted metric, the amount held on its counters
+    estimate: Mapping[str, int]  # per metric, the request's estimate (counted or only priced)
+    rates: Mapping[str, str]  # USD per unit of each priced metric (exact decimal strings)
     meta: Mapping[str, str]
     created_at_ms: int
     expires_at: int
@@ -137,30 +106,6 @@ class SettleResult:
 
     already_settled: bool
     values: Mapping[CounterRef, CounterValue]
-
-
-@dataclass(frozen=True, slots=True)
-class OverrideRecord:
-    """A per-subject cap for one metric and window; replaces the tier's cap there."""
-
-    subject: str
-    metric: str
-    window: Window
-    max_units: int
-    expires_at: int  # unix seconds; 0 = never
-    reason: str = ""
-    created_at: int = 0
-    created_by: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class SubjectConfig:
-    """What admins set for one subject. ``version`` changes with every admin write
-    (``"0"`` for a subject nobody touched); ``tier`` is ``None`` when unassigned."""
-
-    tier: str | None
-    overrides: tuple[OverrideRecord, ...]
-    version: str
 
 
 class CounterStore(Protocol):

@@ -23,7 +23,7 @@ import binascii
 import secrets
 
 from quota_service.errors import InvalidRequest
-from quota_service.store.base import CounterRef
+from quota_service.policy.domain import CounterRef
 
 RESERVATION_PREFIX = "rsv_"
 

@@ -46,22 +46,24 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
 
 from quota_service.errors import InvalidRequest, NotFound, StoreUnavailable
-from quota_service.policy.units import MAX_UNITS, validate_metric_name
-from quota_service.policy.windows import WINDOW_ORDER, Window
-from quota_service.store import keys
-from quota_service.store.base import (
+from quota_service.policy.domain import (
     GLOBAL_SCOPE,
     CounterCharge,
     CounterRef,
     CounterValue,
     OverrideRecord,
+    SubjectConfig,
+)
+from quota_service.policy.units import MAX_UNITS, validate_metric_name
+from quota_service.policy.windows import WINDOW_ORDER, Window
+from quota_service.store import keys
+from quota_service.store.base import (
     Reservation,
     ReservationState,
     ReserveCommand,
     ReserveResult,
     ReserveStatus,
     SettleResult,
-    SubjectConfig,
 )
 from quota_service.store.batching import GroupCommit
 
@@ -69,6 +71,8 @@ __all__ = ["RedisCounterStore"]
 
 T = TypeVar("T")
 
+#: How long a counter key outlives its window (seconds): late commits still land on it.
+COUNTER_RETENTION_SECONDS: Final = 86_400
 #: Open reservations settled at their estimate per script call (bounds a script's run time).
 SWEEP_LIMIT: Final = 100
 
@@ -190,7 +194,7 @@ def _snapshot_json(values: Mapping[CounterRef, CounterValue]) -> str:
     return json.dumps({keys.counter_key(ref): [str(v.used), str(v.held)] for ref, v in values.items()})
 
 
-def _charges_json(charges: Sequence[CounterCharge]) -> str:
+def _charges_json(charges: Sequence[CounterCharge], retention_seconds: int) -> str:
     """The record's charges: everything needed to settle them and to rebuild each ``CounterRef``."""
     rows = [
         [
@@ -200,7 +204,7 @@ def _charges_json(charges: Sequence[CounterCharge]) -> str:
             c.counter.window.value,
             c.counter.window_id,
             str(c.counter.resets_at),
-            str(c.counter.expire_at),
+            str(c.counter.resets_at + retention_seconds),
             str(c.cap),
             str(c.block),
         ]
@@ -210,9 +214,7 @@ def _charges_json(charges: Sequence[CounterCharge]) -> str:
 
 
 def _refs_from_charges(scope: str, charges_json: str) -> list[CounterRef]:
-    return [
-        CounterRef(scope, row[1], Window(row[3]), row[4], int(row[5]), int(row[6])) for row in json.loads(charges_json)
-    ]
+    return [CounterRef(scope, row[1], Window(row[3]), row[4], int(row[5])) for row in json.loads(charges_json)]
 
 
 def _seconds_ceil(ms: int) -> int:
@@ -259,6 +261,7 @@ class RedisCounterStore:
         client: Redis | RedisCluster,
         timeout_seconds: float = 0.25,
         grace_seconds: int = 3600,
+        retention_seconds: int = COUNTER_RETENTION_SECONDS,
         sweep_limit: int = SWEEP_LIMIT,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -269,6 +272,7 @@ class RedisCounterStore:
         self._client = client
         self._timeout = timeout_seconds
         self._grace_ms = grace_seconds * 1000
+        self._retention_seconds = retention_seconds
         self._sweep_limit = sweep_limit
         self._clock = clock
         self._scripts: dict[str, AsyncScript] = {
@@ -386,7 +390,7 @@ class RedisCounterStore:
             "" if config_version is None else config_version,
             meta_json,
             "1" if has_global else "0",
-            _charges_json(charges),
+            _charges_json(charges, self._retention_seconds),
         ]
         return _ReserveCall(script_keys, args, refs)
 
@@ -431,7 +435,14 @@ class RedisCounterStore:
         if not command.dry_run and keys.subject_of(command.reservation_id) != command.subject:
             # commit finds a reservation through the subject its id names
             raise InvalidRequest(f"reservation id {command.reservation_id!r} was not made for this subject")
-        meta_json = json.dumps(dict(command.meta), sort_keys=True)
+        meta_json = json.dumps(
+            {
+                **command.meta,
+                "estimate": json.dumps({m: str(u) for m, u in command.estimate.items()}, sort_keys=True),
+                "rates": json.dumps(dict(command.rates), sort_keys=True),
+            },
+            sort_keys=True,
+        )
         expires_ms = command.now_ms + command.ttl_seconds * 1000
         step = functools.partial(
             self._reserve_step, now_ms=command.now_ms, meta_json=meta_json, dry_run=command.dry_run
@@ -623,12 +634,15 @@ class RedisCounterStore:
         asks: dict[str, int] = {}
         for row in rows:
             asks[row[1]] = max(asks.get(row[1], 0), int(row[2]))
+        meta: dict[str, str] = json.loads(record.get("meta", "{}"))
         return Reservation(
             reservation_id=reservation_id,
             subject=subject,
             state=ReservationState(record["state"]),
             asks=asks,
-            meta=json.loads(record.get("meta", "{}")),
+            estimate={m: int(u) for m, u in json.loads(meta.pop("estimate", "{}")).items()},
+            rates=json.loads(meta.pop("rates", "{}")),
+            meta=meta,
             created_at_ms=int(record.get("created_ms", 0)),
             expires_at=_seconds_ceil(int(record.get("expires_ms", 0))),
         )

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
+from quota_service.policy.domain import GLOBAL_SCOPE, CounterCharge, CounterRef
 from quota_service.policy.windows import Window
 from quota_service.store import keys
-from quota_service.store.base import GLOBAL_SCOPE, CounterCharge, CounterRef, ReserveCommand
+from quota_service.store.base import ReserveCommand
 
 #: A fixed "now" for tests (unix ms): the real time at import, so Redis TTLs computed from
 #: it (which Redis measures on its own clock) are sensible.
@@ -22,7 +23,7 @@ def counter(
     window: Window = Window.DAY,
     window_id: str = "2030-01-01",
 ) -> CounterRef:
-    return CounterRef(scope, metric, window, window_id, resets_at=EXPIRE_AT - 3600, expire_at=EXPIRE_AT)
+    return CounterRef(scope, metric, window, window_id, resets_at=EXPIRE_AT - 86_400)
 
 
 def global_counter(metric: str = "cost_usd", window: Window = Window.DAY) -> CounterRef:

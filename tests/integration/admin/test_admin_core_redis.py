@@ -13,7 +13,9 @@ from admin_plane import ACTOR, ALPHA, Plane
 
 from quota_service.admin import Admin
 from quota_service.errors import InvalidRequest, NotFound, PolicyError, StoreUnavailable
-from quota_service.policy.engine import Decision, StopScope, build_request
+from quota_service.policy.domain import Decision
+from quota_service.policy.stops import StopScope
+from quota_service.policy.validation import build_request
 from quota_service.policy.windows import Window
 from quota_service.quotas import Quotas
 from quota_service.reload import LivePolicy

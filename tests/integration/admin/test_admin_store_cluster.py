@@ -11,7 +11,9 @@ import pytest
 from admin_plane import ACTOR, ALPHA
 
 from quota_service.admin import Admin
-from quota_service.policy.engine import Decision, StopScope, build_request
+from quota_service.policy.domain import Decision
+from quota_service.policy.stops import StopScope
+from quota_service.policy.validation import build_request
 from quota_service.quotas import Quotas
 from quota_service.reload import LivePolicy
 from quota_service.store.admin_store import RedisAdminStore

@@ -18,11 +18,11 @@ from admin_plane import ALPHA
 from redis.asyncio.connection import AbstractConnection
 from support.redis_cluster import LocalRedisCluster
 
-from quota_service.policy.engine import Decision, Reason, build_request
+from quota_service.policy.domain import GLOBAL_SCOPE, Decision, Reason
+from quota_service.policy.validation import build_request
 from quota_service.quotas import Quotas
 from quota_service.reload import LivePolicy
 from quota_service.store import keys
-from quota_service.store.base import GLOBAL_SCOPE
 from quota_service.store.redis_store import RedisCounterStore
 
 pytestmark = pytest.mark.redis

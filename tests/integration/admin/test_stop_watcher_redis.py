@@ -14,7 +14,9 @@ from admin_plane import ACTOR, ALPHA
 from prometheus_client import REGISTRY
 
 from quota_service.admin import Admin
-from quota_service.policy.engine import Decision, EmergencyStop, Reason, StopScope, build_request
+from quota_service.policy.domain import Decision, Reason
+from quota_service.policy.stops import EmergencyStop, StopScope
+from quota_service.policy.validation import build_request
 from quota_service.quotas import Quotas
 from quota_service.reload import LivePolicy
 from quota_service.stops import NOT_LOADED, StopWatcher

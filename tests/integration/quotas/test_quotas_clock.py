@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from quota_service.clock import ManualClock
-from quota_service.policy.engine import Decision, Reason, build_request
+from quota_service.policy.domain import Decision, Reason
+from quota_service.policy.validation import build_request
 from quota_service.quotas import Quotas
 from quota_service.reload import LivePolicy
 from quota_service.store.redis_store import RedisCounterStore

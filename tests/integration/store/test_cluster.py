@@ -9,16 +9,10 @@ import redis
 from support.charges import NOW_MS, charge, command, counter, global_counter
 from support.redis_cluster import LocalRedisCluster
 
+from quota_service.policy.domain import GLOBAL_SCOPE, CounterValue, OverrideRecord
 from quota_service.policy.windows import Window
 from quota_service.store import keys
-from quota_service.store.base import (
-    GLOBAL_SCOPE,
-    CounterValue,
-    OverrideRecord,
-    ReservationState,
-    ReserveResult,
-    ReserveStatus,
-)
+from quota_service.store.base import ReservationState, ReserveResult, ReserveStatus
 from quota_service.store.redis_store import RedisCounterStore
 
 pytestmark = pytest.mark.cluster

@@ -7,9 +7,9 @@ import redis.asyncio
 from support.charges import NOW_MS
 
 from quota_service.errors import InvalidRequest
+from quota_service.policy.domain import OverrideRecord, SubjectConfig
 from quota_service.policy.windows import Window
 from quota_service.store import keys
-from quota_service.store.base import OverrideRecord, SubjectConfig
 from quota_service.store.redis_store import RedisCounterStore
 
 pytestmark = pytest.mark.redis

@@ -19,7 +19,8 @@ import pytest
 from support.charges import NOW_MS, charge, command, counter
 
 from quota_service.errors import StoreUnavailable
-from quota_service.store.base import CounterValue, ReserveStatus
+from quota_service.policy.domain import CounterValue
+from quota_service.store.base import ReserveStatus
 from quota_service.store.embedded import EmbeddedRedis
 from quota_service.store.redis_store import RedisCounterStore
 

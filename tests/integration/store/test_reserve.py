@@ -12,9 +12,10 @@ import redis.asyncio
 from support.charges import EXPIRE_AT, NOW_MS, charge, command, counter, global_counter
 
 from quota_service.errors import InvalidRequest
+from quota_service.policy.domain import GLOBAL_SCOPE, CounterRef, CounterValue
 from quota_service.policy.windows import Window
 from quota_service.store import keys
-from quota_service.store.base import GLOBAL_SCOPE, CounterRef, CounterValue, ReserveStatus
+from quota_service.store.base import ReserveStatus
 from quota_service.store.redis_store import RedisCounterStore
 
 pytestmark = pytest.mark.redis
@@ -207,7 +208,7 @@ async def test_no_key_is_born_expired_when_the_clock_is_behind(
 ) -> None:
     """A service (or test) clock far behind Redis' must not make keys vanish on creation."""
     past_ms = int(time.time() * 1000) - 30 * 86400 * 1000
-    stale_counter = replace(counter(), expire_at=past_ms // 1000 + 3600)
+    stale_counter = replace(counter(), resets_at=past_ms // 1000 + 3600 - 86_400)
     result = await store.reserve(
         command(charge(stale_counter, 10, cap=100), request_id="old", now_ms=past_ms, ttl_seconds=60)
     )

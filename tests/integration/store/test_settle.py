@@ -9,9 +9,10 @@ import redis.asyncio
 from support.charges import NOW_MS, charge, command, counter, global_counter
 
 from quota_service.errors import InvalidRequest, NotFound
+from quota_service.policy.domain import CounterRef, CounterValue
 from quota_service.policy.windows import Window
 from quota_service.store import keys
-from quota_service.store.base import CounterRef, CounterValue, ReservationState, ReserveStatus
+from quota_service.store.base import ReservationState, ReserveStatus
 from quota_service.store.redis_store import RedisCounterStore
 
 pytestmark = pytest.mark.redis

@@ -24,8 +24,8 @@ from quota_service.admin import (
     validate_tier,
 )
 from quota_service.errors import InvalidRequest, NotFound, StoreUnavailable
-from quota_service.policy.engine import EmergencyStop, StopScope
 from quota_service.policy.loader import load_policy
+from quota_service.policy.stops import EmergencyStop, StopScope
 from quota_service.policy.windows import Window
 from quota_service.server.admin import SCOPE_TO_WIRE, stop_scope
 from quota_service.stops import NOT_LOADED, StopWatcher

@@ -20,18 +20,11 @@ from quota_service.policy.compiled import (
     Tier,
     UnpricedMode,
 )
-from quota_service.policy.engine import (
-    Decision,
-    EmergencyStop,
-    Reason,
-    StopScope,
-    build_request,
-    decide,
-    judge,
-    plan,
-)
+from quota_service.policy.domain import GLOBAL_SCOPE, CounterValue, Decision, OverrideRecord, Reason, SubjectConfig
+from quota_service.policy.engine import decide, judge, plan
+from quota_service.policy.stops import EmergencyStop, StopScope
+from quota_service.policy.validation import build_request
 from quota_service.policy.windows import Window
-from quota_service.store.base import GLOBAL_SCOPE, CounterValue, OverrideRecord, SubjectConfig
 
 pytestmark = pytest.mark.unit
 
@@ -162,7 +155,7 @@ def test_cost_is_exact_money() -> None:
     policy = make_policy(limits=(cap,))
     # 19 images at $0.05 already committed; the 20th lands exactly on $1.00.
     p, outcome = run(policy, {("u1", "cost_usd"): 950_000}, images=1)
-    assert p.asks["cost_usd"] == 50_000
+    assert p.cost == 50_000
     assert outcome.decision is Decision.WARN  # projected == max: allowed, at the (1.0) warn line
     _, outcome = run(policy, {("u1", "cost_usd"): 950_001}, images=1)
     assert outcome.decision is Decision.DENY
@@ -171,9 +164,9 @@ def test_cost_is_exact_money() -> None:
 def test_fractional_amounts_round_up() -> None:
     policy = make_policy(limits=(TOKENS_DAY,))
     p, _ = run(policy, {}, tokens=10.2)
-    assert p.asks["tokens"] == 11
+    assert p.estimate["tokens"] == 11
     # 11 tokens at $0.0001 = $0.0011 = 1100 micro-dollars
-    assert p.asks["cost_usd"] == 1100
+    assert p.cost == 1100
 
 
 def test_global_caps_are_their_own_counters() -> None:

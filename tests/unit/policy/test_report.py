@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from quota_service.policy.loader import load_policy
-from quota_service.policy.report import format_amount, summarize
+from quota_service.policy.messages import format_amount
+from quota_service.policy.report import summarize
 
 pytestmark = pytest.mark.unit
 

@@ -28,6 +28,7 @@ class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UNPRICED_MODEL: _ClassVar[Reason]
     UNKNOWN_TIER: _ClassVar[Reason]
     STORE_UNAVAILABLE: _ClassVar[Reason]
+    STORE_ERROR: _ClassVar[Reason]
 
 class LimitKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -52,6 +53,7 @@ FEATURE_NOT_ALLOWED: Reason
 UNPRICED_MODEL: Reason
 UNKNOWN_TIER: Reason
 STORE_UNAVAILABLE: Reason
+STORE_ERROR: Reason
 LIMIT_KIND_UNSPECIFIED: LimitKind
 LIMIT_KIND_TIER: LimitKind
 LIMIT_KIND_OVERRIDE: LimitKind
@@ -154,13 +156,33 @@ class CommitRequest(_message.Message):
     usage: _containers.ScalarMap[str, float]
     def __init__(self, reservation_id: _Optional[str] = ..., usage: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
+class SettledWindow(_message.Message):
+    __slots__ = ("metric", "window", "window_start", "resets_at", "current", "lost", "amount")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_FIELD_NUMBER: _ClassVar[int]
+    RESETS_AT_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    window: str
+    window_start: int
+    resets_at: int
+    current: bool
+    lost: bool
+    amount: float
+    def __init__(self, metric: _Optional[str] = ..., window: _Optional[str] = ..., window_start: _Optional[int] = ..., resets_at: _Optional[int] = ..., current: _Optional[bool] = ..., lost: _Optional[bool] = ..., amount: _Optional[float] = ...) -> None: ...
+
 class CommitResponse(_message.Message):
-    __slots__ = ("limits", "already_settled")
+    __slots__ = ("limits", "already_settled", "settled")
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     ALREADY_SETTLED_FIELD_NUMBER: _ClassVar[int]
+    SETTLED_FIELD_NUMBER: _ClassVar[int]
     limits: _containers.RepeatedCompositeFieldContainer[LimitStatus]
     already_settled: bool
-    def __init__(self, limits: _Optional[_Iterable[_Union[LimitStatus, _Mapping]]] = ..., already_settled: _Optional[bool] = ...) -> None: ...
+    settled: _containers.RepeatedCompositeFieldContainer[SettledWindow]
+    def __init__(self, limits: _Optional[_Iterable[_Union[LimitStatus, _Mapping]]] = ..., already_settled: _Optional[bool] = ..., settled: _Optional[_Iterable[_Union[SettledWindow, _Mapping]]] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("reservation_id",)
