@@ -56,6 +56,10 @@ class ReserveCommand:
     rates: Mapping[str, str] = field(default_factory=dict)
     meta: Mapping[str, str] = field(default_factory=dict)
     dry_run: bool = False
+    #: Opaque text the store keeps with the request_id's recorded answer and hands back,
+    #: unchanged, on every replay (the core encodes the plan's limits in it, so a replay is
+    #: answered from the first decision, never re-judged under a later policy or config).
+    answer: str = ""
 
 
 class ReserveStatus(enum.Enum):
@@ -77,6 +81,8 @@ class ReserveResult:
     values: Mapping[CounterRef, CounterValue]
     expires_at: int = 0
     replayed: bool = False
+    #: On a replay: the ``answer`` of the command that was first decided ("" otherwise).
+    answer: str = ""
 
 
 class ReservationState(enum.Enum):
