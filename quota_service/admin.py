@@ -39,7 +39,7 @@ from quota_service.policy.domain import OverrideRecord, SubjectConfig
 from quota_service.policy.engine import LimitReport
 from quota_service.policy.stops import EmergencyStop, StopScope
 from quota_service.policy.units import MAX_UNITS, exact_units, from_units, validate_metric_name
-from quota_service.policy.validation import validate_name
+from quota_service.policy.validation import canonical_name, validate_name, validate_subject
 from quota_service.policy.windows import WINDOW_ORDER, Window, window_span
 from quota_service.quotas import Quotas
 from quota_service.reload import PolicyStatus
@@ -234,7 +234,8 @@ def override_expiry(ttl_seconds: int, now_s: int) -> int:
 
 def validate_stop(scope: StopScope | None, target: str, policy: CompiledPolicy | None = None) -> tuple[StopScope, str]:
     """A stop's scope and target: GLOBAL takes no target, every other scope needs one
-    (a name as for subjects, features, providers); a TIER stop must name a tier of
+    (a name as for subjects, features, providers; PROVIDER and FEATURE targets in their
+    canonical form, as requests are compared); a TIER stop must name a tier of
     ``policy`` (when given), so a typo never gives the false comfort of a stop that stops nothing."""
     if scope is None:
         raise InvalidRequest("scope is required: GLOBAL, PROVIDER, FEATURE, TIER or SUBJECT")
@@ -244,7 +245,13 @@ def validate_stop(scope: StopScope | None, target: str, policy: CompiledPolicy |
         return scope, ""
     if not target:
         raise InvalidRequest(f"a {scope.value} stop needs a target")
-    validate_name("target", target)
+    if scope in (StopScope.PROVIDER, StopScope.FEATURE):
+        # Compared with the request's canonical names: a stop on "OpenAI" stops "openai".
+        target = canonical_name("target", target)
+    elif scope is StopScope.SUBJECT:
+        validate_subject(target, field_name="target")
+    else:
+        validate_name("target", target)
     if scope is StopScope.TIER and policy is not None and target not in policy.tiers:
         raise NotFound(f"tier {target!r} does not exist; tiers: {', '.join(sorted(policy.tiers))}")
     return scope, target
@@ -387,7 +394,7 @@ class Admin:
         """The newest ``limit`` entries (0: 50, at most 1000), newest first; only those about
         ``subject`` when given (a bounded scan back through the stream)."""
         if subject:
-            validate_name("subject", subject)
+            validate_subject(subject)
         return await self.store.list_audit(audit_limit(limit), subject)
 
     # -- tiers ----------------------------------------------------------------------------
@@ -395,7 +402,7 @@ class Admin:
     async def set_tier(self, subject: str, tier: str, *, actor: str, reason: str = "") -> TierChange:
         """Assign ``tier`` (a tier of the current policy; ``""``: unassign, the default applies).
         In force for the subject's next request on every replica."""
-        validate_name("subject", subject)
+        validate_subject(subject)
         validate_tier(self.policy, tier)
         previous = await self.store.set_tier(subject, tier or None)
         self.quotas.configs.forget(subject)
@@ -412,7 +419,7 @@ class Admin:
 
     async def get_subject(self, subject: str) -> SubjectView:
         """Tier, overrides, the stops concerning the subject and its limits now."""
-        validate_name("subject", subject)
+        validate_subject(subject)
         config, usage, stops = await asyncio.gather(
             self.store.subject_config(subject, self._now_ms()),
             self.quotas.usage(subject),
@@ -445,7 +452,7 @@ class Admin:
         """Cap ``metric`` per ``window`` for ``subject`` at ``amount`` (the metric's own measure:
         USD for ``cost_usd``), replacing the tier's cap there (or adding one), for
         ``ttl_seconds`` (0: until deleted). Replaces an override of the same metric and window."""
-        validate_name("subject", subject)
+        validate_subject(subject)
         validate_metric_name(metric)
         parsed_window = parse_window(window)
         units = override_units(metric, amount)
@@ -479,7 +486,7 @@ class Admin:
 
     async def delete_override(self, subject: str, metric: str, window: str, *, actor: str, reason: str = "") -> bool:
         """Remove an override; ``False`` (and no audit entry) when there was no live one."""
-        validate_name("subject", subject)
+        validate_subject(subject)
         validate_metric_name(metric)
         parsed_window = parse_window(window)
         before = _find_override(await self.store.subject_config(subject, self._now_ms()), metric, parsed_window)
@@ -504,7 +511,7 @@ class Admin:
         metric, window. Subjects left without overrides for a while are pruned from the index."""
         now_ms = self._now_ms()
         if subject:
-            validate_name("subject", subject)
+            validate_subject(subject)
             return list((await self.store.subject_config(subject, now_ms)).overrides)
         subjects = sorted(await self.store.overridden_subjects())
         found: list[OverrideRecord] = []
@@ -617,7 +624,7 @@ class Admin:
         current ones included), of one ``metric`` and/or ``window`` when given; ``held`` (open
         reservations) is kept, so reservations still settle correctly. Returns how many
         counters had usage and were zeroed. Company-wide counters are never touched."""
-        validate_name("subject", subject)
+        validate_subject(subject)
         if metric:
             validate_metric_name(metric)
         parsed_window = parse_window(window) if window else None

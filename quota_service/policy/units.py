@@ -21,7 +21,7 @@ from quota_service.errors import InvalidRequest, shown
 
 COST_METRIC = "cost_usd"
 MICROS_PER_USD = Decimal(1_000_000)
-METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # anchored for the JSON schema; matched with fullmatch
 # Redis Lua numbers are doubles: integers are exact only up to 2**53.
 MAX_UNITS = 2**53 - 1
 
@@ -49,7 +49,7 @@ def from_units(metric: str, units: int) -> float:
 
 
 def validate_metric_name(metric: str) -> None:
-    if not METRIC_NAME.match(metric):
+    if not METRIC_NAME.fullmatch(metric):
         raise InvalidRequest(
             f"metric name {shown(metric)} is not valid: 1-63 lower-case letters, digits and '_', starting with a letter"
         )

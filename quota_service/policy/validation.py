@@ -38,7 +38,7 @@ MAX_TTL_SECONDS = 86_400
 #: Prefix of the service's own scopes (``__global__``): never a subject.
 RESERVED_PREFIX = "__"
 
-_ASCII_NAME = re.compile(r"^[!-z|~]+$")  # printable ASCII without space, '{' and '}'
+_ASCII_NAME = re.compile(r"[!-z|~]+")  # printable ASCII without space, '{' and '}'
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
 
 
@@ -59,7 +59,7 @@ def validate_name(field_name: str, value: str, *, required: bool = True) -> str:
         return value
     if len(value) > MAX_NAME_BYTES or len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise InvalidRequest(f"{field_name} {shown(value)} is too long: at most {MAX_NAME_BYTES} bytes of UTF-8")
-    if value.isascii() and _ASCII_NAME.match(value):
+    if value.isascii() and _ASCII_NAME.fullmatch(value):
         return value
     bad = _bad_character(value)
     if bad is not None:

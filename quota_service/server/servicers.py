@@ -8,7 +8,7 @@ import grpc
 
 from quota.v1 import quota_pb2, quota_pb2_grpc
 from quota_service.errors import InvalidRequest
-from quota_service.policy.validation import build_request, validate_name
+from quota_service.policy.validation import build_request, validate_subject
 from quota_service.quotas import Quotas
 from quota_service.server import convert
 from quota_service.server.status import grpc_errors
@@ -52,7 +52,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 
     @grpc_errors
     async def GetUsage(self, request: quota_pb2.GetUsageRequest, context: Context) -> quota_pb2.GetUsageResponse:
-        validate_name("subject", request.subject)
+        validate_subject(request.subject)
         answer = await self._quotas.usage(request.subject)
         return quota_pb2.GetUsageResponse(
             tier=answer.tier,
