@@ -22,10 +22,13 @@ import base64
 import binascii
 import secrets
 
-from quota_service.errors import InvalidRequest
+from quota_service.errors import InvalidRequest, shown
 from quota_service.policy.domain import CounterRef
 
 RESERVATION_PREFIX = "rsv_"
+#: The longest reservation id this service issues: the prefix, base64 of a subject of at most
+#: 256 bytes (344 characters), a dot and the nonce.
+MAX_RESERVATION_ID_CHARS = 400
 
 
 def tag(scope: str) -> str:
@@ -65,16 +68,20 @@ def new_reservation_id(subject: str) -> str:
 
 def subject_of(reservation_id: str) -> str:
     """The subject a reservation id belongs to; :class:`InvalidRequest` if it is not one of ours."""
-    if not reservation_id.startswith(RESERVATION_PREFIX) or "." not in reservation_id:
-        raise InvalidRequest(f"reservation_id {reservation_id!r} is not a reservation id issued by this service")
+    if (
+        len(reservation_id) > MAX_RESERVATION_ID_CHARS
+        or not reservation_id.startswith(RESERVATION_PREFIX)
+        or "." not in reservation_id
+    ):
+        raise InvalidRequest(f"reservation_id {shown(reservation_id)} is not a reservation id issued by this service")
     encoded, _, nonce = reservation_id[len(RESERVATION_PREFIX) :].rpartition(".")
     if len(nonce) != 32:
-        raise InvalidRequest(f"reservation_id {reservation_id!r} is malformed")
+        raise InvalidRequest(f"reservation_id {shown(reservation_id)} is malformed")
     try:
         padded = encoded + "=" * (-len(encoded) % 4)
         subject = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"reservation_id {reservation_id!r} is malformed") from exc
+        raise InvalidRequest(f"reservation_id {shown(reservation_id)} is malformed") from exc
     if not subject:
-        raise InvalidRequest(f"reservation_id {reservation_id!r} is malformed")
+        raise InvalidRequest(f"reservation_id {shown(reservation_id)} is malformed")
     return subject
