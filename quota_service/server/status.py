@@ -45,6 +45,11 @@ def status_for(exc: QuotaServiceError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: QuotaServiceError) -> None:
+    """End the call with ``exc``'s status code and message (raises ``AbortError``)."""
+    await context.abort(status_for(exc), str(exc))
+
+
 Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
 
 
@@ -59,7 +64,7 @@ def grpc_errors(method: Method) -> Method:
         try:
             return await method(self, request, context)
         except QuotaServiceError as exc:
-            await context.abort(status_for(exc), str(exc))
+            await abort_with(context, exc)
         except grpc.aio.AbortError:
             raise
         except Exception:
