@@ -7,7 +7,11 @@
 * times: ISO-8601 in UTC, ``2026-11-24T00:00:00Z``; ``0`` (the protocol's "none") shows as
   a caller-chosen word such as ``never``;
 * tables: left-aligned text, right-aligned numbers, two spaces between columns, no
-  trailing blanks.
+  trailing blanks;
+* free text (reasons, subjects, targets, actors, messages, names): :func:`visible`, in
+  every table cell, field value and sentence, so a value can neither forge a row nor reach
+  the terminal as a control sequence. ``--json`` output needs none of it: JSON escapes
+  every control and non-ASCII character (``ensure_ascii``), and keeps the value exact.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
@@ -23,6 +28,34 @@ MONEY_METRIC = "cost_usd"
 _MICRO = Decimal("0.000001")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$", re.IGNORECASE)
 _SECONDS_PER = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: Unicode categories never shown raw: controls (C0, DEL, C1), format characters (bidi
+#: embeddings, overrides and isolates, zero-width characters, soft hyphen, BOM, tags),
+#: line and paragraph separators, surrogates.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def visible(text: str) -> str:
+    """``text`` with every character that could act on a terminal or hide itself shown as
+    an escape: ``\\n``, ``\\r``, ``\\t``, ``\\x1b`` (C0, DEL, C1 controls), ``\\u202e``
+    (format characters: bidi overrides, zero-width spaces, ...; line separators),
+    ``\\U000e0041`` beyond the BMP. Everything else, backslashes included, is shown as it
+    is: the point is that the operator sees every character, not that the text can be
+    decoded back (``--json`` gives the exact value)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(_escape(ch) if unicodedata.category(ch) in _INVISIBLE_CATEGORIES else ch for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if ch in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[ch]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def money(usd: float) -> str:
@@ -137,15 +170,17 @@ def _value(value: object) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()) -> str:
     """An aligned text table. ``right``: indexes of the columns to right-align (numbers).
+    Every cell is shown through :func:`visible`: one row is always one line.
 
     Every row must have as many cells as there are headers."""
-    widths = [len(h) for h in headers]
-    for row in rows:
+    shown = [[visible(cell) for cell in row] for row in (headers, *rows)]
+    widths = [len(h) for h in shown[0]]
+    for row in shown[1:]:
         if len(row) != len(headers):
             raise ValueError(f"row has {len(row)} cells, table has {len(headers)} columns")
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
     lines = []
-    for row in (headers, *rows):
+    for row in shown:
         cells = [
             cell.rjust(width) if index in right else cell.ljust(width)
             for index, (cell, width) in enumerate(zip(row, widths, strict=True))
@@ -154,13 +189,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Seque
     return "\n".join(lines)
 
 
-def fields(pairs: Sequence[tuple[str, str]]) -> str:
-    """``label  value`` lines with the values aligned; a multi-line value is indented to
-    the value column on its continuation lines."""
+def fields(pairs: Sequence[tuple[str, str | Sequence[str]]]) -> str:
+    """``label  value`` lines with the values aligned. A value is one line, shown through
+    :func:`visible` (a newline in it shows as ``\\n``); a value given as a list of lines
+    shows its first line next to the label and the others indented to the value column."""
     width = max((len(label) for label, _ in pairs), default=0)
     lines = []
     for label, value in pairs:
-        first, *rest = value.splitlines() or [""]
+        first, *rest = [visible(value)] if isinstance(value, str) else [visible(line) for line in value] or [""]
         lines.append(f"{label.ljust(width)}  {first}".rstrip())
         lines.extend(f"{' ' * (width + 2)}{line}".rstrip() for line in rest)
     return "\n".join(lines)
