@@ -15,6 +15,10 @@ Guarantees:
   so its next request sees the change; other replicas learn it through the config version
   checked atomically by the reserve script (a stale cache costs one retry, never a wrong
   decision).
+* Every ``reason`` is checked before anything is written (:func:`validate_reason`): at most
+  :data:`MAX_REASON_BYTES` bytes of UTF-8, newlines allowed, no other control character
+  (NUL, ESC, tab, CR, DEL, C1). Format characters (right-to-left marks, bidi isolates) stay
+  allowed, since right-to-left text needs them; ``quotactl`` shows them escaped.
 * Amounts cross this module in the metric's own measure on the way in (``max`` of an
   override: US dollars for ``cost_usd``, whole counts otherwise) and leave it in whole
   units (micro-dollars for ``cost_usd``): the conversion is exact or refused, like the
@@ -28,6 +32,7 @@ import enum
 import json
 import logging
 import math
+import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
@@ -57,6 +62,12 @@ MAX_OVERRIDE_TTL_SECONDS = 10 * 366 * 86_400
 OVERRIDE_INDEX_GRACE_SECONDS = 60
 #: Subjects whose overrides are read at once by ListOverrides of every subject.
 LIST_CONCURRENCY = 32
+#: The longest ``reason`` of an admin write (bytes of UTF-8): a sentence or a ticket
+#: reference. Every reason is read back by everyone: an audit entry holds it up to three
+#: times (the entry, the before/after JSON) and ListOverrides lists every override's; one
+#: megabyte reason made ListAudit and ListOverrides fail with RESOURCE_EXHAUSTED (a
+#: client's 4 MiB receive limit) for every operator.
+MAX_REASON_BYTES = 1024
 
 
 class AuditAction(enum.StrEnum):
@@ -264,6 +275,22 @@ def stop_concerns(stop: EmergencyStop, subject: str, tier: str) -> bool:
     return True
 
 
+def validate_reason(reason: str) -> str:
+    """A reason for the audit log: at most :data:`MAX_REASON_BYTES` bytes of UTF-8, newlines
+    allowed, no other control character (category Cc: NUL, ESC, tab, CR, DEL, C1 controls).
+    :class:`InvalidRequest` naming the limit or the character (never echoing the reason)."""
+    size = len(reason.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_REASON_BYTES:
+        raise InvalidRequest(f"reason is {size} bytes; at most {MAX_REASON_BYTES} bytes (UTF-8) are allowed")
+    for position, ch in enumerate(reason):
+        if ch != "\n" and unicodedata.category(ch) == "Cc":
+            raise InvalidRequest(
+                f"reason holds U+{ord(ch):04X} at character {position}: "
+                "no control characters other than newlines are allowed"
+            )
+    return reason
+
+
 def validate_tier(policy: CompiledPolicy, tier: str) -> str:
     """A tier to assign: ``""`` (unassign) or a tier of the current policy (:class:`NotFound`
     naming the tiers otherwise)."""
@@ -395,6 +422,7 @@ class Admin:
         In force for the subject's next request on every replica."""
         validate_name("subject", subject)
         validate_tier(self.policy, tier)
+        validate_reason(reason)
         previous = await self.store.set_tier(subject, tier or None)
         self.quotas.configs.forget(subject)
         await self._audit(
@@ -447,6 +475,7 @@ class Admin:
         validate_metric_name(metric)
         parsed_window = parse_window(window)
         units = override_units(metric, amount)
+        validate_reason(reason)
         now_ms = self._now_ms()
         now_s = now_ms // 1000
         record = OverrideRecord(
@@ -478,6 +507,7 @@ class Admin:
     async def delete_override(self, subject: str, metric: str, window: str, *, actor: str, reason: str = "") -> bool:
         """Remove an override; ``False`` (and no audit entry) when there was no live one."""
         validate_name("subject", subject)
+        validate_reason(reason)
         validate_metric_name(metric)
         parsed_window = parse_window(window)
         before = _find_override(await self.store.subject_config(subject, self._now_ms()), metric, parsed_window)
@@ -525,6 +555,7 @@ class Admin:
         at once, on every replica within a second, across restarts, until :meth:`resume_stop`.
         Pulling the same scope and target again replaces its reason."""
         scope, target = validate_stop(scope, target, self.policy)
+        validate_reason(reason)
         stop = EmergencyStop(scope, target, reason, self._now_ms() // 1000, actor)
         previous = await self.store.put_stop(stop)
         await self._refresh_stops()
@@ -542,6 +573,7 @@ class Admin:
     async def resume_stop(self, scope: StopScope | None, target: str, *, actor: str, reason: str = "") -> bool:
         """Lift a stop; ``False`` (and no audit entry) when no such stop was in force."""
         scope, target = validate_stop(scope, target)
+        validate_reason(reason)
         previous = await self.store.delete_stop(scope, target)
         if previous is None:
             return False
@@ -578,6 +610,7 @@ class Admin:
         """Load the policy files again. ``(changed, status)``; a bad file raises
         :class:`PolicyError` (recorded in the status, the log and the audit log) and the
         running policy stays. Counters are never touched."""
+        validate_reason(reason)
         live = self.quotas.policy
         before = live.current.version
         target = str(live.path)
@@ -616,6 +649,7 @@ class Admin:
         reservations) is kept, so reservations still settle correctly. Returns how many
         counters had usage and were zeroed. Company-wide counters are never touched."""
         validate_name("subject", subject)
+        validate_reason(reason)
         if metric:
             validate_metric_name(metric)
         parsed_window = parse_window(window) if window else None
@@ -666,5 +700,6 @@ __all__ = [
     "override_units",
     "parse_window",
     "stop_concerns",
+    "validate_reason",
     "validate_stop",
 ]

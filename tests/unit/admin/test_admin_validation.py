@@ -13,6 +13,7 @@ from quota.v1 import admin_pb2
 from quota_service.admin import (
     DEFAULT_AUDIT_LIMIT,
     DEFAULT_TOP_N,
+    MAX_REASON_BYTES,
     audit_limit,
     override_expiry,
     override_units,
@@ -20,6 +21,7 @@ from quota_service.admin import (
     stop_concerns,
     stop_label,
     top_n,
+    validate_reason,
     validate_stop,
     validate_tier,
 )
@@ -234,3 +236,42 @@ async def test_a_change_notice_refreshes_at_once() -> None:
         assert watcher.active() == (EmergencyStop(StopScope.GLOBAL),)
     finally:
         await watcher.close()
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "",
+        "support ticket 7",
+        "line one\nline two\n",  # a reason may be a paragraph
+        "r" * MAX_REASON_BYTES,
+        "é" * (MAX_REASON_BYTES // 2),  # 1024 bytes of UTF-8
+        "عميل مميز \u200f(VIP)",  # right-to-left text and its marks are text, not controls
+    ],
+)
+def test_reasons_up_to_1_kib_with_newlines_are_accepted(reason: str) -> None:
+    assert MAX_REASON_BYTES == 1024
+    assert validate_reason(reason) == reason
+
+
+@pytest.mark.parametrize(
+    ("reason", "fragment"),
+    [
+        ("r" * (MAX_REASON_BYTES + 1), "reason is 1025 bytes; at most 1024 bytes (UTF-8) are allowed"),
+        ("é" * 513, "reason is 1026 bytes; at most 1024"),
+        ("r" * 1_000_000, "reason is 1000000 bytes; at most 1024"),
+        ("nul\x00", "U+0000"),
+        ("esc \x1b[2J", "U+001B"),
+        ("tab\there", "U+0009"),
+        ("crlf\r\n", "U+000D"),
+        ("del\x7f", "U+007F"),
+        ("csi\x9b31m", "U+009B"),
+    ],
+)
+def test_reasons_too_long_or_with_control_characters_are_refused(reason: str, fragment: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        validate_reason(reason)
+    assert fragment in str(info.value)
+    if fragment.startswith("U+"):
+        assert "no control characters other than newlines" in str(info.value)
+    assert len(str(info.value)) < 200  # the message never echoes the reason
