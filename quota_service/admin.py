@@ -45,7 +45,7 @@ from quota_service.policy.units import MAX_UNITS, exact_units, from_units, valid
 from quota_service.policy.windows import WINDOW_ORDER, Window, window_span
 from quota_service.quotas import Quotas
 from quota_service.reload import PolicyStatus
-from quota_service.store.base import OverrideRecord, SubjectConfig
+from quota_service.store.base import GLOBAL_SCOPE, OverrideRecord, SubjectConfig
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +289,19 @@ def validate_reason(reason: str) -> str:
                 "no control characters other than newlines are allowed"
             )
     return reason
+
+
+def validate_reset_subject(subject: str) -> str:
+    """ResetUsage's subject: a name as every subject (:func:`validate_name`), never the
+    company-wide scope: its counters are nobody's to reset (every other admin RPC refuses it
+    too, in the store)."""
+    validate_name("subject", subject)
+    if subject == GLOBAL_SCOPE:
+        raise InvalidRequest(
+            f"{GLOBAL_SCOPE} is the company-wide scope, not a subject; "
+            "ResetUsage resets one subject's counters, the company-wide ones only end with their window"
+        )
+    return subject
 
 
 def validate_tier(policy: CompiledPolicy, tier: str) -> str:
@@ -647,8 +660,9 @@ class Admin:
         """Zero ``used`` of the subject's stored counters (every window still stored, the
         current ones included), of one ``metric`` and/or ``window`` when given; ``held`` (open
         reservations) is kept, so reservations still settle correctly. Returns how many
-        counters had usage and were zeroed. Company-wide counters are never touched."""
-        validate_name("subject", subject)
+        counters had usage and were zeroed. Company-wide counters are never touched:
+        ``__global__`` is refused (:func:`validate_reset_subject`)."""
+        validate_reset_subject(subject)
         validate_reason(reason)
         if metric:
             validate_metric_name(metric)
@@ -701,5 +715,6 @@ __all__ = [
     "parse_window",
     "stop_concerns",
     "validate_reason",
+    "validate_reset_subject",
     "validate_stop",
 ]

@@ -1,6 +1,7 @@
 """Admin inputs that once damaged the admin plane for everyone, end to end through the real
-server: a 1 MB reason (then ListAudit and ListOverrides failed with RESOURCE_EXHAUSTED) and
-reasons with control characters."""
+server: a 1 MB reason (then ListAudit and ListOverrides failed with RESOURCE_EXHAUSTED),
+reasons with control characters, and ResetUsage of ``__global__`` (it zeroed the
+company-wide counters)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import grpc
 import pytest
 from support.server_process import ServerProcess
 
-from quota.v1 import admin_pb2, admin_pb2_grpc
+from quota.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc
 
 pytestmark = pytest.mark.e2e
 
@@ -88,3 +89,53 @@ def test_a_reason_may_hold_newlines(admin: admin_pb2_grpc.AdminServiceStub, auth
     admin.SetTier(admin_pb2.SetTierRequest(subject="u1", tier="pro_alpha", reason=reason), metadata=auth, timeout=5)
     (entry,) = admin.ListAudit(admin_pb2.ListAuditRequest(), metadata=auth, timeout=5).entries
     assert entry.reason == reason
+
+
+def global_used(quota: quota_pb2_grpc.QuotaServiceStub) -> dict[tuple[str, str], float]:
+    """The company-wide counters, as a dry-run request of another subject reports them."""
+    answer = quota.CheckAndReserve(
+        quota_pb2.CheckAndReserveRequest(
+            subject="observer",
+            feature="blog_writer",
+            provider="openai",
+            model="gpt-4o-mini",
+            usage={"tokens": 1},
+            dry_run=True,
+        ),
+        timeout=5,
+    )
+    return {(lim.metric, lim.window): lim.used for lim in answer.limits if lim.kind == quota_pb2.LIMIT_KIND_GLOBAL}
+
+
+def test_reset_usage_of_the_company_wide_scope_is_refused(
+    admin: admin_pb2_grpc.AdminServiceStub, auth: list[tuple[str, str]], channel: grpc.Channel
+) -> None:
+    quota = quota_pb2_grpc.QuotaServiceStub(channel)
+    answer = quota.CheckAndReserve(
+        quota_pb2.CheckAndReserveRequest(
+            subject="spender", feature="blog_writer", provider="openai", model="gpt-4o-mini", usage={"tokens": 500}
+        ),
+        timeout=5,
+    )
+    quota.Commit(quota_pb2.CommitRequest(reservation_id=answer.reservation_id, usage={"tokens": 500}), timeout=5)
+    before = global_used(quota)
+    assert before and all(used > 0 for used in before.values())
+
+    for request in (
+        admin_pb2.ResetUsageRequest(subject="__global__"),
+        admin_pb2.ResetUsageRequest(subject="__global__", metric="cost_usd", window="day"),
+    ):
+        error = refused(admin.ResetUsage, request, auth)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details().startswith("__global__ is the company-wide scope, not a subject; ")
+    assert global_used(quota) == before
+    assert list(admin.ListAudit(admin_pb2.ListAuditRequest(), metadata=auth, timeout=5).entries) == []
+    # As every other admin RPC does.
+    for rpc, request in (
+        ("SetTier", admin_pb2.SetTierRequest(subject="__global__", tier="pro_alpha")),
+        ("GetSubject", admin_pb2.GetSubjectRequest(subject="__global__")),
+    ):
+        assert refused(getattr(admin, rpc), request, auth).code() == grpc.StatusCode.INVALID_ARGUMENT, rpc
+    # A subject's own reset leaves the company-wide counters alone.
+    assert admin.ResetUsage(admin_pb2.ResetUsageRequest(subject="spender"), metadata=auth, timeout=5).counters_reset
+    assert global_used(quota) == before

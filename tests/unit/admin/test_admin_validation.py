@@ -22,6 +22,7 @@ from quota_service.admin import (
     stop_label,
     top_n,
     validate_reason,
+    validate_reset_subject,
     validate_stop,
     validate_tier,
 )
@@ -275,3 +276,13 @@ def test_reasons_too_long_or_with_control_characters_are_refused(reason: str, fr
     if fragment.startswith("U+"):
         assert "no control characters other than newlines" in str(info.value)
     assert len(str(info.value)) < 200  # the message never echoes the reason
+
+
+def test_reset_usage_refuses_the_company_wide_scope() -> None:
+    assert validate_reset_subject("u1") == "u1"
+    with pytest.raises(InvalidRequest) as info:
+        validate_reset_subject("__global__")
+    assert str(info.value).startswith("__global__ is the company-wide scope, not a subject; ")
+    for invalid in ("", "has space", "{tag}"):
+        with pytest.raises(InvalidRequest):
+            validate_reset_subject(invalid)
