@@ -15,6 +15,10 @@ Guarantees:
   so its next request sees the change; other replicas learn it through the config version
   checked atomically by the reserve script (a stale cache costs one retry, never a wrong
   decision).
+* Every ``reason`` is checked before anything is written (:func:`validate_reason`): at most
+  :data:`MAX_REASON_BYTES` bytes of UTF-8, newlines allowed, no other control character
+  (NUL, ESC, tab, CR, DEL, C1). Format characters (right-to-left marks, bidi isolates) stay
+  allowed, since right-to-left text needs them; ``quotactl`` shows them escaped.
 * Amounts cross this module in the metric's own measure on the way in (``max`` of an
   override: US dollars for ``cost_usd``, whole counts otherwise) and leave it in whole
   units (micro-dollars for ``cost_usd``): the conversion is exact or refused, like the
@@ -39,7 +43,12 @@ from quota_service.policy.domain import OverrideRecord, SubjectConfig
 from quota_service.policy.engine import LimitReport
 from quota_service.policy.stops import EmergencyStop, StopScope
 from quota_service.policy.units import MAX_UNITS, exact_units, from_units, validate_metric_name
-from quota_service.policy.validation import canonical_name, validate_name, validate_subject
+from quota_service.policy.validation import (
+    canonical_name,
+    validate_name,
+    validate_reason,
+    validate_subject,
+)
 from quota_service.policy.windows import WINDOW_ORDER, Window, window_span
 from quota_service.quotas import Quotas
 from quota_service.reload import PolicyStatus
@@ -59,6 +68,10 @@ MAX_OVERRIDE_TTL_SECONDS = 10 * 366 * 86_400
 OVERRIDE_INDEX_GRACE_SECONDS = 60
 #: Subjects whose overrides are read at once by ListOverrides of every subject.
 LIST_CONCURRENCY = 32
+#: The longest ``reason`` of an admin write (bytes of UTF-8): a sentence or a ticket
+#: reference. Every reason is read back by everyone: an audit entry holds it up to three
+#: times (the entry, the before/after JSON) and ListOverrides lists every override's; one
+#: megabyte reason made ListAudit and ListOverrides fail with RESOURCE_EXHAUSTED (a
 
 
 class AuditAction(enum.StrEnum):
@@ -404,6 +417,7 @@ class Admin:
         In force for the subject's next request on every replica."""
         validate_subject(subject)
         validate_tier(self.policy, tier)
+        validate_reason(reason)
         previous = await self.store.set_tier(subject, tier or None)
         self.quotas.configs.forget(subject)
         await self._audit(
@@ -456,6 +470,7 @@ class Admin:
         validate_metric_name(metric)
         parsed_window = parse_window(window)
         units = override_units(metric, amount)
+        validate_reason(reason)
         now_ms = self._now_ms()
         now_s = now_ms // 1000
         record = OverrideRecord(
@@ -487,6 +502,7 @@ class Admin:
     async def delete_override(self, subject: str, metric: str, window: str, *, actor: str, reason: str = "") -> bool:
         """Remove an override; ``False`` (and no audit entry) when there was no live one."""
         validate_subject(subject)
+        validate_reason(reason)
         validate_metric_name(metric)
         parsed_window = parse_window(window)
         before = _find_override(await self.store.subject_config(subject, self._now_ms()), metric, parsed_window)
@@ -534,6 +550,7 @@ class Admin:
         at once, on every replica within a second, across restarts, until :meth:`resume_stop`.
         Pulling the same scope and target again replaces its reason."""
         scope, target = validate_stop(scope, target, self.policy)
+        validate_reason(reason)
         stop = EmergencyStop(scope, target, reason, self._now_ms() // 1000, actor)
         previous = await self.store.put_stop(stop)
         await self._refresh_stops()
@@ -551,6 +568,7 @@ class Admin:
     async def resume_stop(self, scope: StopScope | None, target: str, *, actor: str, reason: str = "") -> bool:
         """Lift a stop; ``False`` (and no audit entry) when no such stop was in force."""
         scope, target = validate_stop(scope, target)
+        validate_reason(reason)
         previous = await self.store.delete_stop(scope, target)
         if previous is None:
             return False
@@ -587,6 +605,7 @@ class Admin:
         """Load the policy files again. ``(changed, status)``; a bad file raises
         :class:`PolicyError` (recorded in the status, the log and the audit log) and the
         running policy stays. Counters are never touched."""
+        validate_reason(reason)
         live = self.quotas.policy
         before = live.current.version
         target = str(live.path)
@@ -623,8 +642,10 @@ class Admin:
         """Zero ``used`` of the subject's stored counters (every window still stored, the
         current ones included), of one ``metric`` and/or ``window`` when given; ``held`` (open
         reservations) is kept, so reservations still settle correctly. Returns how many
-        counters had usage and were zeroed. Company-wide counters are never touched."""
+        counters had usage and were zeroed. Company-wide counters are never touched:
+        ``__global__`` is refused, as by every admin RPC (:func:`validate_subject`)."""
         validate_subject(subject)
+        validate_reason(reason)
         if metric:
             validate_metric_name(metric)
         parsed_window = parse_window(window) if window else None

@@ -41,6 +41,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="HOST:PORT to listen on (env QUOTA_LISTEN; default 127.0.0.1:50051; port 0 picks a free one)",
     )
     serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        default=os.environ.get("QUOTA_REUSE_PORT", "").strip().lower() in ("1", "true", "yes", "on"),
+        help="share the --listen port with other serve processes that pass it too (SO_REUSEPORT: "
+        "the kernel spreads connections over them; env QUOTA_REUSE_PORT=1). Without it a port "
+        "already in use is an error (exit 2)",
+    )
+    serve.add_argument(
         "--store-timeout",
         type=float,
         default=float(os.environ.get("QUOTA_STORE_TIMEOUT", "0.25")),

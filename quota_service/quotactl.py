@@ -8,6 +8,12 @@ what went wrong (see ``quotactl --help``). An RPC error never ends in a Python t
 With ``--json`` the command prints the RPC's response message on stdout in the proto3
 JSON mapping: field names exactly as in ``proto/quota/v1/*.proto`` (snake_case), enums
 by name, every field present even when zero, keys sorted, int64 values as JSON numbers.
+
+Free text from the server or the command line (reasons, subjects, targets, actors, names,
+error messages) is shown through :func:`quota_service.escaping.visible` in every table cell and
+sentence, on stdout and stderr: a newline, an ESC sequence or a bidi override in a reason
+shows as ``\\n``, ``\\x1b``, ``\\u202e``, never as a forged row or a control code on the
+operator's terminal. ``--json`` output is exact (and printable ASCII: JSON escapes the rest).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from google.protobuf.message import Message
 
 from quota.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc
 from quota_service import quotactl_format as fmt
+from quota_service.escaping import visible
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -133,6 +140,7 @@ def to_json(message: Message) -> str:
         indent=2,
         sort_keys=True,
         unquote_int64_if_possible=True,
+        ensure_ascii=True,  # every control and non-ASCII character as \uXXXX: safe on any terminal
     )
 
 
@@ -192,10 +200,10 @@ def stops_table(stops: Sequence[admin_pb2.Stop]) -> str:
 
 
 def policy_status_text(status: admin_pb2.PolicyStatus) -> str:
-    pairs = [
+    pairs: list[tuple[str, str | list[str]]] = [
         ("version", status.version),
         ("loaded at", fmt.timestamp(status.loaded_at)),
-        ("files", "\n".join(status.files) or "-"),
+        ("files", list(status.files) or "-"),
         ("default tier", status.default_tier),
         ("tiers", ", ".join(status.tiers) or "-"),
     ]
@@ -203,7 +211,7 @@ def policy_status_text(status: admin_pb2.PolicyStatus) -> str:
         pairs.append(
             ("last reload", f"FAILED at {fmt.timestamp(status.last_error_at)}; version {status.version} stays")
         )
-        pairs.append(("error", status.last_error))
+        pairs.append(("error", status.last_error.split("\n")))  # one problem a line
     else:
         pairs.append(("last reload", "ok"))
     return fmt.fields(pairs)
@@ -228,7 +236,7 @@ def cmd_reload(remote: Remote, args: argparse.Namespace) -> Outcome:
         if reply.changed
         else f"unchanged: the files still hold version {reply.status.version}"
     )
-    return Outcome(reply, f"{headline}\n\n{policy_status_text(reply.status)}")
+    return Outcome(reply, f"{visible(headline)}\n\n{policy_status_text(reply.status)}")
 
 
 def cmd_tier_set(remote: Remote, args: argparse.Namespace) -> Outcome:
@@ -238,7 +246,7 @@ def cmd_tier_set(remote: Remote, args: argparse.Namespace) -> Outcome:
         remote.admin.SetTier, admin_pb2.SetTierRequest(subject=args.subject, tier=args.tier, reason=args.reason)
     )
     previous = reply.previous_tier or "(policy default)"
-    return Outcome(reply, f"{reply.subject}: tier {previous} -> {reply.tier or '(policy default)'}")
+    return Outcome(reply, visible(f"{reply.subject}: tier {previous} -> {reply.tier or '(policy default)'}"))
 
 
 def cmd_tier_get(remote: Remote, args: argparse.Namespace) -> Outcome:
@@ -273,14 +281,14 @@ def cmd_override_set(remote: Remote, args: argparse.Namespace) -> Outcome:
     text = f"{o.subject}: {o.metric} per {o.window} capped at {fmt.amount(o.metric, o.max)} {until}"
     if o.reason:
         text += f" (reason: {o.reason})"
-    return Outcome(reply, text)
+    return Outcome(reply, visible(text))
 
 
 def cmd_override_list(remote: Remote, args: argparse.Namespace) -> Outcome:
     """The overrides in force, of SUBJECT or of every subject."""
     reply = remote.call(remote.admin.ListOverrides, admin_pb2.ListOverridesRequest(subject=args.subject))
     if not reply.overrides:
-        return Outcome(reply, f"no overrides for {args.subject}" if args.subject else "no overrides")
+        return Outcome(reply, visible(f"no overrides for {args.subject}") if args.subject else "no overrides")
     return Outcome(reply, overrides_table(reply.overrides))
 
 
@@ -292,7 +300,7 @@ def cmd_override_delete(remote: Remote, args: argparse.Namespace) -> Outcome:
     what = f"{args.subject}: {args.metric} per {args.window}"
     if not reply.deleted:
         return Outcome(reply, "", EXIT_NOT_FOUND, f"no override of {what}")
-    return Outcome(reply, f"{what}: override deleted; the tier's cap applies again")
+    return Outcome(reply, visible(f"{what}: override deleted; the tier's cap applies again"))
 
 
 def cmd_stop(remote: Remote, args: argparse.Namespace) -> Outcome:
@@ -303,7 +311,7 @@ def cmd_stop(remote: Remote, args: argparse.Namespace) -> Outcome:
     stop = reply.stop
     return Outcome(
         reply,
-        f"EMERGENCY STOP in force: {stop_label(stop.scope, stop.target)} (reason: {stop.reason or '-'})",
+        visible(f"EMERGENCY STOP in force: {stop_label(stop.scope, stop.target)} (reason: {stop.reason or '-'})"),
     )
 
 
@@ -314,7 +322,7 @@ def cmd_resume(remote: Remote, args: argparse.Namespace) -> Outcome:
     label = stop_label(args.scope, args.stop_target)
     if not reply.resumed:
         return Outcome(reply, "", EXIT_NOT_FOUND, f"no emergency stop on {label}")
-    return Outcome(reply, f"resumed: {label}")
+    return Outcome(reply, visible(f"resumed: {label}"))
 
 
 def cmd_stops(remote: Remote, args: argparse.Namespace) -> Outcome:
@@ -337,7 +345,7 @@ def cmd_top(remote: Remote, args: argparse.Namespace) -> Outcome:
     request = admin_pb2.TopUsageRequest(metric=args.metric, window=args.window, n=args.n)
     reply = remote.call(remote.admin.TopUsage, request)
     since = fmt.timestamp(reply.window_start)
-    head = f"top {args.n} by {args.metric} per {args.window} (window from {since})"
+    head = visible(f"top {args.n} by {args.metric} per {args.window} (window from {since})")
     if not reply.entries:
         return Outcome(reply, f"{head}\n\nno usage in this window")
     rows = [
@@ -363,7 +371,7 @@ def cmd_reset(remote: Remote, args: argparse.Namespace) -> Outcome:
     )
     reply = remote.call(remote.admin.ResetUsage, request)
     scope = f"{args.metric or 'every metric'}, {args.window or 'every window'}"
-    return Outcome(reply, f"{args.subject}: {reply.counters_reset} counter(s) reset ({scope})")
+    return Outcome(reply, visible(f"{args.subject}: {reply.counters_reset} counter(s) reset ({scope})"))
 
 
 def cmd_audit(remote: Remote, args: argparse.Namespace) -> Outcome:
@@ -629,9 +637,10 @@ def describe_rpc_error(exc: grpc.RpcError, args: argparse.Namespace) -> tuple[in
     else:  # not raised by the stubs in practice; never let it escape as a traceback
         code, details = grpc.StatusCode.UNKNOWN, str(exc)
     exit_code = exit_code_for(code)
-    message = f"quotactl: {code.name}: {details}"
+    message = visible(f"quotactl: {code.name}: {details}")
     if exit_code == EXIT_UNREACHABLE:
-        message += f"\nquotactl: cannot reach quota-service at {args.target} (timeout {args.timeout:g}s)"
+        target = visible(args.target)
+        message += f"\nquotactl: cannot reach quota-service at {target} (timeout {args.timeout:g}s)"
         if args.tls or args.tls_ca or args.tls_cert:
             message += " (check the TLS options: CA, client certificate, server name)"
     elif code == grpc.StatusCode.UNAUTHENTICATED:
@@ -651,7 +660,7 @@ def run(args: argparse.Namespace) -> int:
         with open_channel(args) as channel:
             outcome = handler(Remote(channel, timeout=args.timeout, token=token), args)
     except UsageError as exc:
-        print(f"quotactl: {exc}", file=sys.stderr)
+        print(visible(f"quotactl: {exc}"), file=sys.stderr)
         return EXIT_USAGE
     except grpc.RpcError as exc:
         exit_code, message = describe_rpc_error(exc, args)
@@ -662,7 +671,7 @@ def run(args: argparse.Namespace) -> int:
     elif outcome.text:
         print(outcome.text)
     if outcome.problem:
-        print(f"quotactl: {outcome.problem}", file=sys.stderr)
+        print(visible(f"quotactl: {outcome.problem}"), file=sys.stderr)
     return outcome.exit_code
 
 

@@ -7,7 +7,11 @@
 * times: ISO-8601 in UTC, ``2026-11-24T00:00:00Z``; ``0`` (the protocol's "none") shows as
   a caller-chosen word such as ``never``;
 * tables: left-aligned text, right-aligned numbers, two spaces between columns, no
-  trailing blanks.
+  trailing blanks;
+* free text (reasons, subjects, targets, actors, messages, names): :func:`visible`, in
+  every table cell, field value and sentence, so a value can neither forge a row nor reach
+  the terminal as a control sequence. ``--json`` output needs none of it: JSON escapes
+  every control and non-ASCII character (``ensure_ascii``), and keeps the value exact.
 """
 
 from __future__ import annotations
@@ -19,24 +23,27 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 
+from quota_service.escaping import visible
+from quota_service.policy.messages import format_usd
+
 MONEY_METRIC = "cost_usd"
 _MICRO = Decimal("0.000001")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$", re.IGNORECASE)
 _SECONDS_PER = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: Unicode categories never shown raw: controls (C0, DEL, C1), format characters (bidi
+#: embeddings, overrides and isolates, zero-width characters, soft hyphen, BOM, tags),
+#: line and paragraph separators, surrogates.
 
 
 def money(usd: float) -> str:
     """``1.5`` -> ``$1.50``, ``0.0006`` -> ``$0.0006``, ``-2`` -> ``-$2.00``.
 
     Rounded to whole micro-dollars (the service's own unit), so a float's binary noise
-    (``1.0000000000000002``) never shows."""
+    (``1.0000000000000002``) never shows; then the service's one money formatter."""
     if not math.isfinite(usd):
         return str(usd)
-    exact = Decimal(repr(usd)).quantize(_MICRO, rounding=ROUND_HALF_EVEN)
-    sign = "-" if exact < 0 else ""
-    whole, _, fraction = f"{abs(exact):,.6f}".partition(".")
-    fraction = fraction.rstrip("0").ljust(2, "0")
-    return f"{sign}${whole}.{fraction}"
+    micros = int(Decimal(repr(usd)).quantize(_MICRO, rounding=ROUND_HALF_EVEN) * 1_000_000)
+    return format_usd(micros)
 
 
 def count(value: float) -> str:
@@ -137,15 +144,17 @@ def _value(value: object) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()) -> str:
     """An aligned text table. ``right``: indexes of the columns to right-align (numbers).
+    Every cell is shown through :func:`visible`: one row is always one line.
 
     Every row must have as many cells as there are headers."""
-    widths = [len(h) for h in headers]
-    for row in rows:
+    shown = [[visible(cell) for cell in row] for row in (headers, *rows)]
+    widths = [len(h) for h in shown[0]]
+    for row in shown[1:]:
         if len(row) != len(headers):
             raise ValueError(f"row has {len(row)} cells, table has {len(headers)} columns")
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
     lines = []
-    for row in (headers, *rows):
+    for row in shown:
         cells = [
             cell.rjust(width) if index in right else cell.ljust(width)
             for index, (cell, width) in enumerate(zip(row, widths, strict=True))
@@ -154,13 +163,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Seque
     return "\n".join(lines)
 
 
-def fields(pairs: Sequence[tuple[str, str]]) -> str:
-    """``label  value`` lines with the values aligned; a multi-line value is indented to
-    the value column on its continuation lines."""
+def fields(pairs: Sequence[tuple[str, str | Sequence[str]]]) -> str:
+    """``label  value`` lines with the values aligned. A value is one line, shown through
+    :func:`visible` (a newline in it shows as ``\\n``); a value given as a list of lines
+    shows its first line next to the label and the others indented to the value column."""
     width = max((len(label) for label, _ in pairs), default=0)
     lines = []
     for label, value in pairs:
-        first, *rest = value.splitlines() or [""]
+        first, *rest = [visible(value)] if isinstance(value, str) else [visible(line) for line in value] or [""]
         lines.append(f"{label.ljust(width)}  {first}".rstrip())
         lines.extend(f"{' ' * (width + 2)}{line}".rstrip() for line in rest)
     return "\n".join(lines)

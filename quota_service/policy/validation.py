@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from quota_service.errors import InvalidRequest, shown
+from quota_service.policy.domain import GLOBAL_SCOPE
 from quota_service.policy.units import parse_usage
 
 #: The longest name (subject, feature, provider, model, request id, stop target), in UTF-8 bytes.
@@ -73,6 +74,11 @@ def validate_name(field_name: str, value: str, *, required: bool = True) -> str:
 def validate_subject(value: str, *, field_name: str = "subject") -> str:
     """A subject: a name (exact, case-sensitive) that is not one of the service's own scopes."""
     validate_name(field_name, value)
+    if value == GLOBAL_SCOPE:
+        raise InvalidRequest(
+            f"{GLOBAL_SCOPE} is the company-wide scope, not a subject; its counters are nobody's to change "
+            "and end with their window"
+        )
     if value.startswith(RESERVED_PREFIX):
         raise InvalidRequest(
             f"{field_name} {shown(value)} is not valid: names starting with {RESERVED_PREFIX!r} are reserved "
@@ -94,19 +100,22 @@ def canonical_name(field_name: str, value: str, *, required: bool = True) -> str
     return canonical
 
 
-def validate_reason(value: str) -> str:
-    """An admin's free-text reason: at most :data:`MAX_REASON_BYTES` bytes; line breaks and
-    tabs are allowed, other control and format characters are not (they would rewrite an
-    operator's terminal or hide text)."""
-    if len(value.encode("utf-8", "surrogatepass")) > MAX_REASON_BYTES:
-        raise InvalidRequest(f"reason is too long: at most {MAX_REASON_BYTES} bytes of UTF-8")
-    for ch in value:
-        if ch in "\n\t":
-            continue
-        category = unicodedata.category(ch)
-        if category in {"Cc", "Cf", "Cs"}:
-            raise InvalidRequest(f"reason contains {_describe_char(ch)}; only printable text, tabs and newlines")
-    return value
+def validate_reason(reason: str) -> str:
+    """An admin's free-text reason (kept in the audit log): at most :data:`MAX_REASON_BYTES`
+    bytes of UTF-8; newlines allowed, no other control character (category Cc: NUL, ESC,
+    tab, CR, DEL, C1 controls). Format characters (right-to-left marks) are allowed, since
+    right-to-left text needs them; ``quotactl`` shows them escaped. :class:`InvalidRequest`
+    names the limit or the character, never echoing the reason."""
+    size = len(reason.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_REASON_BYTES:
+        raise InvalidRequest(f"reason is {size} bytes; at most {MAX_REASON_BYTES} bytes (UTF-8) are allowed")
+    for position, ch in enumerate(reason):
+        if ch != "\n" and unicodedata.category(ch) == "Cc":
+            raise InvalidRequest(
+                f"reason holds U+{ord(ch):04X} at character {position}: "
+                "no control characters other than newlines are allowed"
+            )
+    return reason
 
 
 def _describe_char(ch: str) -> str:

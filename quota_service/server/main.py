@@ -1,12 +1,14 @@
 """``quota-service serve``: wire the parts together, serve, drain gracefully.
 
-Start-up order: the policy (a bad file stops start-up with its errors), the store (an
-embedded redis-server when no URL is given), the emergency stops (read before the first
-request is served; if the store cannot be read, the replica serves but denies everything
-until it can, see :mod:`quota_service.stops`), the gRPC server. SIGTERM/SIGINT: health
-goes NOT_SERVING, in-flight calls get ``--grace`` seconds to finish, then the stop watcher,
-the store (and an embedded Redis) shut down. SIGHUP reloads the policy files; so does an
-edit of them unless ``--no-watch``.
+Start-up order: the options (an inconsistent set, or a listen address already in use
+without ``--reuse-port``, exits 2 with one line before anything is started), the policy (a
+bad file stops start-up with its errors), the store (an embedded redis-server when no URL
+is given), the emergency stops (read before the first request is served; if the store
+cannot be read, the replica serves but denies everything until it can, see
+:mod:`quota_service.stops`), the gRPC server. SIGTERM/SIGINT: health goes NOT_SERVING,
+in-flight calls get ``--grace`` seconds to finish, then the stop watcher, the store (and an
+embedded Redis) shut down. SIGHUP reloads the policy files; so does an edit of them unless
+``--no-watch``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from quota_service.errors import PolicyError, QuotaServiceError
 from quota_service.quotas import Quotas
 from quota_service.reload import LivePolicy
 from quota_service.server.admin import AdminServicer
-from quota_service.server.app import TlsFiles, admin_mode, create_server
+from quota_service.server.app import TlsFiles, admin_mode, create_server, ensure_free
 from quota_service.stops import StopWatcher
 
 log = logging.getLogger("quota_service")
@@ -62,6 +64,10 @@ async def serve(args: argparse.Namespace) -> int:
     # Checked before anything is started, so a refusal leaves no process behind.
     wants_tls = any((args.tls_cert, args.tls_key, args.tls_client_ca))
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if wants_tls else None
+    if not args.reuse_port:
+        # Before the embedded Redis or anything else: a port in use leaves nothing behind.
+        # (A port shared on purpose is checked by the bind itself, in create_server.)
+        await asyncio.to_thread(ensure_free, args.listen)
     policy = LivePolicy(args.policies)
     embedded: EmbeddedRedis | None = None
     redis_url = args.redis_url
@@ -86,6 +92,7 @@ async def serve(args: argparse.Namespace) -> int:
             admin_token=args.admin_token,
             insecure_admin=args.insecure_admin,
             tls=tls,
+            reuse_port=args.reuse_port,
         )
     except BaseException:
         await stops.close()

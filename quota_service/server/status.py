@@ -1,8 +1,15 @@
-"""The one place where errors become gRPC status codes.
+"""The one place where errors become gRPC status codes and status messages.
 
 Every servicer method is wrapped by :func:`grpc_errors`; no exception ever reaches a
 client as ``UNKNOWN``: ours map to their codes, anything else is logged with its
 traceback and answered ``INTERNAL``.
+
+Every status message is :func:`status_message`: control and invisible characters escaped
+(an echoed value can neither forge a line in a client's log nor act on an operator's
+terminal) and at most :data:`MAX_STATUS_MESSAGE_BYTES` bytes of UTF-8. The message travels
+in the HTTP/2 trailers, which the peer limits (gRPC clients: 8 KiB soft, 16 KiB hard):
+an error that echoed a 20 KB name arrived as ``RESOURCE_EXHAUSTED`` "Stream removed"
+instead of its own status.
 """
 
 from __future__ import annotations
@@ -24,9 +31,16 @@ from quota_service.errors import (
     StoreUnavailable,
     Unauthenticated,
 )
+from quota_service.escaping import visible
 from quota_service.metrics import RPC_LATENCY
 
 log = logging.getLogger(__name__)
+
+#: The longest status message sent (bytes of UTF-8, the marker included): ample for every
+#: message of ours, far below any peer's header limit (even once percent-encoded, x3).
+MAX_STATUS_MESSAGE_BYTES = 1024
+#: Ends a message that was cut at :data:`MAX_STATUS_MESSAGE_BYTES`.
+TRUNCATED = "… (truncated)"
 
 STATUS_OF: dict[type[QuotaServiceError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -45,6 +59,26 @@ def status_for(exc: QuotaServiceError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def status_message(text: str) -> str:
+    """``text`` fit to travel as a status message: every control, format (bidi, zero-width)
+    and line-separator character escaped (``\\n``, ``\\x1b``, ``\\u202e``), then cut on a
+    character boundary to at most :data:`MAX_STATUS_MESSAGE_BYTES` bytes of UTF-8, ending
+    with :data:`TRUNCATED` when it was cut. Bounded work whatever the length of ``text``."""
+    # quotactl's escaping, so a message reads the same however it reaches an operator.
+    # Escaping never shortens and every character is at least a byte: this prefix suffices.
+    shown = visible(text[: MAX_STATUS_MESSAGE_BYTES + 1])
+    encoded = shown.encode()
+    if len(encoded) <= MAX_STATUS_MESSAGE_BYTES:
+        return shown
+    room = MAX_STATUS_MESSAGE_BYTES - len(TRUNCATED.encode())
+    return encoded[:room].decode("utf-8", errors="ignore") + TRUNCATED  # drops a cut character's bytes
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: QuotaServiceError) -> None:
+    """End the call with ``exc``'s status code and bounded message (raises ``AbortError``)."""
+    await context.abort(status_for(exc), status_message(str(exc)))
+
+
 Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
 
 
@@ -59,12 +93,14 @@ def grpc_errors(method: Method) -> Method:
         try:
             return await method(self, request, context)
         except QuotaServiceError as exc:
-            await context.abort(status_for(exc), str(exc))
+            await abort_with(context, exc)
         except grpc.aio.AbortError:
             raise
         except Exception:
             log.exception("%s failed", name)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}; see the server log")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, status_message(f"internal error in {name}; see the server log")
+            )
         finally:
             latency.observe(time.perf_counter() - started)
 

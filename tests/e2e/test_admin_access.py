@@ -18,6 +18,7 @@ import redis
 from support.server_process import ROOT, SHIPPED_POLICIES, ServerProcess
 
 from quota.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc
+from quota_service.server.auth import token_fingerprint
 from quota_service.store.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.e2e
@@ -63,7 +64,7 @@ def test_admin_calls_need_the_token(
     for metadata, code in [
         ((), grpc.StatusCode.UNAUTHENTICATED),
         ((("authorization", "Bearer not-the-token"),), grpc.StatusCode.PERMISSION_DENIED),
-        ((("authorization", quota_server.admin_token),), grpc.StatusCode.PERMISSION_DENIED),  # no "Bearer "
+        ((("authorization", quota_server.admin_token),), grpc.StatusCode.UNAUTHENTICATED),  # no "Bearer "
     ]:
         with pytest.raises(grpc.RpcError) as info:
             call(request_message, metadata=metadata, timeout=5)
@@ -73,6 +74,34 @@ def test_admin_calls_need_the_token(
     assert list(admin.ListStops(admin_pb2.ListStopsRequest(), metadata=good).stops) == []
     assert list(admin.ListAudit(admin_pb2.ListAuditRequest(), metadata=good).entries) == []
     assert admin.GetSubject(admin_pb2.GetSubjectRequest(subject="u1"), metadata=good).tier_assigned is False
+
+
+def test_the_authorization_header_is_parsed_strictly(quota_server: ServerProcess, channel: grpc.Channel) -> None:
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    right, wrong = f"Bearer {quota_server.admin_token}", "Bearer not-the-token"
+    cases: list[tuple[list[str], grpc.StatusCode, str]] = [
+        ([wrong, right], grpc.StatusCode.UNAUTHENTICATED, "exactly one authorization header"),
+        ([right, wrong], grpc.StatusCode.UNAUTHENTICATED, "exactly one authorization header"),
+        ([right, right], grpc.StatusCode.UNAUTHENTICATED, "exactly one authorization header"),
+        (["Basic dXNlcjpwYXNz"], grpc.StatusCode.UNAUTHENTICATED, "admin calls need a Bearer token"),
+        (['Digest username="ops"'], grpc.StatusCode.UNAUTHENTICATED, "admin calls need a Bearer token"),
+        (["%%garbage%%"], grpc.StatusCode.UNAUTHENTICATED, "admin calls need a Bearer token"),
+        ([wrong], grpc.StatusCode.PERMISSION_DENIED, "the admin token is not valid"),
+        ([f"bearer {quota_server.admin_token.upper()}"], grpc.StatusCode.PERMISSION_DENIED, "not valid"),
+    ]
+    for values, code, message in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            admin.ListStops(admin_pb2.ListStopsRequest(), metadata=[("authorization", v) for v in values], timeout=5)
+        assert (info.value.code(), message in info.value.details()) == (code, True), (values, info.value.details())
+
+    token = quota_server.admin_token
+    for n, value in enumerate([f"bearer {token}", f"BEARER {token}", f"Bearer   {token}", f"  Bearer {token}  "]):
+        admin.SetTier(
+            admin_pb2.SetTierRequest(subject=f"u{n}", tier="pro_alpha"), metadata=[("authorization", value)], timeout=5
+        )
+    entries = admin.ListAudit(admin_pb2.ListAuditRequest(), metadata=[("authorization", right)], timeout=5).entries
+    assert [e.target for e in entries] == ["u3", "u2", "u1", "u0"]
+    assert {e.actor for e in entries} == {token_fingerprint(token)}  # the same parsing names the actor
 
 
 def test_without_a_token_or_insecure_admin_the_admin_service_is_not_served(redis_url: str, tmp_path: Path) -> None:

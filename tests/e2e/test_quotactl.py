@@ -21,6 +21,7 @@ import pytest
 from support.server_process import ROOT, SHIPPED_POLICIES, ServerProcess
 
 from quota.v1 import quota_pb2, quota_pb2_grpc
+from quota_service import quotactl_format as fmt
 
 pytestmark = pytest.mark.e2e
 
@@ -472,3 +473,68 @@ def test_usage_errors_exit_2(quota_server: ServerProcess) -> None:
         done = quotactl(quota_server.target, *args, token=quota_server.admin_token)
         assert done.returncode == 2, (args, done.stderr)
         assert "usage: quotactl" in done.stderr and done.stdout == ""
+
+
+# --- hostile text: escaped on the operator's screen, exact in --json ---------------------------
+
+#: What an admin may write in a reason (newlines are allowed) that must not reach a terminal
+#: raw: a forged table row, bidi overrides and isolates, invisible characters.
+HOSTILE_REASON = "ok\nctl-forged  tokens  day  1  FORGED\u202eabc\u2066x\u2069\u200b\ufeffend"
+HOSTILE_SHOWN = "ok\\nctl-forged  tokens  day  1  FORGED\\u202eabc\\u2066x\\u2069\\u200b\\ufeffend"
+
+
+def assert_nothing_raw(text: str) -> None:
+    raw = {ch for ch in text if ch != "\n" and fmt.visible(ch) != ch}
+    assert not raw, f"raw characters {sorted(raw)!r} in\n{text}"
+    assert not any(line.startswith("ctl-forged") for line in text.splitlines()), text
+
+
+def test_hostile_reasons_are_escaped_in_tables_and_sentences(
+    ctl: Console, stub: quota_pb2_grpc.QuotaServiceStub
+) -> None:
+    who = subject()
+    spend(stub, who, 10)
+    said = [
+        ctl.ok("override", "set", who, "tokens", "day", "500", "--reason", HOSTILE_REASON),
+        ctl.ok("stop", "subject", who, "--reason", HOSTILE_REASON),
+        ctl.ok("tier", "set", who, "basic_alpha", "--reason", HOSTILE_REASON),
+        ctl.ok("reset", who, "--reason", HOSTILE_REASON),
+    ]
+    assert said[0].endswith(f"(reason: {HOSTILE_SHOWN})\n") and said[0].count("\n") == 1
+    assert said[1] == f"EMERGENCY STOP in force: subject {who} (reason: {HOSTILE_SHOWN})\n"
+    shown = {
+        "override list": ctl.ok("override", "list"),
+        "stops": ctl.ok("stops"),
+        "tier get": ctl.ok("tier", "get", who),
+        "audit": ctl.ok("audit", "--subject", who),
+    }
+    for text in [*said, *shown.values()]:
+        assert_nothing_raw(text)
+    assert row(shown["override list"], who, "tokens", "day", "500", HOSTILE_SHOWN)
+    assert row(shown["stops"], "subject", who, HOSTILE_SHOWN)
+    assert row(shown["tier get"], who, "tokens", "day", "500", HOSTILE_SHOWN)
+    audit = shown["audit"].splitlines()
+    assert len(audit) == 1 + 4  # the header and one line per change, however many newlines the reasons hold
+    assert all(HOSTILE_SHOWN in line for line in audit[1:])
+
+    # --json stays exact: the reason as written, in printable-ASCII JSON.
+    for args in (["override", "list", who], ["stops"], ["audit", "--subject", who]):
+        out = ctl.ok("--json", *args)
+        assert all(ch == "\n" or " " <= ch <= "~" for ch in out), out
+    assert ctl.json("override", "list", who)["overrides"][0]["reason"] == HOSTILE_REASON
+    assert ctl.json("stops")["stops"][0]["reason"] == HOSTILE_REASON
+    assert {e["reason"] for e in ctl.json("audit", "--subject", who)["entries"]} == {HOSTILE_REASON}
+
+
+def test_a_policy_error_with_control_characters_is_escaped(editable_server: ServerProcess) -> None:
+    ctl = Console(editable_server)
+    policy_file = editable_server.policies / "alpha.yaml"
+    # A YAML key may hold any character through an escape: ESC [2J clears the screen.
+    policy_file.write_text(policy_file.read_text() + '"evil\\e[2J\\u202ekey": 1\n')
+    refused = ctl.fails(1, "reload")
+    assert_nothing_raw(refused.stderr)
+    assert "evil\\x1b[2J\\u202ekey" in refused.stderr
+    status = ctl.ok("status")
+    assert_nothing_raw(status)
+    assert "evil\\x1b[2J\\u202ekey" in status
+    assert "evil\x1b[2J\u202ekey" in ctl.json("status")["status"]["last_error"]  # exact in JSON

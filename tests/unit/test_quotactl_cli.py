@@ -11,10 +11,12 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from quota.v1 import admin_pb2, quota_pb2
 from quota_service import quotactl
+from quota_service.escaping import visible
 
 pytestmark = pytest.mark.unit
 
@@ -427,3 +429,137 @@ def test_audit_table_compacts_before_and_after(channel: FakeChannel, capsys: pyt
     ]
     request = channel.calls[0][1]
     assert isinstance(request, admin_pb2.ListAuditRequest) and (request.limit, request.subject) == (5, "u1")
+
+
+# --- hostile text: nothing reaches the terminal raw ----------------------------------------
+
+#: A forged table row, terminal control sequences (clear screen, set title, CSI as a C1
+#: control), a carriage return, NUL, DEL, bidi overrides and isolates, invisible format
+#: characters and a Unicode line separator.
+HOSTILE = "ev\nu9  FORGED  row\x1b[2J\x1b]0;t\x07\r\t\x00\x7f\x9b31m\u202eabc\u2066x\u2069\u200b\ufeff\u2028end"
+H = HOSTILE
+
+
+def _hostile_override() -> admin_pb2.Override:
+    return admin_pb2.Override(subject=H, metric=H, window=H, max=5, reason=H, created_by=H, created_at=1795564800)
+
+
+def _hostile_stop() -> admin_pb2.Stop:
+    return admin_pb2.Stop(scope=admin_pb2.SUBJECT, target=H, reason=H, created_by=H, created_at=1795564800)
+
+
+def _hostile_status() -> admin_pb2.PolicyStatus:
+    return admin_pb2.PolicyStatus(
+        version=H, files=[H, H], last_error=H, last_error_at=1795564800, tiers=[H], default_tier=H
+    )
+
+
+HOSTILE_LIMIT = quota_pb2.LimitStatus(metric=H, window=H, used=1, max=2, kind=quota_pb2.LIMIT_KIND_TIER)
+HOSTILE_ANSWERS: dict[str, Message] = {
+    "GetPolicyStatus": admin_pb2.GetPolicyStatusResponse(status=_hostile_status()),
+    "ReloadPolicies": admin_pb2.ReloadPoliciesResponse(status=_hostile_status(), changed=True),
+    "SetTier": admin_pb2.SetTierResponse(subject=H, tier=H, previous_tier=H),
+    "GetSubject": admin_pb2.GetSubjectResponse(
+        subject=H, tier=H, overrides=[_hostile_override()], stops=[_hostile_stop()], limits=[HOSTILE_LIMIT]
+    ),
+    "SetOverride": admin_pb2.SetOverrideResponse(override=_hostile_override()),
+    "ListOverrides": admin_pb2.ListOverridesResponse(overrides=[_hostile_override()]),
+    "DeleteOverride": admin_pb2.DeleteOverrideResponse(deleted=False),
+    "EmergencyStop": admin_pb2.EmergencyStopResponse(stop=_hostile_stop()),
+    "ResumeStop": admin_pb2.ResumeStopResponse(resumed=False),
+    "ListStops": admin_pb2.ListStopsResponse(stops=[_hostile_stop()]),
+    "GetUsage": quota_pb2.GetUsageResponse(tier=H, policy_version=H, limits=[HOSTILE_LIMIT]),
+    "TopUsage": admin_pb2.TopUsageResponse(entries=[admin_pb2.UsageEntry(subject=H, used=1)]),
+    "ResetUsage": admin_pb2.ResetUsageResponse(counters_reset=1),
+    "ListAudit": admin_pb2.ListAuditResponse(
+        entries=[
+            admin_pb2.AuditEntry(
+                at=1795564800123,
+                actor=H,
+                action=H,
+                target=H,
+                reason=H,
+                before=json.dumps({"tier": H}),
+                after=json.dumps({"tier": "x", "note": H}),
+            ),
+            admin_pb2.AuditEntry(action="SetTier", before="null", after=json.dumps({"reason": H})),
+            admin_pb2.AuditEntry(action="SetTier", before=H, after=H),  # not JSON at all
+        ]
+    ),
+}
+HOSTILE_COMMANDS = [
+    ["status"],
+    ["reload"],
+    ["tier", "set", H, H, "--reason", H],
+    ["tier", "get", H],
+    ["override", "set", H, H, "day", "5", "--reason", H],
+    ["override", "list"],
+    ["override", "list", H],
+    ["override", "delete", H, H, "day"],
+    ["stop", "subject", H, "--reason", H],
+    ["resume", "subject", H],
+    ["stops"],
+    ["usage", H],
+    ["top", H, "day"],
+    ["reset", H, "--metric", H],
+    ["audit"],
+]
+
+
+def assert_nothing_raw(text: str) -> None:
+    """Every character that would act on the terminal, or hide, is escaped: only line
+    breaks of our own remain."""
+    raw = {ch for ch in text if ch != "\n" and visible(ch) != ch}
+    assert not raw, f"raw characters {sorted(raw)!r} in\n{text}"
+
+
+@pytest.mark.parametrize("argv", HOSTILE_COMMANDS, ids=[" ".join(a[:2]).replace(H, "H") for a in HOSTILE_COMMANDS])
+def test_hostile_text_is_escaped_in_every_table_and_sentence(
+    channel: FakeChannel, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    channel.answers.update(HOSTILE_ANSWERS)
+    code, out, err = run(capsys, *argv)
+    assert code in (0, 5), err
+    assert_nothing_raw(out)
+    assert_nothing_raw(err)
+    shown = out + err
+    assert "\\x1b[2J" in shown and "\\u202e" in shown and "\\n" in shown  # visibly, where they were
+    forged = [line for line in shown.splitlines() if "u9  FORGED" in line and "ev\\nu9  FORGED" not in line]
+    if argv[0] in ("status", "reload"):
+        # The policy error is one problem a line: its line break starts a continuation
+        # line under the value column, never a label or a row of its own.
+        assert forged == [" " * len("default tier  ") + visible(H.split("\n")[1])]
+    else:
+        assert forged == []  # no forged row
+
+
+@pytest.mark.parametrize("argv", HOSTILE_COMMANDS, ids=[" ".join(a[:2]).replace(H, "H") for a in HOSTILE_COMMANDS])
+def test_hostile_text_stays_exact_in_json(
+    channel: FakeChannel, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    channel.answers.update(HOSTILE_ANSWERS)
+    code, out, _ = run(capsys, "--json", *argv)
+    assert code in (0, 5)
+    assert all(ch == "\n" or " " <= ch <= "~" for ch in out)  # JSON escapes: printable ASCII only
+    name = channel.calls[-1][0]
+    reply = json.loads(out)
+    assert reply == json_format.MessageToDict(HOSTILE_ANSWERS[name], preserving_proto_field_name=True) | reply
+    assert H in strings_in(reply) or name in ("DeleteOverride", "ResumeStop", "ResetUsage")  # exact, not escaped
+
+
+def strings_in(value: object) -> set[str]:
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        return set().union(*(strings_in(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(strings_in(v) for v in value))
+    return set()
+
+
+def test_hostile_error_messages_are_escaped(channel: FakeChannel, capsys: pytest.CaptureFixture[str]) -> None:
+    channel.answers["SetTier"] = FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, f"tier {H} is bad")
+    code, out, err = run(capsys, "tier", "set", "u1", "t")
+    assert (code, out) == (1, "")
+    assert_nothing_raw(err)
+    assert err.count("\n") == 1 and err.startswith("quotactl: INVALID_ARGUMENT: tier ev\\nu9  FORGED")

@@ -113,12 +113,13 @@ def test_table_refuses_ragged_rows() -> None:
 
 
 def test_fields_align_values_and_indent_continuation_lines() -> None:
-    text = fmt.fields([("version", "abc"), ("error", "line one\nline two"), ("empty", "")])
+    text = fmt.fields([("version", "abc"), ("error", ["line one", "line two"]), ("empty", ""), ("none", [])])
     assert text.splitlines() == [
         "version  abc",
         "error    line one",
         "         line two",
         "empty",
+        "none",
     ]
 
 
@@ -138,3 +139,38 @@ def test_fields_align_values_and_indent_continuation_lines() -> None:
 )
 def test_describe_change(before: str, after: str, shown: str) -> None:
     assert fmt.describe_change(before, after) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain text, 100 % ok: é ü 漢字 🚀 \\ back\\slash", "plain text, 100 % ok: é ü 漢字 🚀 \\ back\\slash"),
+        ("a\nb", "a\\nb"),
+        ("a\r\nb\tc", "a\\r\\nb\\tc"),
+        ("\x00\x07\x08\x0b\x0c\x1b[31m\x7f", "\\x00\\x07\\x08\\x0b\\x0c\\x1b[31m\\x7f"),
+        ("\x85\x9b31m", "\\x85\\x9b31m"),  # C1 controls: NEL, CSI
+        ("\u202a\u202b\u202c\u202d\u202e", "\\u202a\\u202b\\u202c\\u202d\\u202e"),  # bidi embeddings, overrides
+        ("\u2066\u2067\u2068\u2069", "\\u2066\\u2067\\u2068\\u2069"),  # bidi isolates
+        ("\u200b\u200e\u200f\u2060\ufeff\u00ad", "\\u200b\\u200e\\u200f\\u2060\\ufeff\\xad"),  # invisible
+        ("\u2028\u2029", "\\u2028\\u2029"),  # line and paragraph separators
+        ("\U000e0041", "\\U000e0041"),  # a tag character (invisible text smuggling)
+        ("", ""),
+    ],
+)
+def test_visible_escapes_what_would_act_on_the_terminal_or_hide(text: str, shown: str) -> None:
+    assert fmt.visible(text) == shown
+    assert fmt.visible(shown) == shown  # what it shows is safe to show again
+
+
+def test_every_table_cell_and_field_value_is_escaped() -> None:
+    forged = "ok\nbob    999  FORGED\x1b[2J\u202e"
+    text = fmt.table(["SUBJECT", "NOTE"], [["alice", forged]])
+    assert text.splitlines() == [
+        "SUBJECT  NOTE",
+        "alice    ok\\nbob    999  FORGED\\x1b[2J\\u202e",
+    ]
+    assert fmt.fields([("reason", "a\nb\x1b[2J\u2066"), ("error", ["one\n", "two\r"])]).splitlines() == [
+        "reason  a\\nb\\x1b[2J\\u2066",  # a value is one line
+        "error   one\\n",  # lines given as lines stay lines, each escaped
+        "        two\\r",
+    ]

@@ -26,6 +26,7 @@ from quota_service.admin import (
 from quota_service.errors import InvalidRequest, NotFound, StoreUnavailable
 from quota_service.policy.loader import load_policy
 from quota_service.policy.stops import EmergencyStop, StopScope
+from quota_service.policy.validation import MAX_REASON_BYTES, validate_reason, validate_subject
 from quota_service.policy.windows import Window
 from quota_service.server.admin import SCOPE_TO_WIRE, stop_scope
 from quota_service.stops import NOT_LOADED, StopWatcher
@@ -234,3 +235,52 @@ async def test_a_change_notice_refreshes_at_once() -> None:
         assert watcher.active() == (EmergencyStop(StopScope.GLOBAL),)
     finally:
         await watcher.close()
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "",
+        "support ticket 7",
+        "line one\nline two\n",  # a reason may be a paragraph
+        "r" * MAX_REASON_BYTES,
+        "é" * (MAX_REASON_BYTES // 2),  # 1024 bytes of UTF-8
+        "عميل مميز \u200f(VIP)",  # right-to-left text and its marks are text, not controls
+    ],
+)
+def test_reasons_up_to_1_kib_with_newlines_are_accepted(reason: str) -> None:
+    assert MAX_REASON_BYTES == 1024
+    assert validate_reason(reason) == reason
+
+
+@pytest.mark.parametrize(
+    ("reason", "fragment"),
+    [
+        ("r" * (MAX_REASON_BYTES + 1), "reason is 1025 bytes; at most 1024 bytes (UTF-8) are allowed"),
+        ("é" * 513, "reason is 1026 bytes; at most 1024"),
+        ("r" * 1_000_000, "reason is 1000000 bytes; at most 1024"),
+        ("nul\x00", "U+0000"),
+        ("esc \x1b[2J", "U+001B"),
+        ("tab\there", "U+0009"),
+        ("crlf\r\n", "U+000D"),
+        ("del\x7f", "U+007F"),
+        ("csi\x9b31m", "U+009B"),
+    ],
+)
+def test_reasons_too_long_or_with_control_characters_are_refused(reason: str, fragment: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        validate_reason(reason)
+    assert fragment in str(info.value)
+    if fragment.startswith("U+"):
+        assert "no control characters other than newlines" in str(info.value)
+    assert len(str(info.value)) < 200  # the message never echoes the reason
+
+
+def test_reset_usage_refuses_the_company_wide_scope() -> None:
+    assert validate_subject("u1") == "u1"
+    with pytest.raises(InvalidRequest) as info:
+        validate_subject("__global__")
+    assert str(info.value).startswith("__global__ is the company-wide scope, not a subject; ")
+    for invalid in ("", "has space", "{tag}"):
+        with pytest.raises(InvalidRequest):
+            validate_subject(invalid)

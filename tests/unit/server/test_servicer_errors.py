@@ -9,8 +9,15 @@ import pytest
 
 from quota.v1 import quota_pb2
 from quota_service.errors import InvalidRequest, NotFound, PolicyError, PolicyIssue, StoreUnavailable
+from quota_service.escaping import visible
 from quota_service.server.servicers import QuotaServicer
-from quota_service.server.status import grpc_errors, status_for
+from quota_service.server.status import (
+    MAX_STATUS_MESSAGE_BYTES,
+    TRUNCATED,
+    grpc_errors,
+    status_for,
+    status_message,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -76,3 +83,39 @@ async def test_invalid_requests_never_reach_the_core(method: str, request_messag
     with pytest.raises(Aborted) as info:
         await getattr(servicer, method)(request_message, RecordingContext())
     assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InvalidRequest("reservation_id " + "x" * 20_000 + " is not valid"),
+        NotFound("tier " + "é" * 20_000 + " does not exist"),  # two bytes a character
+        InvalidRequest("metric " + "\U0001f680" * 5_000),  # four bytes a character
+        InvalidRequest("\x1b" * 5_000),  # four bytes once escaped
+    ],
+)
+async def test_every_status_message_is_bounded(error: Exception) -> None:
+    with pytest.raises(Aborted) as info:
+        await Exploding(error).Rpc(None, RecordingContext())
+    details = info.value.details
+    assert len(details.encode()) <= MAX_STATUS_MESSAGE_BYTES
+    assert len(details.encode()) > MAX_STATUS_MESSAGE_BYTES - 16  # cut at the limit, not far before it
+    assert details.endswith(TRUNCATED)
+    assert details.startswith(visible(str(error))[:40])
+
+
+def test_a_message_at_the_limit_is_whole_and_one_byte_more_is_cut() -> None:
+    fits = "m" * MAX_STATUS_MESSAGE_BYTES
+    assert status_message(fits) == fits
+    cut = status_message(fits + "m")
+    assert cut.endswith(TRUNCATED) and len(cut.encode()) <= MAX_STATUS_MESSAGE_BYTES
+    assert status_message("é" * 600).endswith(TRUNCATED)  # 600 characters, 1200 bytes
+    assert status_message("tier 'pro' does not exist") == "tier 'pro' does not exist"
+
+
+def test_status_messages_escape_control_and_invisible_characters() -> None:
+    assert status_message("bad key 'a\x1b[2J\nforged\u202e\x00'") == "bad key 'a\\x1b[2J\\nforged\\u202e\\x00'"
+    # A cut never splits a UTF-8 character.
+    message = status_message("a" + "€" * 1000)
+    message.encode().decode("utf-8")
+    assert message.endswith(TRUNCATED)
