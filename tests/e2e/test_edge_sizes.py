@@ -29,7 +29,9 @@ def assert_bounded(error: grpc.RpcError, code: grpc.StatusCode) -> str:
     assert error.code() == code, (error.code(), error.details()[:200])
     details = error.details()
     assert len(details.encode()) <= MAX_STATUS_MESSAGE_BYTES
-    assert details.endswith(TRUNCATED)
+    # Cut at the source (validation echoes at most a short prefix) or, failing that, at the
+    # transport (status_message truncates): either way never the whole 20 KB value.
+    assert details.endswith(TRUNCATED) or len(details) < 400
     return details
 
 
