@@ -332,7 +332,9 @@ def stop_json(stop: EmergencyStop | None) -> dict[str, Any] | None:
 
 
 def _json(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    # ensure_ascii=False: a reason's non-ASCII text stays as it is (UTF-8 on the wire), not
+    # six bytes of \uXXXX per character, so a page of audit entries stays within its bounds.
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 # -- the core ---------------------------------------------------------------------------------
