@@ -54,6 +54,7 @@ _REASONS = {
     quota_pb2.UNPRICED_MODEL: Reason.UNPRICED_MODEL,
     quota_pb2.UNKNOWN_TIER: Reason.UNKNOWN_TIER,
     quota_pb2.STORE_UNAVAILABLE: Reason.STORE_UNAVAILABLE,
+    quota_pb2.STORE_ERROR: Reason.STORE_ERROR,
 }
 _KINDS = {
     quota_pb2.LIMIT_KIND_TIER: LimitKind.TIER,
