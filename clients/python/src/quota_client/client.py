@@ -47,7 +47,9 @@ class QuotaClient(ClientBase):
 
     * ``target``: ``host:port`` (any gRPC target string).
     * ``deadline``: seconds one logical call may take, retries and backoff included;
-      ``attempt_timeout``: seconds for one attempt (capped by what is left of ``deadline``).
+      ``attempt_timeout``: seconds for one attempt (capped by what is left of ``deadline``);
+      keep it above the service's own per-request budget (0.4 s by default), so that a slow
+      store still gets the caller an answer rather than a timed-out attempt.
     * ``retry``: a :class:`RetryPolicy` for ``UNAVAILABLE`` / ``DEADLINE_EXCEEDED``. Every
       retry reuses the call's ``request_id``, so the service counts it once. Other statuses
       (``INTERNAL`` included) are never retried.
