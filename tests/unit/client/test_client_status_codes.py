@@ -6,10 +6,11 @@ answered INTERNAL on entering fails closed: the block does not run."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import grpc
 import pytest
-from fake_quota_service import FakeServer
+from fake_quota_service import FakeServer, start_fake
 
 from quota.v1 import quota_pb2
 from quota_client import (
@@ -39,6 +40,21 @@ NEVER_RETRIED = [
 ]
 METHODS = ["CheckAndReserve", "Commit", "Release", "GetUsage"]
 FAIL_MODES = ["closed", "open"]
+
+
+@pytest.fixture(scope="module")
+def shared_fake() -> Iterator[FakeServer]:
+    running = start_fake()
+    yield running
+    running.server.stop(None).wait()
+
+
+@pytest.fixture
+def fake(shared_fake: FakeServer) -> FakeServer:
+    """One fake server for the whole module (it runs over a hundred short tests), with a
+    fresh service state for each test."""
+    shared_fake.service.reset()
+    return shared_fake
 
 
 def error_for(code: grpc.StatusCode) -> type[QuotaRequestError]:
