@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test proto lint bench check-policy clean
+.PHONY: run test proto sync-client lint bench check-policy clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 ## Regenerate the gRPC/protobuf code (server and clients share it).
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
+
+## Regenerate the sync client (quota_client/client.py) from the async one (aio.py).
+sync-client: $(STAMP)
+	$(BIN)/python scripts/gen_sync_client.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check quota_service clients/python/src/quota_client tests bench scripts

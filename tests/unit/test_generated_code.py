@@ -12,6 +12,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "clients" / "python" / "src" / "quota" / "v1"
+SYNC_CLIENT = ROOT / "clients" / "python" / "src" / "quota_client" / "client.py"
 
 
 def _generator() -> object:
@@ -35,3 +36,19 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
     assert {n[:-3] for n in names if n.endswith(".py") and n != "__init__.py"} == {
         n[:-4] for n in names if n.endswith(".pyi")
     }
+
+
+def _sync_client_generator() -> object:
+    spec = importlib.util.spec_from_file_location("gen_sync_client", ROOT / "scripts" / "gen_sync_client.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sync_client_is_up_to_date_with_the_async_one() -> None:
+    expected = _sync_client_generator().generate()  # type: ignore[attr-defined]
+    assert SYNC_CLIENT.read_text(encoding="utf-8") == expected, (
+        "quota_client/client.py is stale (generated from aio.py): run `make sync-client` and commit the result"
+    )
+    assert expected.startswith("# generated from aio.py by scripts/gen_sync_client.py; do not edit")

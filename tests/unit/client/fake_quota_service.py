@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import grpc
 
@@ -56,6 +56,15 @@ class FakeQuotaService(quota_pb2_grpc.QuotaServiceServicer):
             code = scripted.pop(0) if scripted else None
         if code is not None:
             context.abort(code, f"scripted {code.name}")
+
+    def reset(self) -> None:
+        """Forget every counter, reservation, answer, call and scripted failure: a fresh
+        service behind the same server (for tests that share one server)."""
+        fresh = FakeQuotaService()
+        with self.lock:
+            for spec in fields(self):
+                if spec.name != "lock":
+                    setattr(self, spec.name, getattr(fresh, spec.name))
 
     def calls_of(self, method: str) -> list[object]:
         return [request for name, request, _ in self.calls if name == method]

@@ -204,6 +204,16 @@ def test_decorator_needs_a_subject(client: QuotaClient) -> None:
         client.guard("blog_writer", tokens=1, estimate=lambda subject: {"tokens": 1})
 
 
+def test_decorator_refuses_an_async_function(client: QuotaClient, fake: FakeServer) -> None:
+    # Around an `async def` the guard would settle before the call ran, and the call would
+    # then run unguarded when awaited: AsyncQuotaClient.guard is the one for it.
+    async def write(subject: str) -> None: ...
+
+    with pytest.raises(TypeError, match=r"AsyncQuotaClient\.guard"):
+        client.guard("blog_writer", tokens=1)(write)
+    assert not fake.service.calls
+
+
 def test_closed_client_refuses_calls(fake: FakeServer) -> None:
     client = QuotaClient(fake.target)
     client.check_and_reserve("u1", "blog_writer", tokens=1)

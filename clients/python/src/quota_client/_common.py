@@ -1,14 +1,22 @@
 """What the sync and async clients share: configuration, the reservation guard's state
-machine and the decorator's argument plumbing. No I/O happens here."""
+machine, the decorator's argument plumbing, and the few things the two clients do
+differently, in async/sync pairs (the end of this module). No network I/O happens here.
+
+``aio.py`` is the one source of both clients: ``scripts/gen_sync_client.py`` writes
+``client.py`` from it by dropping ``async``/``await`` and renaming each ``Async`` name to
+its sync twin. Anything a rename cannot express is a pair here or in ``_wire``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import grpc
 
@@ -250,3 +258,45 @@ def estimate_resolver(
     if tokens is not None or images is not None or usage is not None:
         raise ValueError("give either estimate= or fixed amounts (tokens=, images=, usage=), not both")
     return lambda *args, **kwargs: _wire.usage_map(usage=estimate(*args, **kwargs))
+
+
+# -- where the two clients differ, in async/sync pairs (see scripts/gen_sync_client.py) -----
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: The function ``AsyncQuotaClient.guard`` decorates, and what it returns.
+AsyncProviderCall: TypeAlias = Callable[P, Awaitable[R]]
+AsyncGuardedCall: TypeAlias = Callable[P, Coroutine[Any, Any, R]]
+#: The function ``QuotaClient.guard`` decorates, and what it returns.
+ProviderCall: TypeAlias = Callable[P, R]
+GuardedCall: TypeAlias = Callable[P, R]
+
+#: The backoff between two attempts of one call.
+async_sleep = asyncio.sleep
+sleep = time.sleep
+
+
+async def async_call_warning_hook(hook: WarningHook, warning: QuotaWarning) -> None:
+    """Call an ``on_warning`` hook of the async client: a plain or a coroutine function."""
+    outcome = hook(warning)
+    if inspect.isawaitable(outcome):
+        await outcome
+
+
+def call_warning_hook(hook: WarningHook, warning: QuotaWarning) -> None:
+    """Call an ``on_warning`` hook of the sync client."""
+    hook(warning)
+
+
+def check_async_guarded(func: Callable[..., object]) -> None:
+    """``AsyncQuotaClient.guard`` wraps ``async def`` functions only."""
+    if not inspect.iscoroutinefunction(func):
+        raise TypeError("AsyncQuotaClient.guard decorates `async def` functions; use QuotaClient.guard")
+
+
+def check_guarded(func: Callable[..., object]) -> None:
+    """``QuotaClient.guard`` wraps plain functions only: around an ``async def`` it would
+    settle before the call ran, and the call would then run unguarded when awaited."""
+    if inspect.iscoroutinefunction(func):
+        raise TypeError("QuotaClient.guard decorates plain functions; use AsyncQuotaClient.guard for `async def`")

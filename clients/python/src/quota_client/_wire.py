@@ -1,5 +1,7 @@
 """The one boundary between quota-client and gRPC/protobuf: requests out, typed results in,
-``grpc.RpcError`` mapped to the error tree, and the retry budget both clients share."""
+``grpc.RpcError`` mapped to the error tree, the retry rule and the retry budget both clients
+share, and the gRPC objects each client is built on (channels, callables), in async/sync
+pairs that ``scripts/gen_sync_client.py`` renames one into the other."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 
 import grpc
+import grpc.aio
 
 from quota.v1 import quota_pb2
 from quota_client.errors import QuotaAuthError, QuotaRequestError, QuotaUnavailable
@@ -25,6 +28,10 @@ from quota_client.models import (
 )
 from quota_client.options import ClientOptions
 
+#: The only statuses ever retried (see :func:`retryable`). Every other status is an answer:
+#: INTERNAL (a server bug, e.g. damaged data in Redis), INVALID_ARGUMENT, FAILED_PRECONDITION,
+#: NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNKNOWN, ... would come
+#: back the same, and a retried Commit that failed half-way could in theory apply twice.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 AUTH_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 # No retry starts with less than this left of the deadline: it could not finish anyway.
@@ -47,6 +54,7 @@ _REASONS = {
     quota_pb2.UNPRICED_MODEL: Reason.UNPRICED_MODEL,
     quota_pb2.UNKNOWN_TIER: Reason.UNKNOWN_TIER,
     quota_pb2.STORE_UNAVAILABLE: Reason.STORE_UNAVAILABLE,
+    quota_pb2.STORE_ERROR: Reason.STORE_ERROR,
 }
 _KINDS = {
     quota_pb2.LIMIT_KIND_TIER: LimitKind.TIER,
@@ -196,6 +204,27 @@ def status_of(err: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
     return (code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN), details
 
 
+def idempotent(request: object) -> bool:
+    """Whether sending ``request`` again is safe when the first attempt may have been applied.
+
+    A ``CheckAndReserve`` is when it carries a ``request_id`` (the service replays the first
+    answer; both clients always set one); ``Commit`` and ``Release`` settle a reservation
+    once (a repeat answers ``already_settled``); ``GetUsage`` only reads.
+    """
+    if isinstance(request, quota_pb2.CheckAndReserveRequest):
+        return bool(request.request_id)
+    return isinstance(request, quota_pb2.CommitRequest | quota_pb2.ReleaseRequest | quota_pb2.GetUsageRequest)
+
+
+def retryable(code: grpc.StatusCode, request: object) -> bool:
+    """The retry rule of both clients: ``UNAVAILABLE`` (nothing reached the service, or it
+    could not answer yet) and, for an :func:`idempotent` request, ``DEADLINE_EXCEEDED`` (the
+    attempt timed out; the service may have applied it). Nothing else, ever."""
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return True
+    return code is grpc.StatusCode.DEADLINE_EXCEEDED and idempotent(request)
+
+
 def request_error(method: str, code: grpc.StatusCode, details: str) -> QuotaRequestError:
     cls = QuotaAuthError if code in AUTH_CODES else QuotaRequestError
     return cls(method, code, details)
@@ -242,3 +271,39 @@ class CallBudget:
 
     def unavailable(self, method: str, code: grpc.StatusCode, details: str) -> QuotaUnavailable:
         return QuotaUnavailable(method, code, details, attempts=self.attempts, elapsed=self.elapsed())
+
+
+# -- the gRPC objects of each client, in async/sync pairs (see scripts/gen_sync_client.py) ---
+
+AsyncChannel = grpc.aio.Channel
+Channel = grpc.Channel
+AsyncUnaryUnaryMultiCallable = grpc.aio.UnaryUnaryMultiCallable
+UnaryUnaryMultiCallable = grpc.UnaryUnaryMultiCallable
+
+
+def open_async_channel(
+    target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, str | int]]
+) -> grpc.aio.Channel:
+    """A ``grpc.aio`` channel; it belongs to the event loop running when it is made."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)
+
+
+def open_channel(
+    target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, str | int]]
+) -> grpc.Channel:
+    """A blocking channel, safe to share between threads."""
+    if credentials is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+async def close_async_channel(channel: grpc.aio.Channel) -> None:
+    """Close at once: calls still in flight are cancelled (no grace period)."""
+    await channel.close(None)
+
+
+def close_channel(channel: grpc.Channel) -> None:
+    """Close at once: calls still in flight are cancelled."""
+    channel.close()

@@ -3,22 +3,25 @@
 Same options, results, errors and guarantees as :mod:`quota_client.client`; every call is a
 coroutine. The ``grpc.aio`` channel is opened on first use, inside the running event loop,
 and must be used from that loop only.
+
+This module is the one source of both clients: ``scripts/gen_sync_client.py`` (``make
+sync-client``) writes :mod:`quota_client.client` from it, dropping ``async``/``await`` and
+renaming every ``Async`` name to its sync twin (its docstrings too). Write docstrings so they
+read right after that; what a rename cannot express is an async/sync pair in ``_common`` or
+``_wire``. ``tests/unit/test_generated_code.py`` fails when ``client.py`` is stale.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
-import grpc.aio
 
 from quota.v1 import quota_pb2, quota_pb2_grpc
-from quota_client import _wire
+from quota_client import _common, _wire
 from quota_client._common import (
     ClientBase,
     ReservationBase,
@@ -41,14 +44,35 @@ Resp = TypeVar("Resp")
 
 
 class AsyncQuotaClient(ClientBase):
-    """The asyncio twin of :class:`~quota_client.QuotaClient` (same constructor arguments).
+    """An asyncio client of quota-service, bound to the event loop that first uses it.
 
-    ``on_warning`` hooks may be plain functions or coroutine functions. Use as
-    ``async with AsyncQuotaClient(target) as client:`` or call ``await client.close()``.
+    ``AsyncQuotaClient(target="127.0.0.1:50051", *, deadline=2.0, attempt_timeout=0.5,
+    retry=RetryPolicy(), fail_mode="closed", tls=None, auth_token=None, metadata=None,
+    require_commit=False, on_warning=None, channel_options=())``
+
+    * ``target``: ``host:port`` (any gRPC target string).
+    * ``deadline``: seconds one logical call may take, retries and backoff included;
+      ``attempt_timeout``: seconds for one attempt (capped by what is left of ``deadline``);
+      keep it above the service's own per-request budget (0.4 s by default), so that a slow
+      store still gets the caller an answer rather than a timed-out attempt.
+    * ``retry``: a :class:`RetryPolicy` for ``UNAVAILABLE`` / ``DEADLINE_EXCEEDED``. Every
+      retry reuses the call's ``request_id``, so the service counts it once. Other statuses
+      (``INTERNAL`` included) are never retried.
+    * ``fail_mode``: ``"closed"`` raises :class:`QuotaUnavailable` once the deadline or the
+      attempts are used up; ``"open"`` proceeds unverified and logs a warning.
+    * ``tls``: a :class:`TlsConfig` (root CAs, optional client certificate and key for
+      mTLS); ``None`` for a plaintext channel.
+    * ``auth_token`` is sent as ``authorization: Bearer <token>``; ``metadata`` adds more.
+    * ``require_commit`` / ``on_warning``: defaults for :meth:`reserve` (hooks may be plain or coroutine functions).
+    * ``channel_options``: extra gRPC channel arguments (they win over the defaults).
+
+    The channel opens lazily and is closed by :meth:`close` or by leaving ``async with client:``.
     """
 
-    _channel: grpc.aio.Channel | None = None
+    _channel: _wire.AsyncChannel | None = None
     _stub_obj: quota_pb2_grpc.QuotaServiceAsyncStub | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> AsyncQuotaClient:
         return self
@@ -60,26 +84,27 @@ class AsyncQuotaClient(ClientBase):
 
     async def close(self) -> None:
         """Close the channel. Idempotent; the client cannot be used afterwards."""
-        self._closed = True
-        channel, self._channel, self._stub_obj = self._channel, None, None
+        with self._lock:
+            self._closed = True
+            channel, self._channel, self._stub_obj = self._channel, None, None
         if channel is not None:
-            await channel.close(None)
+            await _wire.close_async_channel(channel)
 
     def _stub(self) -> quota_pb2_grpc.QuotaServiceAsyncStub:
-        self._ensure_open()
-        if self._stub_obj is None:
-            credentials = self._credentials()
-            args = self._channel_args()
-            self._channel = (
-                grpc.aio.insecure_channel(self.target, options=args)
-                if credentials is None
-                else grpc.aio.secure_channel(self.target, credentials, options=args)
-            )
-            self._stub_obj = quota_pb2_grpc.QuotaServiceStub(self._channel)
-        return self._stub_obj
+        with self._lock:
+            self._ensure_open()
+            if self._stub_obj is None:
+                self._channel = _wire.open_async_channel(self.target, self._credentials(), self._channel_args())
+                self._stub_obj = quota_pb2_grpc.QuotaServiceStub(self._channel)
+            return self._stub_obj
 
-    async def _invoke(self, method: str, rpc: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
-        """One logical call: retried on UNAVAILABLE / DEADLINE_EXCEEDED within the deadline."""
+    async def _invoke(self, method: str, rpc: _wire.AsyncUnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
+        """One logical call: retried on UNAVAILABLE / DEADLINE_EXCEEDED within the deadline
+        (:func:`_wire.retryable`), never on any other status.
+
+        Raises :class:`QuotaUnavailable` when the budget is used up and
+        :class:`QuotaRequestError` for any other status.
+        """
         budget = _wire.CallBudget(self.options)
         while True:
             timeout = budget.attempt()
@@ -87,13 +112,15 @@ class AsyncQuotaClient(ClientBase):
                 return await rpc(request, timeout=timeout, metadata=self.options.metadata)
             except grpc.RpcError as err:
                 code, details = _wire.status_of(err)
-                if code not in _wire.RETRYABLE:
+                if not _wire.retryable(code, request):
                     raise _wire.request_error(method, code, details) from None
                 delay = budget.retry_delay()
                 if delay is None:
                     raise budget.unavailable(method, code, details) from None
                 logger.debug("quota: %s %s (attempt %d); retrying in %.3fs", method, code.name, budget.attempts, delay)
-                await asyncio.sleep(delay)
+                await _common.async_sleep(delay)
+
+    # -- plain calls -----------------------------------------------------------------------
 
     async def check_and_reserve(
         self,
@@ -109,7 +136,15 @@ class AsyncQuotaClient(ClientBase):
         dry_run: bool = False,
         ttl_seconds: int = 0,
     ) -> CheckResult:
-        """See :meth:`QuotaClient.check_and_reserve <quota_client.QuotaClient.check_and_reserve>`."""
+        """Ask, and unless DENY or ``dry_run`` reserve the estimate. Returns the decision as is:
+        a DENY is a result here, not an exception (the guard :meth:`reserve` raises it).
+
+        ``request_id`` is the idempotency key (a fresh uuid4 when ``None``); retries reuse it.
+        When the service stays unreachable: ``fail_mode="closed"`` raises
+        :class:`QuotaUnavailable`, ``"open"`` returns an ``unverified`` ALLOW. A refusal
+        (``INTERNAL``, ``INVALID_ARGUMENT``, ...) is an answer, not an outage: it raises
+        :class:`QuotaRequestError` in either fail mode.
+        """
         amounts = _wire.usage_map(tokens, images, usage)
         request_id = request_id or _wire.new_request_id()
         request = _wire.check_request(
@@ -140,7 +175,14 @@ class AsyncQuotaClient(ClientBase):
         images: float | None = None,
         usage: Mapping[str, float] | None = None,
     ) -> CommitResult:
-        """See :meth:`QuotaClient.commit <quota_client.QuotaClient.commit>`."""
+        """Settle a reservation with the actual usage; a metric left out counts 0.
+
+        Idempotent on the service (a repeat says ``already_settled``), so it is retried like
+        ``CheckAndReserve``. Unreachable: ``"closed"`` raises :class:`QuotaUnavailable`,
+        ``"open"`` logs and returns an ``unverified`` result (the service then settles the
+        reservation at its estimate when it expires). ``INTERNAL`` (e.g. damaged data on the
+        service) raises :class:`QuotaRequestError` at once, never retried.
+        """
         request = quota_pb2.CommitRequest(reservation_id=reservation_id, usage=_wire.usage_map(tokens, images, usage))
         try:
             return _wire.commit_result_of(await self._invoke("Commit", self._stub().Commit, request))
@@ -151,7 +193,8 @@ class AsyncQuotaClient(ClientBase):
             return CommitResult(unverified=True)
 
     async def release(self, reservation_id: str) -> ReleaseResult:
-        """See :meth:`QuotaClient.release <quota_client.QuotaClient.release>`."""
+        """Give a reservation back (the provider call did not happen). Idempotent; retried;
+        fail mode as for :meth:`commit`."""
         request = quota_pb2.ReleaseRequest(reservation_id=reservation_id)
         try:
             return _wire.release_result_of(await self._invoke("Release", self._stub().Release, request))
@@ -162,9 +205,12 @@ class AsyncQuotaClient(ClientBase):
             return ReleaseResult(unverified=True)
 
     async def get_usage(self, subject: str) -> UsageReport:
-        """See :meth:`QuotaClient.get_usage <quota_client.QuotaClient.get_usage>`."""
+        """The subject's tier and limits now. Read-only, so the fail mode does not apply:
+        an unreachable service always raises :class:`QuotaUnavailable`."""
         request = quota_pb2.GetUsageRequest(subject=subject)
         return _wire.usage_report_of(subject, await self._invoke("GetUsage", self._stub().GetUsage, request))
+
+    # -- the guard -------------------------------------------------------------------------
 
     def reserve(
         self,
@@ -181,8 +227,15 @@ class AsyncQuotaClient(ClientBase):
         on_warning: WarningHook | None = None,
         require_commit: bool | None = None,
     ) -> AsyncReservation:
-        """A guard for one provider call: ``async with client.reserve(...) as r: ...
-        await r.commit(tokens=...)``. See :class:`AsyncReservation`."""
+        """A guard for one provider call; the reservation is made on entering the block::
+
+            async with client.reserve("user-1", "blog_writer", provider="openai", tokens=1200) as r:
+                resp = await call_provider(...)
+                await r.commit(tokens=resp.usage.total_tokens)
+
+        See :class:`AsyncReservation` for what entering and leaving the block guarantee.
+        ``on_warning`` / ``require_commit`` default to the client's.
+        """
         return AsyncReservation(
             self,
             subject=subject,
@@ -209,14 +262,24 @@ class AsyncQuotaClient(ClientBase):
         estimate: Callable[..., Mapping[str, float]] | None = None,
         actual: Callable[[Any], Mapping[str, float]] | None = None,
         on_warning: WarningHook | None = None,
-    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
-        """Decorator form of :meth:`reserve` for ``async def`` functions; arguments as in
-        :meth:`QuotaClient.guard <quota_client.QuotaClient.guard>`."""
+    ) -> Callable[[_common.AsyncProviderCall[P, R]], _common.AsyncGuardedCall[P, R]]:
+        """Decorator form of :meth:`reserve`: every call of the function is one guarded call.
+
+        * the function decorated: an ``async def`` function (anything else is a ``TypeError``).
+        * ``subject``: the name of the function's parameter holding the subject id (default
+          ``"subject"``), or a callable taking the function's arguments.
+        * the estimate: fixed (``tokens=``, ``images=``, ``usage=``) or ``estimate=``, a
+          callable taking the function's arguments and returning ``{metric: amount}``.
+        * ``actual``: a callable taking the function's return value and returning the actual
+          usage to commit; without it the estimate is committed.
+
+        DENY raises :class:`QuotaDenied` before the function runs; an exception from the
+        function releases the reservation and propagates.
+        """
         amounts = estimate_resolver(estimate, tokens, images, usage)
 
-        def decorate(func: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-            if not inspect.iscoroutinefunction(func):
-                raise TypeError("AsyncQuotaClient.guard decorates `async def` functions; use QuotaClient.guard")
+        def decorate(func: _common.AsyncProviderCall[P, R]) -> _common.AsyncGuardedCall[P, R]:
+            _common.check_async_guarded(func)
             subject_of = subject_resolver(func, subject)
 
             @functools.wraps(func)
@@ -240,9 +303,28 @@ class AsyncQuotaClient(ClientBase):
 
 
 class AsyncReservation(ReservationBase):
-    """One guarded provider call (made by :meth:`AsyncQuotaClient.reserve`); entering and
-    leaving ``async with`` guarantee exactly what :class:`~quota_client.Reservation` does.
-    A cancelled block (``asyncio.CancelledError``) counts as an exception: it releases."""
+    """One guarded provider call (made by :meth:`AsyncQuotaClient.reserve`).
+
+    Entering the block asks the service with a ``request_id`` fixed for this guard (retries
+    reuse it, so they never count twice):
+
+    * DENY raises :class:`QuotaDenied`; nothing was reserved and the block does not run.
+    * WARN proceeds: :attr:`warning` is set and the ``on_warning`` hook is called (if the
+      hook raises, the reservation is released and the error propagates).
+    * unreachable: ``fail_mode="closed"`` raises :class:`QuotaUnavailable`; ``"open"``
+      proceeds with :attr:`unverified` ``True``, and commit/release only log.
+    * refused (``INTERNAL``, ``INVALID_ARGUMENT``, ...): :class:`QuotaRequestError` in either
+      fail mode; the block does not run.
+
+    Leaving the block:
+
+    * after :meth:`commit` or :meth:`release`: nothing more happens;
+    * with an exception (``asyncio.CancelledError`` too): the reservation is released, the exception propagates;
+    * normally without a commit: the estimate is committed; under ``require_commit=True``
+      it is committed too (never hand money back silently) and :class:`QuotaUsageError` is
+      raised. A failed automatic settle is logged, not raised: the service settles an
+      expired reservation at its estimate anyway.
+    """
 
     def __init__(self, client: AsyncQuotaClient, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -272,9 +354,7 @@ class AsyncReservation(ReservationBase):
         self._accept(result)
         if self._warning is not None and self._on_warning is not None:
             try:
-                outcome = self._on_warning(self._warning)
-                if inspect.isawaitable(outcome):
-                    await outcome
+                await _common.async_call_warning_hook(self._on_warning, self._warning)
             except BaseException:
                 await self._settle_on_error()
                 raise
@@ -305,12 +385,16 @@ class AsyncReservation(ReservationBase):
         images: float | None = None,
         usage: Mapping[str, float] | None = None,
     ) -> CommitResult:
-        """See :meth:`Reservation.commit <quota_client.Reservation.commit>`."""
+        """Settle with the actual usage (no amounts: the estimate); a metric left out counts 0.
+        Once only: a second commit, or a commit after release, raises :class:`QuotaUsageError`.
+        Unverified reservations only log. If the service cannot be reached, or refuses the
+        commit (``INTERNAL``: never retried), the error is raised (unreachable: per the fail
+        mode), and the guard will not release on the way out: the call happened."""
         given = tokens is not None or images is not None or usage is not None
         return await self._commit(_wire.usage_map(tokens, images, usage) if given else self.estimate)
 
     async def release(self) -> ReleaseResult:
-        """See :meth:`Reservation.release <quota_client.Reservation.release>`."""
+        """Give the reservation back: the provider call did not happen. Once only."""
         self._begin_settle("release")
         if self.result.unverified:
             self._state = State.RELEASED

@@ -1,9 +1,14 @@
-"""The synchronous client: :class:`QuotaClient` and its guard, :class:`Reservation`."""
+# generated from aio.py by scripts/gen_sync_client.py; do not edit.
+# Change clients/python/src/quota_client/aio.py and run `make sync-client`.
+"""The synchronous client: :class:`QuotaClient` and its guard, :class:`Reservation`.
+
+Same options, results, errors and guarantees as :mod:`quota_client.aio`; every call blocks.
+A client is thread-safe. Generated from ``aio.py`` by ``scripts/gen_sync_client.py``.
+"""
 
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
@@ -11,7 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 import grpc
 
 from quota.v1 import quota_pb2, quota_pb2_grpc
-from quota_client import _wire
+from quota_client import _common, _wire
 from quota_client._common import (
     ClientBase,
     ReservationBase,
@@ -42,10 +47,12 @@ class QuotaClient(ClientBase):
 
     * ``target``: ``host:port`` (any gRPC target string).
     * ``deadline``: seconds one logical call may take, retries and backoff included;
-      ``attempt_timeout``: seconds for one attempt (capped by what is left of ``deadline``).
+      ``attempt_timeout``: seconds for one attempt (capped by what is left of ``deadline``);
+      keep it above the service's own per-request budget (0.4 s by default), so that a slow
+      store still gets the caller an answer rather than a timed-out attempt.
     * ``retry``: a :class:`RetryPolicy` for ``UNAVAILABLE`` / ``DEADLINE_EXCEEDED``. Every
       retry reuses the call's ``request_id``, so the service counts it once. Other statuses
-      are never retried.
+      (``INTERNAL`` included) are never retried.
     * ``fail_mode``: ``"closed"`` raises :class:`QuotaUnavailable` once the deadline or the
       attempts are used up; ``"open"`` proceeds unverified and logs a warning.
     * ``tls``: a :class:`TlsConfig` (root CAs, optional client certificate and key for
@@ -57,7 +64,7 @@ class QuotaClient(ClientBase):
     The channel opens lazily and is closed by :meth:`close` or by leaving ``with client:``.
     """
 
-    _channel: grpc.Channel | None = None
+    _channel: _wire.Channel | None = None
     _stub_obj: quota_pb2_grpc.QuotaServiceStub | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -76,24 +83,19 @@ class QuotaClient(ClientBase):
             self._closed = True
             channel, self._channel, self._stub_obj = self._channel, None, None
         if channel is not None:
-            channel.close()
+            _wire.close_channel(channel)
 
     def _stub(self) -> quota_pb2_grpc.QuotaServiceStub:
         with self._lock:
             self._ensure_open()
             if self._stub_obj is None:
-                credentials = self._credentials()
-                args = self._channel_args()
-                self._channel = (
-                    grpc.insecure_channel(self.target, options=args)
-                    if credentials is None
-                    else grpc.secure_channel(self.target, credentials, options=args)
-                )
+                self._channel = _wire.open_channel(self.target, self._credentials(), self._channel_args())
                 self._stub_obj = quota_pb2_grpc.QuotaServiceStub(self._channel)
             return self._stub_obj
 
-    def _invoke(self, method: str, rpc: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
-        """One logical call: retried on UNAVAILABLE / DEADLINE_EXCEEDED within the deadline.
+    def _invoke(self, method: str, rpc: _wire.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
+        """One logical call: retried on UNAVAILABLE / DEADLINE_EXCEEDED within the deadline
+        (:func:`_wire.retryable`), never on any other status.
 
         Raises :class:`QuotaUnavailable` when the budget is used up and
         :class:`QuotaRequestError` for any other status.
@@ -105,13 +107,13 @@ class QuotaClient(ClientBase):
                 return rpc(request, timeout=timeout, metadata=self.options.metadata)
             except grpc.RpcError as err:
                 code, details = _wire.status_of(err)
-                if code not in _wire.RETRYABLE:
+                if not _wire.retryable(code, request):
                     raise _wire.request_error(method, code, details) from None
                 delay = budget.retry_delay()
                 if delay is None:
                     raise budget.unavailable(method, code, details) from None
                 logger.debug("quota: %s %s (attempt %d); retrying in %.3fs", method, code.name, budget.attempts, delay)
-                time.sleep(delay)
+                _common.sleep(delay)
 
     # -- plain calls -----------------------------------------------------------------------
 
@@ -134,7 +136,9 @@ class QuotaClient(ClientBase):
 
         ``request_id`` is the idempotency key (a fresh uuid4 when ``None``); retries reuse it.
         When the service stays unreachable: ``fail_mode="closed"`` raises
-        :class:`QuotaUnavailable`, ``"open"`` returns an ``unverified`` ALLOW.
+        :class:`QuotaUnavailable`, ``"open"`` returns an ``unverified`` ALLOW. A refusal
+        (``INTERNAL``, ``INVALID_ARGUMENT``, ...) is an answer, not an outage: it raises
+        :class:`QuotaRequestError` in either fail mode.
         """
         amounts = _wire.usage_map(tokens, images, usage)
         request_id = request_id or _wire.new_request_id()
@@ -171,7 +175,8 @@ class QuotaClient(ClientBase):
         Idempotent on the service (a repeat says ``already_settled``), so it is retried like
         ``CheckAndReserve``. Unreachable: ``"closed"`` raises :class:`QuotaUnavailable`,
         ``"open"`` logs and returns an ``unverified`` result (the service then settles the
-        reservation at its estimate when it expires).
+        reservation at its estimate when it expires). ``INTERNAL`` (e.g. damaged data on the
+        service) raises :class:`QuotaRequestError` at once, never retried.
         """
         request = quota_pb2.CommitRequest(reservation_id=reservation_id, usage=_wire.usage_map(tokens, images, usage))
         try:
@@ -217,10 +222,9 @@ class QuotaClient(ClientBase):
         on_warning: WarningHook | None = None,
         require_commit: bool | None = None,
     ) -> Reservation:
-        """A guard for one provider call; the reservation is made on entering ``with``::
+        """A guard for one provider call; the reservation is made on entering the block::
 
-            with client.reserve("user-1", "blog_writer", provider="openai",
-                                model="gpt-4o-mini", tokens=1200) as r:
+            with client.reserve("user-1", "blog_writer", provider="openai", tokens=1200) as r:
                 resp = call_provider(...)
                 r.commit(tokens=resp.usage.total_tokens)
 
@@ -253,9 +257,10 @@ class QuotaClient(ClientBase):
         estimate: Callable[..., Mapping[str, float]] | None = None,
         actual: Callable[[Any], Mapping[str, float]] | None = None,
         on_warning: WarningHook | None = None,
-    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    ) -> Callable[[_common.ProviderCall[P, R]], _common.GuardedCall[P, R]]:
         """Decorator form of :meth:`reserve`: every call of the function is one guarded call.
 
+        * the function decorated: a plain function (an ``async def`` one is a ``TypeError``).
         * ``subject``: the name of the function's parameter holding the subject id (default
           ``"subject"``), or a callable taking the function's arguments.
         * the estimate: fixed (``tokens=``, ``images=``, ``usage=``) or ``estimate=``, a
@@ -268,7 +273,8 @@ class QuotaClient(ClientBase):
         """
         amounts = estimate_resolver(estimate, tokens, images, usage)
 
-        def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        def decorate(func: _common.ProviderCall[P, R]) -> _common.GuardedCall[P, R]:
+            _common.check_guarded(func)
             subject_of = subject_resolver(func, subject)
 
             @functools.wraps(func)
@@ -302,6 +308,8 @@ class Reservation(ReservationBase):
       hook raises, the reservation is released and the error propagates).
     * unreachable: ``fail_mode="closed"`` raises :class:`QuotaUnavailable`; ``"open"``
       proceeds with :attr:`unverified` ``True``, and commit/release only log.
+    * refused (``INTERNAL``, ``INVALID_ARGUMENT``, ...): :class:`QuotaRequestError` in either
+      fail mode; the block does not run.
 
     Leaving the block:
 
@@ -341,7 +349,7 @@ class Reservation(ReservationBase):
         self._accept(result)
         if self._warning is not None and self._on_warning is not None:
             try:
-                self._on_warning(self._warning)
+                _common.call_warning_hook(self._on_warning, self._warning)
             except BaseException:
                 self._settle_on_error()
                 raise
@@ -374,8 +382,9 @@ class Reservation(ReservationBase):
     ) -> CommitResult:
         """Settle with the actual usage (no amounts: the estimate); a metric left out counts 0.
         Once only: a second commit, or a commit after release, raises :class:`QuotaUsageError`.
-        Unverified reservations only log. If the service cannot be reached the error follows
-        the fail mode, and the guard will not release on the way out."""
+        Unverified reservations only log. If the service cannot be reached, or refuses the
+        commit (``INTERNAL``: never retried), the error is raised (unreachable: per the fail
+        mode), and the guard will not release on the way out: the call happened."""
         given = tokens is not None or images is not None or usage is not None
         return self._commit(_wire.usage_map(tokens, images, usage) if given else self.estimate)
 

@@ -5,8 +5,8 @@
     QuotaError                  base of every error this package raises on purpose
     ├── QuotaDenied             the service answered DENY: nothing was reserved, do not call the provider
     ├── QuotaUnavailable        no answer within the deadline after every retry (fail_mode="closed")
-    ├── QuotaRequestError       the service refused the call itself (INVALID_ARGUMENT, NOT_FOUND, ...);
-    │   │                       never retried: the same request would fail the same way
+    ├── QuotaRequestError       the service refused the call itself (INTERNAL, INVALID_ARGUMENT, NOT_FOUND,
+    │   │                       ...); never retried, in either fail mode: the same request would fail the same way
     │   └── QuotaAuthError      UNAUTHENTICATED / PERMISSION_DENIED
     └── QuotaUsageError         the client was used wrongly (commit twice, no commit under require_commit)
 
@@ -70,7 +70,11 @@ class QuotaUnavailable(QuotaError):
 class QuotaRequestError(QuotaError):
     """The service refused the call with a non-retryable status (``INVALID_ARGUMENT``,
     ``NOT_FOUND``, ``FAILED_PRECONDITION``, ``INTERNAL``, ...). Nothing was counted for a
-    refused ``CheckAndReserve``. ``code`` is the gRPC status, ``details`` its message."""
+    refused ``CheckAndReserve``. ``code`` is the gRPC status, ``details`` its message.
+
+    Raised in either fail mode: ``fail_mode="open"`` is for a service that cannot be
+    reached, not one that answers. ``INTERNAL`` is the service reporting a bug (e.g. a
+    ``Commit`` that hit damaged data); retrying could not help."""
 
     def __init__(self, method: str, code: grpc.StatusCode, details: str) -> None:
         self.method = method

@@ -40,6 +40,7 @@ class Reason(enum.StrEnum):
     UNPRICED_MODEL = "UNPRICED_MODEL"
     UNKNOWN_TIER = "UNKNOWN_TIER"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    STORE_ERROR = "STORE_ERROR"  # DENY: damaged data on the service (a bug, not an outage)
 
 
 class LimitKind(enum.StrEnum):

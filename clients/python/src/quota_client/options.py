@@ -26,6 +26,12 @@ class FailMode(enum.StrEnum):
 class RetryPolicy:
     """Exponential backoff with jitter for ``UNAVAILABLE`` and ``DEADLINE_EXCEEDED``.
 
+    Only those two are ever retried (``DEADLINE_EXCEEDED`` because every call the clients
+    make is idempotent: see ``quota_client._wire.retryable``). ``INTERNAL`` (a bug on the
+    service, e.g. a Commit that hit damaged data), ``INVALID_ARGUMENT``,
+    ``FAILED_PRECONDITION``, ``NOT_FOUND``, ``PERMISSION_DENIED``, ``UNAUTHENTICATED``,
+    ``RESOURCE_EXHAUSTED`` and every other status are raised at once, whatever this policy says.
+
     ``max_attempts`` counts the first try (1 = never retry). Before retry ``n`` (1-based)
     the client sleeps ``min(max_backoff, initial_backoff * multiplier ** (n - 1))`` scaled by
     a random factor in ``[1 - jitter, 1]``. Every retry carries the same ``request_id``, so
