@@ -7,6 +7,7 @@ quota-service check-policy PATH
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -107,17 +108,29 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _check_policy(path: str) -> int:
+    """Exit 0 with a summary on stdout, or 1 with one ``error: file:line: key: message`` line
+    per issue on stderr. Never a traceback: whatever the files hold, the loader refuses it
+    with a :class:`PolicyError`; anything else escaping it is a bug, reported in one line."""
     from quota_service.policy.loader import load_policy
     from quota_service.policy.report import summarize
 
+    for stream in (sys.stdout, sys.stderr):  # a policy's text may not suit the terminal's encoding
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     try:
         policy = load_policy(path)
+        summary = summarize(policy)
     except PolicyError as exc:
         for issue in exc.issues:
             print(f"error: {issue}", file=sys.stderr)
         print(f"{path}: {len(exc.issues)} error(s)", file=sys.stderr)
         return 1
-    print(summarize(policy))
+    except Exception as exc:
+        bug = f"internal error while checking: {type(exc).__name__}: {exc} (a bug: please report it)"
+        print(f"error: {path}: {bug}", file=sys.stderr)
+        print(f"{path}: 1 error(s)", file=sys.stderr)
+        return 1
+    print(summary)
     return 0
 
 

@@ -4,6 +4,12 @@ A failed reload keeps the last good policy and records the error (``status()``, 
 and the ``quota_policy_reload_failures_total`` metric). Requests read :attr:`LivePolicy.current`
 once and keep that object for their whole life, so a swap never changes a request midway.
 Counters live in the store and are never touched by a reload.
+
+The watcher outlives anything: a reload that fails in any way (a :class:`PolicyError`, or a
+bug raising something else) is recorded and the watching goes on; a file watcher that
+itself fails is restarted after a pause (growing from ``restart_delay_seconds`` up to
+:data:`MAX_RESTART_DELAY_SECONDS`), and the files are reloaded once it is back, so an edit
+made while nothing watched is not missed.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from quota_service.policy.compiled import CompiledPolicy
 log = logging.getLogger(__name__)
 
 Loader = Callable[[str | Path], CompiledPolicy]
+
+#: The longest pause before restarting a failed file watcher (seconds).
+MAX_RESTART_DELAY_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +63,7 @@ class LivePolicy:
         self._loaded_at = self._now()
         self._last_error = ""
         self._last_error_at = 0
+        self._last_exception: BaseException | None = None  # what _last_error was made from
 
     def _now(self) -> int:
         return int(self._clock.now().timestamp())
@@ -69,17 +79,23 @@ class LivePolicy:
     def reload(self) -> bool:
         """Load the files again. Returns ``True`` when a new version was swapped in,
         ``False`` when the content is unchanged. Raises :class:`PolicyError` (after
-        recording it) when the files are bad; the running policy stays."""
+        recording it) when the files are bad; the running policy stays.
+
+        Any other exception from the loader is a bug, not a bad file: it is recorded the
+        same way (status, log with its traceback, metric) and raised as it is. A listener
+        that raises is logged and does not stop the others (the swap has happened)."""
         with self._lock:
             try:
                 fresh = self._loader(self.path)
             except PolicyError as exc:
-                self._last_error = str(exc)
-                self._last_error_at = self._now()
-                _record_failure()
+                self._record_error(exc, str(exc))
                 log.error("policy reload failed, keeping version %s: %s", self._current.version, exc)
                 raise
-            self._last_error, self._last_error_at = "", 0
+            except Exception as exc:
+                self._record_error(exc, f"{self.path}: unexpected error while loading: {type(exc).__name__}: {exc}")
+                log.exception("policy reload failed unexpectedly, keeping version %s", self._current.version)
+                raise
+            self._last_error, self._last_error_at, self._last_exception = "", 0, None
             if fresh.version == self._current.version:
                 return False
             previous, self._current = self._current, fresh
@@ -87,16 +103,35 @@ class LivePolicy:
             log.info("policy reloaded: version %s -> %s (%s)", previous.version, fresh.version, ", ".join(fresh.files))
         _record_swap()
         for listener in self._listeners:
-            listener(fresh)
+            try:
+                listener(fresh)
+            except Exception:
+                log.exception("a policy swap listener failed (version %s is in force)", fresh.version)
         return True
 
-    async def watch(self, *, debounce_ms: int = 300, stop: asyncio.Event | None = None) -> None:
-        """Reload whenever a policy file changes, until ``stop`` is set.
+    def _record_error(self, exc: BaseException, text: str) -> None:
+        """Make ``text`` the status's last error (caller holds the lock or is the only writer)."""
+        self._last_error, self._last_error_at, self._last_exception = text, self._now(), exc
+        _record_failure()
+
+    async def watch(
+        self,
+        *,
+        debounce_ms: int = 300,
+        stop: asyncio.Event | None = None,
+        restart_delay_seconds: float = 1.0,
+    ) -> None:
+        """Reload whenever a policy file changes, until ``stop`` is set (or the task is cancelled).
 
         Watches the directory (for a single file: its parent, filtered to that file), so
         editors that save by writing a temporary file and renaming it are seen. Changes are
         debounced; a file caught half-written fails validation, is reported, and the next
         write event (the editor finishing) reloads again.
+
+        Never ends on an error: a failed reload is recorded and logged (see :meth:`reload`);
+        a failing file watcher is logged with its traceback and restarted after
+        ``restart_delay_seconds``, doubling on each failure in a row up to
+        :data:`MAX_RESTART_DELAY_SECONDS`, then the files are reloaded once.
         """
         from watchfiles import awatch
 
@@ -109,11 +144,37 @@ class LivePolicy:
                 return base == only
             return base.endswith((".yaml", ".yml")) and not base.startswith(".")
 
-        log.info("watching %s for policy changes", directory)
-        async for _changes in awatch(directory, watch_filter=relevant, debounce=debounce_ms, step=50, stop_event=stop):
-            # A PolicyError is recorded and logged by reload(); the last good policy stays.
-            with contextlib.suppress(PolicyError):
-                await asyncio.to_thread(self.reload)
+        delay = restart_delay_seconds
+        while stop is None or not stop.is_set():
+            log.info("watching %s for policy changes", directory)
+            try:
+                async for _changes in awatch(
+                    directory, watch_filter=relevant, debounce=debounce_ms, step=50, stop_event=stop
+                ):
+                    delay = restart_delay_seconds  # the watcher works again
+                    await self._reload_in_thread()
+            except Exception:
+                log.exception("the policy file watcher failed; restarting it in %.1f s", delay)
+            else:
+                if stop is not None and stop.is_set():
+                    return
+                log.warning("the policy file watcher stopped by itself; restarting it in %.1f s", delay)
+            if await _stopped_within(stop, delay):
+                return
+            delay = min(delay * 2, MAX_RESTART_DELAY_SECONDS)
+            await self._reload_in_thread()  # catch up on edits made while nothing watched
+
+    async def _reload_in_thread(self) -> None:
+        """:meth:`reload` off the event loop; whatever it raises is recorded, never raised."""
+        try:
+            await asyncio.to_thread(self.reload)
+        except PolicyError:
+            pass  # recorded and logged by reload(); the last good policy stays
+        except Exception as exc:
+            if exc is not self._last_exception:  # not from the loader: reload() has not recorded it
+                with self._lock:
+                    self._record_error(exc, f"{self.path}: reload failed: {type(exc).__name__}: {exc}")
+                log.exception("policy reload failed; still watching")
 
     def status(self) -> PolicyStatus:
         policy = self._current
@@ -126,6 +187,16 @@ class LivePolicy:
             tiers=tuple(sorted(policy.tiers)),
             default_tier=policy.default_tier,
         )
+
+
+async def _stopped_within(stop: asyncio.Event | None, seconds: float) -> bool:
+    """Wait ``seconds``; ``True`` as soon as ``stop`` is set."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return False
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
 
 
 def _record_swap() -> None:

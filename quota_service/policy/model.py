@@ -8,12 +8,31 @@ directory merged by :mod:`quota_service.policy.loader`. Validation is strict:
   (YAML's ``true`` is not ``1``);
 * every number that is money or a fraction is a :class:`~decimal.Decimal`, exact: the
   loader hands YAML floats over as ``Decimal`` of their literal text (``0.95`` is
-  ``Decimal("0.95")``), and a Python ``float`` given directly is read through ``str()``.
+  ``Decimal("0.95")``), and a Python ``float`` given directly is read through ``str()``;
+* every number must be usable where it is used (see the limits below): nothing the model
+  accepts can overflow or lose a digit in the decimal arithmetic that later uses it.
+
+Number limits (each refusal names the number and the limit):
+
+* any number: finite, at most :data:`MAX_NUMBER_DIGITS` significant digits, 0 or with a
+  magnitude between ``1e-40`` and ``1e40`` (:data:`MAX_NUMBER_EXPONENT`);
+* caps: whole units, at most :data:`~quota_service.policy.units.MAX_UNITS` units (``cost_usd``:
+  micro-dollars, so at most 6 decimals and $9,007,199,254.740991);
+* prices (USD per unit): ``>= 0``, at most :data:`MAX_PRICE_DECIMALS` decimals, at most
+  :data:`MAX_PRICE_USD` (one unit's cost must fit in a cost counter). With these, the cost of
+  any request (each metric at most ``MAX_UNITS`` units) is computed exactly in the default
+  28-digit decimal context whenever it fits a counter, and never overflows when it does not
+  (the engine then refuses the request as too large to count);
+* thresholds: in (0, 1], at most :data:`MAX_THRESHOLD_DECIMALS` decimals, so
+  ``threshold * cap`` is exact;
+* integers (``version``, ``reservation_ttl_seconds``): whole numbers written without a
+  decimal point or exponent, within their field's range.
 
 Checks that need more than one field (``default_tier`` names a tier, a tier's thresholds
-merged over the defaults stay ordered, caps are whole units) are in :func:`semantic_issues`,
-run by the loader once the model validates. :func:`quota_service.policy.compiler.compile_policy`
-turns a model that passed both into a :class:`~quota_service.policy.compiled.CompiledPolicy`.
+merged over the defaults stay ordered, caps are whole units, prices are usable) are in
+:func:`semantic_issues`, run by the loader once the model validates.
+:func:`quota_service.policy.compiler.compile_policy` turns a model that passed both into a
+:class:`~quota_service.policy.compiled.CompiledPolicy`.
 
 Error messages are written for operators and are part of the contract (tests assert them
 verbatim); the loader prefixes each with the file, the line and the dotted key.
@@ -42,10 +61,15 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from quota_service.policy.compiled import StoreErrorMode, UnpricedMode
-from quota_service.policy.units import COST_METRIC, MAX_UNITS, METRIC_NAME, exact_units
+from quota_service.policy.units import COST_METRIC, MAX_UNITS, METRIC_NAME, scale
 from quota_service.policy.windows import WINDOW_ORDER, Window
 
 __all__ = [
+    "MAX_NUMBER_DIGITS",
+    "MAX_NUMBER_EXPONENT",
+    "MAX_PRICE_DECIMALS",
+    "MAX_PRICE_USD",
+    "MAX_THRESHOLD_DECIMALS",
     "SUPPORTED_VERSION",
     "HardStopsModel",
     "Loc",
@@ -54,7 +78,9 @@ __all__ = [
     "TierModel",
     "TierThresholdsModel",
     "allowed_keys",
+    "decimal_places",
     "describe",
+    "number_hint",
     "render_json_schema",
     "semantic_issues",
 ]
@@ -65,6 +91,22 @@ TTL_MAX_SECONDS = 86_400
 DEFAULT_WARN_AT = Decimal("0.80")
 DEFAULT_BLOCK_AT = Decimal("0.95")
 DEFAULT_TTL_SECONDS = 300
+
+#: Any number in a policy: at most this many significant digits ...
+MAX_NUMBER_DIGITS = 40
+#: ... and 0 or ``10**-MAX_NUMBER_EXPONENT <= abs(value) < 10**MAX_NUMBER_EXPONENT``.
+MAX_NUMBER_EXPONENT = 40
+#: Prices are multiples of 1e-18 USD (1e-12 micro-dollars): with at most 10 integer digits
+#: (MAX_PRICE_USD) a cost that fits a counter then has at most 28 digits, the precision of
+#: the default decimal context, so it is computed exactly.
+MAX_PRICE_DECIMALS = 18
+#: The largest price per unit (USD): one unit's cost must fit in a cost counter.
+MAX_PRICE_USD = Decimal(MAX_UNITS).scaleb(-6)
+#: Thresholds have at most 12 decimals: ``threshold * cap`` (cap < 2**53, 16 digits) then
+#: has at most 28 digits and is exact in the default decimal context.
+MAX_THRESHOLD_DECIMALS = 12
+#: Longest text of a value quoted in an error message.
+_DESCRIBE_MAX_CHARS = 60
 
 TIER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # "provider/model", "provider/*" or "*". A model may contain '/', ':' or '.' (e.g.
@@ -80,7 +122,8 @@ E = TypeVar("E", bound=StrEnum)
 
 def describe(value: object) -> str:
     """``value`` as an operator would recognise it from the YAML: ``'ten'``, ``true``,
-    ``null``, ``1.5``, ``a list``, ``a mapping``."""
+    ``null``, ``1.5``, ``a list``, ``a mapping``. Never long: a long string is cut
+    (``'aaaa…' (5,000 characters)``), a huge or tiny number is shown with an exponent."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -88,16 +131,43 @@ def describe(value: object) -> str:
     if isinstance(value, StrEnum):
         return repr(value.value)
     if isinstance(value, str):
+        if len(value) > _DESCRIBE_MAX_CHARS:
+            return f"{value[: _DESCRIBE_MAX_CHARS - 20]!r}… ({len(value):,} characters)"
         return repr(value)
     if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, int | float):
+        return _describe_decimal(value)
+    if isinstance(value, int):
+        return _describe_decimal(Decimal(value)) if abs(value) >= 10**MAX_NUMBER_DIGITS else str(value)
+    if isinstance(value, float):
         return str(value)
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list | tuple):
         return "a list"
     return f"a {type(value).__name__}"
+
+
+def _describe_decimal(value: Decimal) -> str:
+    """Plain digits (``0.0000006``) when that is short, else scientific (``1.0E+999999999``);
+    never more than about 60 characters whatever the number."""
+    digits = value.as_tuple().digits
+    if value.is_finite() and len(digits) <= MAX_NUMBER_DIGITS and abs(value.adjusted()) <= MAX_NUMBER_EXPONENT:
+        return format(value, "f")
+    if len(digits) > _DESCRIBE_MAX_CHARS:
+        sign = "-" if value.is_signed() else ""
+        shown = "".join(map(str, digits[:20]))
+        return f"{sign}{shown[0]}.{shown[1:]}…E{value.adjusted():+d} ({len(digits):,} digits)"
+    return str(value)
+
+
+def decimal_places(value: Decimal) -> int:
+    """Digits after the decimal point of ``value``'s exact value, trailing zeros ignored
+    (``1.50`` -> 1, ``1E+3`` -> 0). Exact: no decimal context (and so no rounding) involved."""
+    _sign, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):  # NaN, Infinity: refused before this is asked
+        return 0
+    trailing = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    return max(0, -(exponent + trailing)) if any(digits) else 0
 
 
 def _error(message: str) -> PydanticCustomError:
@@ -108,13 +178,79 @@ def _error(message: str) -> PydanticCustomError:
 # --- scalar types ---------------------------------------------------------------------
 
 
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+")
+_BASE_PREFIX = re.compile(r"([-+]?)0([xob])([0-9a-fA-F_]+)", re.IGNORECASE)
+_SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
+_THOUSANDS = re.compile(r"[-+]?[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]*)?")
+_HINT_MAX_CHARS = 40
+
+
+def number_hint(text: str) -> str:
+    """Why ``text`` (a string where a number is expected) is not read as a number, and what
+    to write instead; ``""`` when there is nothing more to say than "must be a number".
+
+    The loader reads only plain decimal numbers (``1000``, ``1_000``, ``0.95``, ``1e3``);
+    the YAML 1.1 forms that other tools read differently are left as text and explained
+    here: a leading zero (octal in YAML 1.1, decimal in YAML 1.2), ``0x``/``0o``/``0b``
+    prefixes, base 60 (``1:30`` is 90 in YAML 1.1) and thousands separators.
+    """
+    text = text.strip()
+    if len(text) > _HINT_MAX_CHARS:
+        return ""
+    if _LEADING_ZERO.fullmatch(text):
+        digits = text.replace("_", "").lstrip("+-").lstrip("0") or "0"
+        sign = "-" if text.startswith("-") else ""
+        return f"; write {sign}{digits} (a leading zero is read as octal in YAML 1.1)"
+    based = _BASE_PREFIX.fullmatch(text)
+    if based is not None:
+        sign, kind, digits = based.groups()
+        base = {"x": 16, "o": 8, "b": 2}[kind.lower()]
+        try:
+            decimal = int(digits.replace("_", ""), base)
+        except ValueError:
+            return "; write the number in decimal"
+        names = {16: "hexadecimal", 8: "octal", 2: "binary"}
+        return f"; write the decimal {sign if sign == '-' else ''}{decimal} ({names[base]} numbers are not accepted)"
+    if _SEXAGESIMAL.fullmatch(text):
+        whole, _, fraction = text.lstrip("+-").replace("_", "").partition(".")
+        total = 0
+        for part in whole.split(":"):
+            total = total * 60 + int(part)
+        value = f"{total}.{fraction}" if fraction else str(total)
+        sign = "-" if text.startswith("-") else ""
+        return f"; write the decimal {sign}{value} if that is meant (YAML 1.1 reads {text} as a base-60 number)"
+    if _THOUSANDS.fullmatch(text):
+        plain = text.replace(",", "")
+        return f"; write {plain} or {text.replace(',', '_')} (commas are not digit separators)"
+    return ""
+
+
 def _to_decimal(value: object) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        raise _error(f"must be a number, got {describe(value)}")
+        hint = number_hint(value) if isinstance(value, str) else ""
+        raise _error(f"must be a number, got {describe(value)}{hint}")
     number = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
     if not number.is_finite():
         raise _error(f"must be a finite number, got {describe(value)}")
+    if len(number.as_tuple().digits) > MAX_NUMBER_DIGITS:
+        raise _error(f"{describe(number)} has more than {MAX_NUMBER_DIGITS} significant digits")
+    if number and not -MAX_NUMBER_EXPONENT <= number.adjusted() < MAX_NUMBER_EXPONENT:
+        raise _error(
+            f"{describe(number)} is out of range: a number in a policy is 0 or between "
+            f"1e-{MAX_NUMBER_EXPONENT} and 1e+{MAX_NUMBER_EXPONENT}"
+        )
     return number
+
+
+def _to_int(value: object) -> object:
+    """An integer field: a YAML integer, nothing else (no ``true``, no ``300.0``, no ``"300"``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, Decimal) and value.is_finite():
+        text = str(value) if len(value.as_tuple().digits) <= MAX_NUMBER_DIGITS else describe(value)
+        raise _error(f"must be an integer written without a decimal point or exponent, got {text}")
+    hint = number_hint(value) if isinstance(value, str) else ""
+    raise _error(f"must be an integer, got {describe(value)}{hint}")
 
 
 def _non_negative(value: Decimal) -> Decimal:
@@ -126,18 +262,20 @@ def _non_negative(value: Decimal) -> Decimal:
 def _fraction(value: Decimal) -> Decimal:
     if not 0 < value <= 1:
         raise _error(f"must be greater than 0 and at most 1, got {describe(value)}")
+    if decimal_places(value) > MAX_THRESHOLD_DECIMALS:
+        raise _error(f"{describe(value)} has more than {MAX_THRESHOLD_DECIMALS} decimals")
     return value
 
 
 def _supported_version(value: int) -> int:
     if value != SUPPORTED_VERSION:
-        raise _error(f"unsupported version {value}; this service reads version {SUPPORTED_VERSION}")
+        raise _error(f"unsupported version {describe(value)}; this service reads version {SUPPORTED_VERSION}")
     return value
 
 
 def _ttl_range(value: int) -> int:
     if not TTL_MIN_SECONDS <= value <= TTL_MAX_SECONDS:
-        raise _error(f"must be between {TTL_MIN_SECONDS} and {TTL_MAX_SECONDS} seconds, got {value}")
+        raise _error(f"must be between {TTL_MIN_SECONDS} and {TTL_MAX_SECONDS} seconds, got {describe(value)}")
     return value
 
 
@@ -232,6 +370,7 @@ Fraction = Annotated[
 
 TtlSeconds = Annotated[
     int,
+    BeforeValidator(_to_int),
     AfterValidator(_ttl_range),
     WithJsonSchema({"type": "integer", "minimum": TTL_MIN_SECONDS, "maximum": TTL_MAX_SECONDS}),
 ]
@@ -331,7 +470,7 @@ class PolicyModel(_StrictModel):
 
     model_config = ConfigDict(title="quota-service policy", extra="forbid", strict=True, frozen=True)
 
-    version: Annotated[int, AfterValidator(_supported_version)] = Field(
+    version: Annotated[int, BeforeValidator(_to_int), AfterValidator(_supported_version)] = Field(
         json_schema_extra={"const": SUPPORTED_VERSION}, description="Policy format version; must be 1."
     )
     default_tier: str = Field(description="Tier of a subject nobody assigned; must be a key of tiers.")
@@ -360,17 +499,39 @@ class PolicyModel(_StrictModel):
 
 
 def _cap_issues(caps: Caps, loc: Loc) -> list[tuple[Loc, str]]:
+    # Both checks are exact (digits and comparisons, no decimal context): exact_units() in
+    # the compiler then only ever sees at most 16 + 6 digits, which it converts exactly.
     issues: list[tuple[Loc, str]] = []
     for metric, windows in caps.items():
+        places = 6 if metric == COST_METRIC else 0
         for window, amount in windows.items():
             where: Loc = (*loc, metric, window.value)
-            units = exact_units(metric, amount)
-            if units is None:
+            if decimal_places(amount) > places:
                 what = "micro-dollars (at most 6 decimals)" if metric == COST_METRIC else metric
                 issues.append((where, f"{describe(amount)} is not a whole number of {what}"))
-            elif units > MAX_UNITS:
+            elif amount > Decimal(MAX_UNITS) / scale(metric):
                 issues.append(
                     (where, f"{describe(amount)} is larger than the largest supported cap ({MAX_UNITS:,} units)")
+                )
+    return issues
+
+
+def _price_issues(prices: dict[str, dict[str, Decimal]]) -> list[tuple[Loc, str]]:
+    issues: list[tuple[Loc, str]] = []
+    for pattern, rates in prices.items():
+        for metric, rate in rates.items():
+            where: Loc = ("prices", pattern, metric)
+            if decimal_places(rate) > MAX_PRICE_DECIMALS:
+                issues.append(
+                    (where, f"{describe(rate)} has more than {MAX_PRICE_DECIMALS} decimals (prices are USD per unit)")
+                )
+            elif rate > MAX_PRICE_USD:
+                issues.append(
+                    (
+                        where,
+                        f"{describe(rate)} is larger than the largest supported price "
+                        f"({MAX_PRICE_USD:,f} USD per unit: one unit's cost must fit in a cost counter)",
+                    )
                 )
     return issues
 
@@ -381,7 +542,8 @@ def semantic_issues(policy: PolicyModel) -> list[tuple[Loc, str]]:
     * ``default_tier`` does not name a tier;
     * a tier's thresholds merged over the defaults give ``warn_at > block_at``;
     * a cap is not a whole number of units (``cost_usd``: micro-dollars) or exceeds
-      :data:`~quota_service.policy.units.MAX_UNITS`.
+      :data:`~quota_service.policy.units.MAX_UNITS`;
+    * a price has more than :data:`MAX_PRICE_DECIMALS` decimals or exceeds :data:`MAX_PRICE_USD`.
 
     An empty list means :func:`~quota_service.policy.compiler.compile_policy` will succeed.
     """
@@ -412,6 +574,7 @@ def semantic_issues(policy: PolicyModel) -> list[tuple[Loc, str]]:
             issues += _cap_issues(tier.hard_stops, ("tiers", name, "hard_stops"))
     issues += _cap_issues(policy.hard_stops.per_subject, ("hard_stops", "per_subject"))
     issues += _cap_issues(policy.hard_stops.global_, ("hard_stops", "global"))
+    issues += _price_issues(policy.prices)
     return issues
 
 

@@ -4,7 +4,8 @@ Good edits apply within 2 seconds (measured); broken ones (YAML syntax, then a s
 keep the last good caps and are reported in GetPolicyStatus.last_error (file, line, key)
 and the log; fixing the file recovers without a restart; counters survive every reload;
 SIGHUP reloads a server that does not watch; the ReloadPolicies RPC refuses a bad file
-with FAILED_PRECONDITION."""
+with FAILED_PRECONDITION; hostile edits (a NUL byte, deep nesting) are reported the same way
+and never stop the watcher."""
 
 from __future__ import annotations
 
@@ -174,3 +175,36 @@ def test_the_reload_rpc_refuses_a_bad_file_with_failed_precondition(editable: Ca
     reloaded = live.admin.ReloadPolicies(admin_pb2.ReloadPoliciesRequest(), metadata=live.auth, timeout=5)
     assert reloaded.changed and not reloaded.status.last_error and reloaded.status.version != before.version
     assert live.tokens_cap("anyone")[0] == 5000
+
+
+def test_hostile_edits_are_reported_and_the_watcher_picks_up_the_next_good_edit(
+    editable: Callable[..., Editable],
+) -> None:
+    """A NUL byte (or 1,000 nested lists, or an alias bomb) once killed the watcher task:
+    GetPolicyStatus said nothing, ReloadPolicies answered INTERNAL and later good edits were
+    ignored. Now each is a policy error with file and line, and watching goes on.
+    (The 20 s waits are hang guards, not claims about speed.)"""
+    live = editable()
+    who = f"user-{uuid.uuid4().hex[:8]}"
+    good = live.status()
+    nul_line = live.original[: live.original.index("free_alpha:")].count("\n") + 1
+
+    written = live.edit(live.original.replace("free_alpha:", "free_alpha:\x00", 1))
+    wait_for(lambda: "NUL byte" in live.status().last_error, written, 20.0)
+    status = live.status()
+    assert status.last_error == f"{live.file}:{nul_line}: the file contains a NUL byte; a policy file is UTF-8 text"
+    assert status.version == good.version and status.last_error_at > 0
+    with pytest.raises(grpc.RpcError) as info:
+        live.admin.ReloadPolicies(admin_pb2.ReloadPoliciesRequest(), metadata=live.auth, timeout=5)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"{live.file}:{nul_line}: the file contains a NUL byte" in (info.value.details() or "")
+
+    written = live.edit("version: " + "[" * 1000 + "\n")
+    wait_for(lambda: "nested more than 64 levels deep" in live.status().last_error, written, 20.0)
+    assert live.status().last_error == f"{live.file}:1: nested more than 64 levels deep"
+
+    written = live.edit(live.original.replace(FREE_TOKENS, free_tokens("2500")))
+    wait_for(lambda: live.tokens_cap(who)[0] == 2500, written, 20.0)
+    fixed = live.status()
+    assert not fixed.last_error and fixed.version != good.version
+    assert "Traceback" not in live.server.log()

@@ -1,7 +1,11 @@
-"""quota-service check-policy: a summary and exit 0, or the errors on stderr and exit 1."""
+"""quota-service check-policy: a summary and exit 0, or the errors on stderr and exit 1;
+never a traceback, whatever the files hold."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +51,109 @@ def test_missing_path_fails(capsys: pytest.CaptureFixture[str]) -> None:
     path = ROOT / "tests" / "fixtures" / "policies" / "nowhere"
     assert main(["check-policy", str(path)]) == 1
     assert capsys.readouterr().err.splitlines() == [f"error: {path}: no such file or directory", f"{path}: 1 error(s)"]
+
+
+# --- hostile input: exit 1 with file:line: key: message lines, never a traceback ------------
+
+INVALID = ROOT / "tests" / "fixtures" / "policies" / "invalid"
+HOSTILE_FIXTURES = [
+    "nul_byte.yaml",
+    "utf16_bom.yaml",
+    "utf16_no_bom.yaml",
+    "control_character.yaml",
+    "surrogate_escape.yaml",
+    "deep_lists.yaml",
+    "deep_mappings.yaml",
+    "alias_bomb.yaml",
+    "long_integer_cap.yaml",
+    "huge_price.yaml",
+    "nan_price.yaml",
+    "octal_cap.yaml",
+    "binary_tag.yaml",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_FIXTURES)
+def test_hostile_files_give_error_lines_and_exit_1(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = INVALID / name
+    assert main(["check-policy", str(path)]) == 1
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert out == "" and "Traceback" not in err
+    assert lines[-1] == f"{path}: {len(lines) - 1} error(s)"
+    assert all(line.startswith(f"error: {path}:") for line in lines[:-1]), lines
+
+
+def test_an_unexpected_exception_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import quota_service.policy.loader
+
+    def broken(path: object) -> object:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(quota_service.policy.loader, "load_policy", broken)
+    assert main(["check-policy", str(ALPHA)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {ALPHA}: internal error while checking: RuntimeError: a bug (a bug: please report it)",
+        f"{ALPHA}: 1 error(s)",
+    ]
+
+
+def check_policy_process(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """check-policy in a child process; the timeout is a hang guard, not a speed claim."""
+    return subprocess.run(
+        [sys.executable, "-m", "quota_service.cli", "check-policy", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "policy.yaml"
+    os.mkfifo(fifo)
+    done = check_policy_process(fifo)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.splitlines() == [
+        f"error: {fifo}: not a regular file; a policy is a YAML file or a directory of them",
+        f"{fifo}: 1 error(s)",
+    ]
+
+
+def test_a_50_mb_file_is_refused_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as sparse:
+        sparse.truncate(50_000_000)
+    done = check_policy_process(path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[0] == (
+        f"error: {path}: the file is 50,000,000 bytes; a policy file may be at most 1 MiB (1,048,576 bytes)"
+    )
+
+
+def test_the_largest_file_of_the_most_nodes_is_checked_in_bounded_memory(tmp_path: Path) -> None:
+    from quota_service.policy.loader import MAX_NODES
+
+    path = tmp_path / "wide.yaml"
+    path.write_text("version:\n" + "".join(f"- {i}\n" for i in range(MAX_NODES - 10)))
+    probe = (
+        "import resource, sys; from quota_service.cli import main; code = main(['check-policy', sys.argv[1]]); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    peak_kib = int(done.stderr.splitlines()[-1])
+    assert peak_kib < 200 * 1024, f"peak RSS {peak_kib} KiB"  # about 80 MiB, the interpreter (36 MiB) included
+
+
+def test_a_summary_the_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(ALPHA.read_text().replace("display_name: Free Alpha", "display_name: Frée Alpha ✓", 1))
+    done = check_policy_process(path, PYTHONIOENCODING="ascii")
+    assert done.returncode == 0, done.stderr
+    assert "tier free_alpha (default): Fr\\xe9e Alpha \\u2713" in done.stdout

@@ -94,6 +94,82 @@ EXPECTED: dict[str, list[str]] = {
     "two_documents.yaml": [
         "{f}:2: invalid YAML: expected a single document in the stream (line 1), but found another document"
     ],
+    # --- hostile input: refused with file, line and key, never another exception ----------
+    "nul_byte.yaml": ["{f}:63: the file contains a NUL byte; a policy file is UTF-8 text"],
+    "utf16_bom.yaml": ["{f}:1: the file is UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8"],
+    "utf16_no_bom.yaml": ["{f}:1: the file contains NUL bytes: it looks like UTF-16 or UTF-32 text; save it as UTF-8"],
+    "control_character.yaml": ["{f}:4: the file contains the control character U+0001, which YAML does not allow"],
+    "surrogate_escape.yaml": [
+        "{f}:4: timezone: contains an escaped surrogate (\\ud800 to \\udfff), which is not valid text"
+    ],
+    "deep_lists.yaml": ["{f}:2: nested more than 64 levels deep"],
+    "deep_mappings.yaml": ["{f}:2: nested more than 64 levels deep"],
+    "alias_bomb.yaml": [
+        "{f}:6: e[0]: aliases expand to more than 10,000 YAML nodes (keys, values, items); "
+        "write the values out, or share less through anchors"
+    ],
+    "merge_not_mapping.yaml": ["{f}:6: tiers.free: a merge key (<<) takes a mapping or a list of mappings"],
+    "recursive_merge.yaml": ["{f}:6: tiers.free: recursive alias"],
+    "binary_tag.yaml": [
+        "{f}:9: tiers.free.limits.tokens.day: the YAML tag '!!binary' is not supported; write plain values"
+    ],
+    "bad_int_tag.yaml": ["{f}:9: tiers.free.limits.tokens.day: 'twelve' is not a decimal integer"],
+    # --- YAML 1.1 number forms: text, refused where a number is expected, with a hint ------
+    "octal_cap.yaml": [
+        "{f}:9: tiers.free.limits.tokens.day: must be a number, got '010'; "
+        "write 10 (a leading zero is read as octal in YAML 1.1)"
+    ],
+    "hex_cap.yaml": [
+        "{f}:9: tiers.free.limits.tokens.day: must be a number, got '0x10'; "
+        "write the decimal 16 (hexadecimal numbers are not accepted)"
+    ],
+    "binary_cap.yaml": [
+        "{f}:9: tiers.free.limits.tokens.day: must be a number, got '0b101'; "
+        "write the decimal 5 (binary numbers are not accepted)"
+    ],
+    "sexagesimal_cap.yaml": [
+        "{f}:9: tiers.free.limits.tokens.day: must be a number, got '1:30'; "
+        "write the decimal 90 if that is meant (YAML 1.1 reads 1:30 as a base-60 number)"
+    ],
+    "thousands_cap.yaml": [
+        "{f}:9: tiers.free.limits.tokens.day: must be a number, got '1,000'; "
+        "write 1000 or 1_000 (commas are not digit separators)"
+    ],
+    "yes_cap.yaml": ["{f}:9: tiers.free.limits.tokens.day: must be a number, got 'yes'"],
+    "octal_ttl.yaml": [
+        "{f}:4: reservation_ttl_seconds: must be an integer, got '030'; "
+        "write 30 (a leading zero is read as octal in YAML 1.1)"
+    ],
+    "decimal_ttl.yaml": [
+        "{f}:4: reservation_ttl_seconds: must be an integer written without a decimal point or exponent, got 3E+2"
+    ],
+    # --- numbers that cannot be used where they are used --------------------------------
+    "long_integer_cap.yaml": [
+        "{f}:9: tiers.free.limits.tokens.day: a number of 41 characters is too long (at most 40)"
+    ],
+    "huge_exponent_cap.yaml": [
+        "{f}:9: tiers.free.limits.tokens.day: 1E+50 is out of range: a number in a policy is 0 or "
+        "between 1e-40 and 1e+40"
+    ],
+    "too_large_cap.yaml": [
+        "{f}:9: tiers.free.limits.tokens.day: 100000000000000000000 is larger than the largest supported cap "
+        "(9,007,199,254,740,991 units)"
+    ],
+    "precise_threshold.yaml": ["{f}:4: thresholds.warn_at: 0.8000000000001 has more than 12 decimals"],
+    "huge_price.yaml": [
+        '{f}:5: prices."openai/gpt-4o-mini".tokens: 1.0E+999999999 is out of range: a number in a policy is 0 '
+        "or between 1e-40 and 1e+40"
+    ],
+    "nan_price.yaml": ['{f}:5: prices."*".tokens: must be a finite number, got NaN'],
+    "infinite_price.yaml": ['{f}:5: prices."*".images: must be a finite number, got Infinity'],
+    "negative_price.yaml": ['{f}:5: prices."*".tokens: must not be negative, got -0.000001'],
+    "precise_price.yaml": [
+        '{f}:5: prices."*".tokens: 0.0000000000000000001 has more than 18 decimals (prices are USD per unit)'
+    ],
+    "expensive_price.yaml": [
+        '{f}:5: prices."*".images: 10000000000 is larger than the largest supported price '
+        "(9,007,199,254.740991 USD per unit: one unit's cost must fit in a cost counter)"
+    ],
 }
 
 
