@@ -60,8 +60,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from quota_service.errors import InvalidRequest
 from quota_service.policy.compiled import StoreErrorMode, UnpricedMode
 from quota_service.policy.units import COST_METRIC, MAX_UNITS, METRIC_NAME, scale
+from quota_service.policy.validation import canonical_name
 from quota_service.policy.windows import WINDOW_ORDER, Window
 
 __all__ = [
@@ -332,7 +334,7 @@ def _priced_metric_key(value: object) -> object:
 
 
 def _tier_name(value: object) -> object:
-    if isinstance(value, str) and not TIER_NAME.match(value):
+    if isinstance(value, str) and not TIER_NAME.fullmatch(value):
         raise _error(
             f"invalid tier name {value!r}: use letters, digits, '_' and '-', "
             "starting with a letter or digit, at most 64 characters"
@@ -340,15 +342,46 @@ def _tier_name(value: object) -> object:
     return value
 
 
+def _canonical(what: str, value: str) -> str | None:
+    """The canonical form of a feature, provider or model name (as requests are compared,
+    see :mod:`quota_service.policy.validation`), or ``None`` when it is no valid name."""
+    try:
+        return canonical_name(what, value)
+    except InvalidRequest:
+        return None
+
+
 def _price_pattern(value: object) -> object:
-    if isinstance(value, str) and not PRICE_PATTERN.match(value):
+    if not isinstance(value, str):
+        return value
+    if not PRICE_PATTERN.fullmatch(value):
         raise _error(f"invalid price pattern {value!r}: expected 'provider/model', 'provider/*' or '*'")
+    if value != "*":
+        provider, _, model = value.partition("/")
+        canonical = f"{_canonical('provider', provider)}/{model if model == '*' else _canonical('model', model)}"
+        if "None" in canonical.split("/") or canonical != value:
+            hint = f"write {canonical!r}" if "None" not in canonical.split("/") else "use a valid name"
+            raise _error(
+                f"invalid price pattern {value!r}: {hint}; providers and models are compared case-insensitively "
+                "(Unicode NFKC, case-folded), so patterns are written in that form"
+            )
     return value
 
 
 def _feature_name(value: object) -> object:
-    if isinstance(value, str) and not FEATURE_NAME.match(value):
+    if not isinstance(value, str):
+        return value
+    if value == "*":
+        return value
+    if not FEATURE_NAME.fullmatch(value):
         raise _error(f"invalid feature name {value!r}: must be non-empty, without spaces")
+    canonical = _canonical("feature", value)
+    if canonical != value:
+        hint = f"write {canonical!r}" if canonical is not None else "use a valid name"
+        raise _error(
+            f"invalid feature name {value!r}: {hint}; features are compared case-insensitively "
+            "(Unicode NFKC, case-folded), so they are written in that form"
+        )
     return value
 
 

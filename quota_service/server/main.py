@@ -142,7 +142,9 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 async def _reload(policy: LivePolicy) -> None:
-    with contextlib.suppress(PolicyError):  # recorded and logged by LivePolicy; the last good policy stays
+    # Any failure (a bad file, or a loader bug) is recorded and logged by LivePolicy, with its
+    # traceback; the last good policy stays. Nothing may escape into the loop's task handler.
+    with contextlib.suppress(Exception):
         await asyncio.to_thread(policy.reload)
 
 

@@ -24,6 +24,15 @@ MULTI = FIXTURES / "multi"
 # fixture -> the complete message list; "{f}" is the fixture's path (a directory's files
 # are "{f}/name").
 EXPECTED: dict[str, list[str]] = {
+    "uppercase_price_pattern.yaml": [
+        "{f}:4: prices.\"OpenAI/GPT-4o\": invalid price pattern 'OpenAI/GPT-4o': write 'openai/gpt-4o'; "
+        "providers and models are compared case-insensitively (Unicode NFKC, case-folded), so patterns are "
+        "written in that form"
+    ],
+    "uppercase_feature.yaml": [
+        "{f}:5: tiers.free.features[0]: invalid feature name 'Blog_Writer': write 'blog_writer'; features are "
+        "compared case-insensitively (Unicode NFKC, case-folded), so they are written in that form"
+    ],
     "unknown_top_level_key.yaml": [
         "{f}:3: limit_mode: unknown key; expected one of: version, default_tier, timezone, thresholds, "
         "reservation_ttl_seconds, unpriced, on_store_error, prices, hard_stops, tiers"
