@@ -57,7 +57,6 @@ class LivePolicy:
         self._loader = loader
         self._clock = clock or SystemClock()
         self._lock = threading.Lock()
-        self._listeners: list[Callable[[CompiledPolicy], None]] = []
         # The first load must succeed: there is no last good policy to keep.
         self._current = loader(self.path)
         self._loaded_at = self._now()
@@ -71,10 +70,6 @@ class LivePolicy:
     @property
     def current(self) -> CompiledPolicy:
         return self._current
-
-    def on_swap(self, listener: Callable[[CompiledPolicy], None]) -> None:
-        """Call ``listener(new_policy)`` after every successful swap."""
-        self._listeners.append(listener)
 
     def reload(self) -> bool:
         """Load the files again. Returns ``True`` when a new version was swapped in,
@@ -102,11 +97,6 @@ class LivePolicy:
             self._loaded_at = self._now()
             log.info("policy reloaded: version %s -> %s (%s)", previous.version, fresh.version, ", ".join(fresh.files))
         _record_swap()
-        for listener in self._listeners:
-            try:
-                listener(fresh)
-            except Exception:
-                log.exception("a policy swap listener failed (version %s is in force)", fresh.version)
         return True
 
     def _record_error(self, exc: BaseException, text: str) -> None:

@@ -106,20 +106,6 @@ def test_an_unexpected_loader_exception_is_recorded_and_raised(
     assert any(record.exc_info for record in caplog.records), "logged with its traceback"
 
 
-def test_a_failing_swap_listener_neither_undoes_the_swap_nor_stops_the_others(policy_file: Path) -> None:
-    live = LivePolicy(policy_file)
-    seen: list[str] = []
-
-    def broken(policy: CompiledPolicy) -> None:
-        raise RuntimeError("listener bug")
-
-    live.on_swap(broken)
-    live.on_swap(lambda policy: seen.append(policy.version))
-    policy_file.write_text(ALPHA.read_text().replace(FREE_TOKENS, FREE_TOKENS.replace("1000", "2000")))
-    assert live.reload() is True
-    assert seen == [live.current.version] and free_tokens_cap(live) == 2000
-
-
 class FakeWatcher:
     """Stands in for ``watchfiles.awatch``: each call is one watcher run, which yields the
     batches the test puts in its queue; ``None`` ends the run, an exception makes it fail."""
