@@ -260,3 +260,25 @@ def test_invalid_requests_are_refused(field: str, kwargs: dict[str, object]) -> 
     base.update(kwargs)
     with pytest.raises(InvalidRequest):
         build_request(**base)  # type: ignore[arg-type]
+
+
+def test_a_global_limit_denial_shows_the_exact_ask_not_cents() -> None:
+    """Issue 12 #12: 1,000 tokens at $0.0000006 cost $0.0006; the message said "$0.00 more"."""
+    cap = Limit("cost_usd", Window.DAY, 200_000_000, LimitKind.GLOBAL, None)
+    policy = make_policy(limits=(TOKENS_DAY,), global_limits=(cap,), prices={"*": {"tokens": Decimal("0.0000006")}})
+    _, outcome = run(policy, {(GLOBAL_SCOPE, "cost_usd"): 199_999_900}, tokens=1000)
+    assert (outcome.decision, outcome.reason) == (Decision.DENY, Reason.GLOBAL_LIMIT)
+    assert outcome.message == (
+        "company-wide cost_usd per day: $199.9999 of $200.00 used; $0.0006 more would pass the cap"
+    )
+
+
+def test_an_ask_alone_above_the_cap_says_so_and_has_no_retry_after() -> None:
+    """Issue 7 #9: waiting for the window to reset cannot help a request bigger than the cap."""
+    policy = make_policy(limits=(TOKENS_DAY,))
+    _, outcome = run(policy, {}, tokens=5000)
+    assert (outcome.decision, outcome.reason) == (Decision.DENY, Reason.LIMIT_EXCEEDED)
+    assert outcome.retry_after_seconds == 0
+    assert "this request alone asks 5,000 tokens, more than the cap of 1,000 tokens" in outcome.message
+    _, later = run(policy, {("u1", "tokens"): 990}, tokens=20)
+    assert later.retry_after_seconds > 0  # this one can succeed once the window resets
