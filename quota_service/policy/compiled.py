@@ -155,6 +155,13 @@ class Tier:
     thresholds: Thresholds
     on_store_error: StoreErrorMode
     reservation_ttl_seconds: int
+    #: A Commit may report at most this many times the reservation's estimate of a metric
+    #: (and at least this many units of it, whatever the estimate); more is refused for review.
+    commit_max_ratio: int = 10
+
+    def commit_bound(self, estimate: int) -> int:
+        """The most units of a metric a Commit may report against ``estimate`` units."""
+        return self.commit_max_ratio * max(estimate, 1)
 
     def allows_feature(self, feature: str) -> bool:
         return self.all_features or feature in self.features

@@ -93,6 +93,7 @@ def _tier(
         reservation_ttl_seconds=(
             model.reservation_ttl_seconds if tier.reservation_ttl_seconds is None else tier.reservation_ttl_seconds
         ),
+        commit_max_ratio=model.commit_max_ratio if tier.commit_max_ratio is None else tier.commit_max_ratio,
     )
 
 

@@ -93,6 +93,10 @@ TTL_MAX_SECONDS = 86_400
 DEFAULT_WARN_AT = Decimal("0.80")
 DEFAULT_BLOCK_AT = Decimal("0.95")
 DEFAULT_TTL_SECONDS = 300
+#: A Commit may report at most this many times its estimate of a metric (policy default) ...
+DEFAULT_COMMIT_RATIO = 10
+#: ... and a policy may allow at most this many (a bound of its own: the bound must bound).
+MAX_COMMIT_RATIO = 1_000_000
 
 #: Any number in a policy: at most this many significant digits ...
 MAX_NUMBER_DIGITS = 40
@@ -269,6 +273,12 @@ def _fraction(value: Decimal) -> Decimal:
     return value
 
 
+def _commit_ratio(value: int) -> int:
+    if not 1 <= value <= MAX_COMMIT_RATIO:
+        raise _error(f"must be a whole number from 1 to {MAX_COMMIT_RATIO}, got {describe(value)}")
+    return value
+
+
 def _supported_version(value: int) -> int:
     if value != SUPPORTED_VERSION:
         raise _error(f"unsupported version {describe(value)}; this service reads version {SUPPORTED_VERSION}")
@@ -407,6 +417,13 @@ TtlSeconds = Annotated[
     AfterValidator(_ttl_range),
     WithJsonSchema({"type": "integer", "minimum": TTL_MIN_SECONDS, "maximum": TTL_MAX_SECONDS}),
 ]
+CommitRatio = Annotated[
+    int,
+    BeforeValidator(_to_int),
+    AfterValidator(_commit_ratio),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_COMMIT_RATIO}),
+]
+"""How many times its estimate a Commit may report (per metric) before it is refused for review."""
 WindowKey = Annotated[Window, BeforeValidator(_window_key)]
 MetricKey = Annotated[str, StringConstraints(pattern=METRIC_NAME.pattern), BeforeValidator(_metric_key)]
 PricedMetricKey = Annotated[
@@ -496,6 +513,9 @@ class TierModel(_StrictModel):
     reservation_ttl_seconds: TtlSeconds | None = Field(
         default=None, description="Overrides the policy's reservation_ttl_seconds for this tier."
     )
+    commit_max_ratio: CommitRatio | None = Field(
+        default=None, description="Overrides the policy's commit_max_ratio for this tier."
+    )
 
 
 class PolicyModel(_StrictModel):
@@ -513,6 +533,14 @@ class PolicyModel(_StrictModel):
     thresholds: ThresholdsModel = Field(default_factory=ThresholdsModel, description="Default thresholds.")
     reservation_ttl_seconds: TtlSeconds = Field(
         default=DEFAULT_TTL_SECONDS, description="Seconds an uncommitted reservation lives before it settles."
+    )
+    commit_max_ratio: CommitRatio = Field(
+        default=DEFAULT_COMMIT_RATIO,
+        description=(
+            "A Commit reporting more than this many times its reservation's estimate of any metric (at least "
+            "this many units) is refused for review (FAILED_PRECONDITION): one buggy caller cannot charge the "
+            "company-wide counters past every cap."
+        ),
     )
     unpriced: UnpricedField = Field(
         default=UnpricedMode.DENY, description="What a provider/model with no price gets: deny or free."

@@ -54,6 +54,7 @@ def _tier_lines(tier: Tier, policy: CompiledPolicy) -> list[str]:
         f"  thresholds:       {_thresholds(tier.thresholds)}",
         f"  on_store_error:   {tier.on_store_error.value}",
         f"  reservation TTL:  {tier.reservation_ttl_seconds} s",
+        f"  commit at most:   {tier.commit_max_ratio}x the estimate",
     ]
     if tier.limits:
         lines.append("  limits:")

@@ -47,12 +47,13 @@ def test_summary_of_the_seed_plan() -> None:
         "on_store_error   deny",
     ]
     free = lines.index("tier free_alpha (default): Free Alpha")
-    assert lines[free : free + 15] == [
+    assert lines[free : free + 16] == [
         "tier free_alpha (default): Free Alpha",
         "  features:         basic_seo, blog_writer",
         "  thresholds:       warn at 80%, block at 95%",
         "  on_store_error:   deny",
         "  reservation TTL:  300 s",
+        "  commit at most:   10x the estimate",
         "  limits:",
         "    metric    window  max           warn at     block at",
         "    tokens    day     1,000 tokens  800 tokens  950 tokens",

@@ -31,6 +31,7 @@ def test_schema_describes_the_top_level_keys() -> None:
         "timezone",
         "thresholds",
         "reservation_ttl_seconds",
+        "commit_max_ratio",
         "unpriced",
         "on_store_error",
         "prices",
