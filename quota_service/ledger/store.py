@@ -209,7 +209,9 @@ def ledger_from_url(
 
     ``sqlite:///PATH`` (relative) or ``sqlite:////abs/PATH``; the file's directory is
     created. ``postgresql://user[:password]@host[:port]/db`` (``postgres://`` too). Nothing
-    connects yet: the first call (normally :meth:`Ledger.migrate`) does.
+    connects yet: the first call (normally :meth:`Ledger.migrate`) does. ``timeout_seconds``
+    bounds connecting, each statement, waiting for a pooled connection and (SQLite) waiting
+    for another writer's lock: past it a call raises :class:`LedgerUnavailable`.
     :class:`LedgerConfigError` for any other URL (the password never appears in the message)."""
     text = url.strip()
     if text.lower() == "none":
@@ -339,7 +341,10 @@ def _filters(subject: str, kinds: Iterable[EventKind]) -> list[sa.ColumnElement[
     where: list[sa.ColumnElement[bool]] = []
     if subject:
         where.append(events.c.subject == subject)
-    kind_numbers = sorted({int(EventKind(k)) for k in kinds})
+    try:
+        kind_numbers = sorted({int(EventKind(k)) for k in kinds})
+    except ValueError as exc:  # EVENT_KIND_UNSPECIFIED (0) or a number this version does not know
+        raise InvalidRequest(f"kinds: {exc}") from exc
     if kind_numbers:
         where.append(events.c.kind.in_(kind_numbers))
     return where

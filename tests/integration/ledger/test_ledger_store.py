@@ -165,6 +165,10 @@ async def test_bad_page_requests_are_refused(ledger: Ledger) -> None:
         await ledger.list_events(page_size=-1)
     with pytest.raises(InvalidRequest):
         await ledger.list_events(since_ms=-5)
+    with pytest.raises(InvalidRequest, match="kinds"):
+        await ledger.list_events(kinds=[0])  # type: ignore[list-item]
+    with pytest.raises(InvalidRequest, match="limit"):
+        await ledger.events_after(limit=0)
 
 
 async def test_tail_resumes_without_gap_or_duplicate_in_insertion_order(ledger: Ledger) -> None:
