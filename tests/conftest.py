@@ -11,6 +11,11 @@ end, also when tests fail.
 * ``redis_cluster_url`` (function): its URL, after ``FLUSHALL`` on every master.
 
 Mark tests that need these with ``pytest.mark.redis`` / ``pytest.mark.cluster``.
+
+* ``postgres_server`` (session): a real PostgreSQL cluster (:class:`LocalPostgres`) initialised
+  from the system's binaries on a free port, never the shared server on 5432; skipped with the
+  reason when the binaries are missing. Tests using it are marked ``postgres``.
+* ``postgres_url`` (function): the URL of a new, empty database on it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from support.postgres import LocalPostgres, find_postgres_bindir
 from support.redis_cluster import LocalRedisCluster
 
 from quota_service.store.embedded import EmbeddedRedis
@@ -57,3 +63,29 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRed
 def redis_cluster_url(redis_cluster: LocalRedisCluster) -> str:
     redis_cluster.flushall()
     return redis_cluster.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    bindir = find_postgres_bindir()
+    if bindir is None:
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found via pg_config, "
+            "/usr/lib/postgresql/*/bin or PATH: apt-get install postgresql"
+        )
+    server = LocalPostgres(bindir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: LocalPostgres, request: pytest.FixtureRequest) -> str:
+    if not postgres_server.running:  # an outage test that stopped it must not break the next
+        postgres_server.start_server()
+    postgres_server.databases += 1
+    name = f"t{postgres_server.databases}"
+    postgres_server.psql(f"CREATE DATABASE {name}")
+    return postgres_server.url(name)

@@ -72,6 +72,15 @@ class FakeChannel:
 
         return call
 
+    def unary_stream(self, method: str, **_: object) -> Callable[..., Iterator[Message]]:
+        """Server-streaming methods (``WatchEvents``): streams ``answers[Method]`` once."""
+        unary = self.unary_unary(method)
+
+        def call(request: Message, **kwargs: Any) -> Iterator[Message]:
+            yield unary(request, **kwargs)
+
+        return call
+
     def __enter__(self) -> FakeChannel:
         return self
 

@@ -1,3 +1,4 @@
+from quota.v1 import events_pb2 as _events_pb2
 from quota.v1 import quota_pb2 as _quota_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper

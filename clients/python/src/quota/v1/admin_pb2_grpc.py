@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from quota.v1 import admin_pb2 as quota_dot_v1_dot_admin__pb2
+from quota.v1 import events_pb2 as quota_dot_v1_dot_events__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -99,6 +100,16 @@ class AdminServiceStub:
                 request_serializer=quota_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=quota_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/quota.v1.AdminService/ListEvents',
+                request_serializer=quota_dot_v1_dot_events__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=quota_dot_v1_dot_events__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/quota.v1.AdminService/WatchEvents',
+                request_serializer=quota_dot_v1_dot_events__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=quota_dot_v1_dot_events__pb2.Event.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -182,6 +193,18 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +272,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=quota_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
                     response_serializer=quota_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=quota_dot_v1_dot_events__pb2.ListEventsRequest.FromString,
+                    response_serializer=quota_dot_v1_dot_events__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=quota_dot_v1_dot_events__pb2.WatchEventsRequest.FromString,
+                    response_serializer=quota_dot_v1_dot_events__pb2.Event.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -602,6 +635,60 @@ class AdminService:
             '/quota.v1.AdminService/ListAudit',
             quota_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
             quota_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota.v1.AdminService/ListEvents',
+            quota_dot_v1_dot_events__pb2.ListEventsRequest.SerializeToString,
+            quota_dot_v1_dot_events__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/quota.v1.AdminService/WatchEvents',
+            quota_dot_v1_dot_events__pb2.WatchEventsRequest.SerializeToString,
+            quota_dot_v1_dot_events__pb2.Event.FromString,
             options,
             channel_credentials,
             insecure,
