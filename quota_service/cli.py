@@ -61,6 +61,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="bearer token required by AdminService (env QUOTA_ADMIN_TOKEN)",
     )
     serve.add_argument(
+        "--viewer-token",
+        default=os.environ.get("QUOTA_VIEWER_TOKEN", ""),
+        help="bearer token for read-only AdminService calls (env QUOTA_VIEWER_TOKEN): usage, events, "
+        "top, stops, policy status, audit; every write is PERMISSION_DENIED",
+    )
+    serve.add_argument(
         "--insecure-admin",
         action="store_true",
         help="serve AdminService without a token (only on a loopback listen address)",

@@ -31,7 +31,7 @@ from quota.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc
 from quota_service.errors import QuotaServiceError
 from quota_service.quotas import Quotas
 from quota_service.server.admin import AdminServicer
-from quota_service.server.auth import AdminAuthInterceptor
+from quota_service.server.auth import AccessTokens, AdminAuthInterceptor
 from quota_service.server.servicers import QuotaServicer
 
 QUOTA_SERVICE = quota_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name
@@ -196,14 +196,17 @@ def is_loopback(listen: str) -> bool:
         return False
 
 
-def admin_mode(*, listen: str, admin_token: str, insecure_admin: bool) -> str | None:
-    """The token the admin plane requires; ``""`` for insecure loopback; ``None``: not served."""
-    if admin_token:
-        return admin_token
+def admin_mode(*, listen: str, admin_token: str, insecure_admin: bool, viewer_token: str = "") -> AccessTokens | None:
+    """Who may call the admin plane; ``None``: it is not served (no token, not insecure).
+    With only a viewer token, it is served read-only."""
+    if admin_token == viewer_token and admin_token:
+        raise ConfigurationError("--viewer-token must differ from --admin-token")
+    if admin_token or viewer_token:
+        return AccessTokens(admin=admin_token, viewer=viewer_token)
     if insecure_admin:
         if not is_loopback(listen):
             raise ConfigurationError("--insecure-admin is only allowed on a loopback listen address")
-        return ""
+        return AccessTokens(insecure=True)
     return None
 
 
@@ -214,6 +217,7 @@ async def create_server(
     admin: AdminServicer | None = None,
     admin_token: str = "",
     insecure_admin: bool = False,
+    viewer_token: str = "",
     tls: TlsFiles | None = None,
     reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
@@ -223,7 +227,7 @@ async def create_server(
     AdminService is registered only when :func:`admin_mode` says it is served.
     ``reuse_port``: bind with ``SO_REUSEPORT``, sharing the port with other processes that
     did the same; otherwise a port in use raises :class:`AddressInUse`."""
-    token = admin_mode(listen=listen, admin_token=admin_token, insecure_admin=insecure_admin)
+    token = admin_mode(listen=listen, admin_token=admin_token, insecure_admin=insecure_admin, viewer_token=viewer_token)
     interceptors = [AdminAuthInterceptor(token)] if token is not None else []
     server = grpc.aio.server(interceptors=interceptors, options=server_options(reuse_port=reuse_port))
     quota_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaServicer(quotas=quotas), server)

@@ -1,4 +1,12 @@
-"""Admin credentials: exactly one ``authorization: Bearer <token>`` on every AdminService call.
+"""Admin credentials and roles: exactly one ``authorization: Bearer <token>`` on every
+AdminService call, and what each token may do.
+
+Two roles (:class:`Role`): the **admin** token (``--admin-token``) may call everything; the
+**viewer** token (``--viewer-token``) may call the reads (:data:`READ_METHODS`: GetSubject,
+ListOverrides, ListStops, GetPolicyStatus, TopUsage, ListAudit, ListEvents, WatchEvents)
+and gets ``PERMISSION_DENIED`` on every write, so a backend or a dashboard reader does not
+hold the power to stop everything. :func:`authorize` is the one decision, shared by the gRPC
+interceptor and the HTTP face.
 
 The header is read by one function, :func:`bearer_token`, for the interceptor and for the
 audit log's actor alike (RFC 7235 credentials, RFC 6750 Bearer):
@@ -16,9 +24,11 @@ backend calls them on a private network or over mTLS).
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -27,6 +37,21 @@ from quota_service.errors import PermissionDenied, QuotaServiceError, Unauthenti
 from quota_service.server.status import abort_with
 
 ADMIN_PREFIX = "/quota.v1.AdminService/"
+#: AdminService methods a viewer may call: they change nothing.
+READ_METHODS = frozenset(
+    {
+        "GetSubject",
+        "ListOverrides",
+        "ListStops",
+        "GetPolicyStatus",
+        "TopUsage",
+        "ListAudit",
+        "ListEvents",
+        "WatchEvents",
+    }
+)
+#: AdminService methods that answer with a stream (their refusal must be a stream too).
+STREAMING_METHODS = frozenset({"WatchEvents"})
 AUTHORIZATION = "authorization"
 BEARER = "bearer"
 #: Optional whitespace around a header value (RFC 9110 section 5.5: OWS is SP / HTAB).
@@ -70,15 +95,49 @@ def actor_of(metadata: Metadata | None) -> str:
         return "anonymous"
 
 
+class Role(enum.Enum):
+    ADMIN = "admin"
+    VIEWER = "viewer"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessTokens:
+    """Who may call AdminService. ``admin``: the admin token ("" = none); ``viewer``: the
+    viewer token ("" = none); ``insecure``: every call is an admin call without a token
+    (``--insecure-admin``, loopback only)."""
+
+    admin: str = ""
+    viewer: str = ""
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.admin and self.admin == self.viewer:
+            raise ValueError("the viewer token must differ from the admin token")
+
+
+def authorize(tokens: AccessTokens, method: str, metadata: Metadata | None) -> Role:
+    """The caller's role for AdminService ``method`` (its bare name, e.g. ``"SetTier"``).
+
+    Raises :class:`Unauthenticated` (no usable Bearer credentials) or
+    :class:`PermissionDenied` (a token that is neither, or the viewer token on a write)."""
+    if tokens.insecure:
+        return Role.ADMIN
+    presented = bearer_token(metadata).encode()
+    if tokens.admin and hmac.compare_digest(presented, tokens.admin.encode()):
+        return Role.ADMIN
+    if tokens.viewer and hmac.compare_digest(presented, tokens.viewer.encode()):
+        if method not in READ_METHODS:
+            raise PermissionDenied(f"the viewer token may only read; {method} needs the admin token")
+        return Role.VIEWER
+    raise PermissionDenied("the admin token is not valid")
+
+
 class AdminAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Refuses AdminService calls whose bearer token is missing, ambiguous or wrong.
+    """Refuses AdminService calls whose bearer token is missing, ambiguous, wrong, or the
+    viewer token on a write (:func:`authorize`)."""
 
-    ``token`` empty means the server runs with ``--insecure-admin`` (loopback only):
-    every admin call is let through.
-    """
-
-    def __init__(self, token: str) -> None:
-        self._token = token.encode()
+    def __init__(self, tokens: AccessTokens) -> None:
+        self._tokens = tokens
 
     async def intercept_service(
         self,
@@ -86,19 +145,20 @@ class AdminAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         method = handler_call_details.method
-        if not self._token or not method.startswith(ADMIN_PREFIX):
+        if not method.startswith(ADMIN_PREFIX):
             return await continuation(handler_call_details)
+        name = method[len(ADMIN_PREFIX) :]
         try:
-            presented = bearer_token(handler_call_details.invocation_metadata)
-        except Unauthenticated as exc:
-            return _refuse(exc)
-        if not hmac.compare_digest(presented.encode(), self._token):
-            return _refuse(PermissionDenied("the admin token is not valid"))
+            authorize(self._tokens, name, handler_call_details.invocation_metadata)
+        except (Unauthenticated, PermissionDenied) as exc:
+            return _refuse(exc, streaming=name in STREAMING_METHODS)
         return await continuation(handler_call_details)
 
 
-def _refuse(error: QuotaServiceError) -> grpc.RpcMethodHandler[Any, Any]:
+def _refuse(error: QuotaServiceError, *, streaming: bool = False) -> grpc.RpcMethodHandler[Any, Any]:
     async def abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await abort_with(context, error)
 
+    if streaming:
+        return grpc.unary_stream_rpc_method_handler(abort)
     return grpc.unary_unary_rpc_method_handler(abort)

@@ -29,6 +29,7 @@ from quota_service.quotas import Quotas
 from quota_service.reload import LivePolicy
 from quota_service.server.admin import AdminServicer
 from quota_service.server.app import TlsFiles, admin_mode, create_server, ensure_free
+from quota_service.server.auth import AccessTokens
 from quota_service.stops import StopWatcher
 
 log = logging.getLogger("quota_service")
@@ -58,7 +59,12 @@ async def serve(args: argparse.Namespace) -> int:
     from quota_service.store.embedded import EmbeddedRedis
     from quota_service.store.redis_store import RedisCounterStore
 
-    token = admin_mode(listen=args.listen, admin_token=args.admin_token, insecure_admin=args.insecure_admin)
+    token = admin_mode(
+        listen=args.listen,
+        admin_token=args.admin_token,
+        insecure_admin=args.insecure_admin,
+        viewer_token=args.viewer_token,
+    )
     # Any TLS option asks for TLS: TlsFiles refuses an incomplete set, so a client CA without a
     # server certificate never ends up serving plaintext without the client check it asked for.
     # Checked before anything is started, so a refusal leaves no process behind.
@@ -91,6 +97,7 @@ async def serve(args: argparse.Namespace) -> int:
             admin=AdminServicer(admin=Admin(quotas=quotas, store=admin_store, stops=stops)),
             admin_token=args.admin_token,
             insecure_admin=args.insecure_admin,
+            viewer_token=args.viewer_token,
             tls=tls,
             reuse_port=args.reuse_port,
         )
@@ -110,7 +117,7 @@ async def serve(args: argparse.Namespace) -> int:
     log.info("listening on %s:%d (%s)", host, port, "TLS" if tls else "plaintext")
     log.info("policy version %s from %s; tiers: %s", status.version, ", ".join(status.files), ", ".join(status.tiers))
     log.info("store: %s", store_desc)
-    log.info("admin service: %s", "off (no --admin-token)" if token is None else ("token" if token else "INSECURE"))
+    log.info("admin service: %s", _describe_access(token))
     if args.port_file:
         Path(args.port_file).write_text(f"{port}\n")
 
@@ -146,6 +153,15 @@ async def _reload(policy: LivePolicy) -> None:
     # traceback; the last good policy stays. Nothing may escape into the loop's task handler.
     with contextlib.suppress(Exception):
         await asyncio.to_thread(policy.reload)
+
+
+def _describe_access(tokens: AccessTokens | None) -> str:
+    if tokens is None:
+        return "off (no --admin-token or --viewer-token)"
+    if tokens.insecure:
+        return "INSECURE (no token, loopback only)"
+    roles = [name for name, token in (("admin", tokens.admin), ("viewer (read-only)", tokens.viewer)) if token]
+    return "tokens: " + ", ".join(roles)
 
 
 def _redact(url: str) -> str:

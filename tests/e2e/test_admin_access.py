@@ -241,3 +241,31 @@ def test_while_redis_is_down_pro_is_allowed_and_free_is_denied(private_redis: Em
     finally:
         server.stop()
     assert "store unavailable" in server.log()
+
+
+def test_a_viewer_reads_but_cannot_stop_anything(redis_url: str, tmp_path: Path) -> None:
+    viewer = "viewer-" + uuid.uuid4().hex
+    server = ServerProcess(redis_url=redis_url, workdir=tmp_path, extra_args=("--viewer-token", viewer))
+    server.start()
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            admin = admin_pb2_grpc.AdminServiceStub(channel)
+            quota = quota_pb2_grpc.QuotaServiceStub(channel)
+            as_viewer = (("authorization", f"Bearer {viewer}"),)
+            as_admin = (("authorization", f"Bearer {server.admin_token}"),)
+            for rpc, request_message in ADMIN_CALLS:
+                call = getattr(admin, rpc)
+                if rpc in {"GetSubject", "ListStops", "TopUsage", "ListAudit"}:
+                    call(request_message, metadata=as_viewer, timeout=5)  # reads are allowed
+                    continue
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(request_message, metadata=as_viewer, timeout=5)
+                assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED, rpc
+                assert "viewer token may only read" in (refused.value.details() or "")
+            # nothing the viewer tried took effect: no stop, no tier change
+            assert list(admin.ListStops(admin_pb2.ListStopsRequest(), metadata=as_admin, timeout=5).stops) == []
+            assert ask(quota, "u1").decision == quota_pb2.ALLOW
+            got = admin.GetSubject(admin_pb2.GetSubjectRequest(subject="u1"), metadata=as_viewer, timeout=5)
+            assert got.tier == "free_alpha"
+    finally:
+        server.stop()

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from quota_service.errors import Unauthenticated
-from quota_service.server.auth import AdminAuthInterceptor, actor_of, bearer_token, token_fingerprint
+from quota_service.server.auth import AccessTokens, AdminAuthInterceptor, actor_of, bearer_token, token_fingerprint
 
 pytestmark = pytest.mark.unit
 
@@ -38,13 +38,20 @@ class CallDetails(grpc.HandlerCallDetails):
 PASSED: Any = grpc.unary_unary_rpc_method_handler(lambda request, context: "passed")
 
 
-async def intercept(metadata: Metadata, *, method: str = "/quota.v1.AdminService/ListStops", token: str = TOKEN) -> str:
+async def intercept(
+    metadata: Metadata,
+    *,
+    method: str = "/quota.v1.AdminService/ListStops",
+    token: str = TOKEN,
+    viewer: str = "",
+) -> str:
     """``passed`` when the call reaches the service, else ``CODE: details`` of the refusal."""
 
     async def continuation(details: grpc.HandlerCallDetails) -> Any:
         return PASSED
 
-    handler = await AdminAuthInterceptor(token).intercept_service(continuation, CallDetails(method, metadata))
+    tokens = AccessTokens(admin=token, viewer=viewer, insecure=not token and not viewer)
+    handler = await AdminAuthInterceptor(tokens).intercept_service(continuation, CallDetails(method, metadata))
     if handler is PASSED:
         return "passed"
     with pytest.raises(Aborted) as refused:
@@ -121,3 +128,36 @@ async def test_a_wrong_bearer_token_is_permission_denied(value: str) -> None:
 async def test_quota_calls_and_an_insecure_admin_plane_need_no_token() -> None:
     assert await intercept([], method="/quota.v1.QuotaService/CheckAndReserve") == "passed"
     assert await intercept([("authorization", "Basic x")], token="") == "passed"
+
+
+VIEWER = "viewer-token-of-the-dashboard"
+
+
+@pytest.mark.parametrize(
+    "method", ["GetSubject", "ListOverrides", "ListStops", "GetPolicyStatus", "TopUsage", "ListAudit", "ListEvents"]
+)
+async def test_the_viewer_token_may_read(method: str) -> None:
+    metadata = [("authorization", f"Bearer {VIEWER}")]
+    assert await intercept(metadata, method=f"/quota.v1.AdminService/{method}", viewer=VIEWER) == "passed"
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["SetTier", "SetOverride", "DeleteOverride", "EmergencyStop", "ResumeStop", "ReloadPolicies", "ResetUsage"],
+)
+async def test_the_viewer_token_may_not_write(method: str) -> None:
+    metadata = [("authorization", f"Bearer {VIEWER}")]
+    refused = await intercept(metadata, method=f"/quota.v1.AdminService/{method}", viewer=VIEWER)
+    assert refused == f"PERMISSION_DENIED: the viewer token may only read; {method} needs the admin token"
+    # the admin token still may
+    assert (
+        await intercept(
+            [("authorization", f"Bearer {TOKEN}")], method=f"/quota.v1.AdminService/{method}", viewer=VIEWER
+        )
+        == "passed"
+    )
+
+
+def test_the_viewer_token_must_differ_from_the_admin_token() -> None:
+    with pytest.raises(ValueError, match="differ"):
+        AccessTokens(admin="same", viewer="same")
