@@ -116,7 +116,7 @@ def test_without_a_token_or_insecure_admin_the_admin_service_is_not_served(redis
                     getattr(admin, rpc)(request_message, metadata=[("authorization", "Bearer x")], timeout=5)
                 assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED, rpc
             assert ask(quota_pb2_grpc.QuotaServiceStub(ch), subject()).decision == quota_pb2.ALLOW
-        assert "admin service: off (no --admin-token)" in server.log()
+        assert "admin service: off (no --admin-token or --viewer-token)" in server.log()
     finally:
         server.stop()
 
