@@ -37,6 +37,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="where the embedded Redis keeps its append-only file (env QUOTA_DATA_DIR; default: ./data)",
     )
     serve.add_argument(
+        "--ledger-url",
+        default=os.environ.get("QUOTA_LEDGER_URL", ""),
+        help="the ledger of every call and event (env QUOTA_LEDGER_URL): sqlite:///PATH, postgresql://... "
+        "(shared by replicas) or none; default: sqlite:///<data-dir>/ledger.db",
+    )
+    serve.add_argument(
         "--listen",
         default=os.environ.get("QUOTA_LISTEN", "127.0.0.1:50051"),
         help="HOST:PORT to listen on (env QUOTA_LISTEN; default 127.0.0.1:50051; port 0 picks a free one)",

@@ -8,6 +8,7 @@
     ├── NotFound
     │   └── EventNotFound        a tail resumed from an id the ledger does not hold (never
     │                            written, or past retention)                -> NOT_FOUND
+    ├── LedgerOff                an event read on a server whose ledger is off -> FAILED_PRECONDITION
     └── LedgerError              the ledger store answered with something that cannot be
         │                        right (a constraint other than the id, a schema mismatch):
         │                        a bug, not an outage                        -> INTERNAL
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from quota_service.errors import NotFound, QuotaServiceError
 
-__all__ = ["EventNotFound", "LedgerConfigError", "LedgerError", "LedgerUnavailable"]
+__all__ = ["EventNotFound", "LedgerConfigError", "LedgerError", "LedgerOff", "LedgerUnavailable"]
 
 
 class LedgerError(QuotaServiceError):
@@ -46,3 +47,7 @@ class LedgerConfigError(LedgerError):
 class EventNotFound(NotFound):
     """The event id to resume after is not in the ledger (never written, or removed by
     retention): the caller cannot resume without a possible gap and must start over."""
+
+
+class LedgerOff(QuotaServiceError):
+    """Events were asked of a server whose ledger is turned off (``--ledger-url none``)."""

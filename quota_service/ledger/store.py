@@ -359,6 +359,10 @@ class Ledger:
         self._postgres = engine.dialect.name == "postgresql"
         self._write_lock = asyncio.Lock()
 
+    def describe(self) -> str:
+        """The store for logs: the URL without its password."""
+        return self._engine.url.render_as_string(hide_password=True)
+
     @property
     def engine(self) -> AsyncEngine:
         """The engine, for the other tables of the ledger database (webhook deliveries)."""

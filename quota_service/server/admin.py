@@ -9,19 +9,26 @@ Amounts leave in the metric's own measure (USD for ``cost_usd``), times in unix 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
 
-from quota.v1 import admin_pb2, admin_pb2_grpc
+from quota.v1 import admin_pb2, admin_pb2_grpc, events_pb2
 from quota_service.admin import Admin, AuditRecord, UsageRow
+from quota_service.errors import InvalidRequest
+from quota_service.ledger.convert import event_to_proto
+from quota_service.ledger.errors import LedgerOff
+from quota_service.ledger.events import EventKind
+from quota_service.ledger.feed import EventFeed
 from quota_service.policy.domain import OverrideRecord
 from quota_service.policy.stops import EmergencyStop, StopScope
 from quota_service.policy.units import from_units
+from quota_service.policy.validation import validate_subject
 from quota_service.quotas import Quotas
 from quota_service.server import convert
 from quota_service.server.auth import actor_of
-from quota_service.server.status import grpc_errors
+from quota_service.server.status import grpc_errors, grpc_stream_errors
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -33,6 +40,22 @@ SCOPE_TO_WIRE: dict[StopScope, admin_pb2.StopScope] = {
     StopScope.SUBJECT: admin_pb2.SUBJECT,
 }
 SCOPE_FROM_WIRE: dict[int, StopScope] = {int(wire): scope for scope, wire in SCOPE_TO_WIRE.items()}
+
+
+#: Initial metadata of a WatchEvents stream once its starting point is fixed.
+WATCH_STARTED_HEADER = "quota-watch-started"
+
+
+def event_kinds(values: Iterable[int]) -> tuple[EventKind, ...]:
+    """Wire event kinds; an unknown number (EVENT_KIND_UNSPECIFIED too) is :class:`InvalidRequest`."""
+    kinds = []
+    for value in values:
+        try:
+            kind = EventKind(int(value))
+        except ValueError:
+            raise InvalidRequest(f"unknown event kind {int(value)}") from None
+        kinds.append(kind)
+    return tuple(kinds)
 
 
 def stop_scope(value: int) -> StopScope | None:
@@ -103,12 +126,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Every AdminService RPC. ``admin``: the core; without it, one is built over
     ``quotas``' Redis store (:func:`default_admin`)."""
 
-    def __init__(self, *, admin: Admin | None = None, quotas: Quotas | None = None) -> None:
+    def __init__(
+        self, *, admin: Admin | None = None, quotas: Quotas | None = None, feed: EventFeed | None = None
+    ) -> None:
         if admin is None:
             if quotas is None:
                 raise TypeError("AdminServicer needs admin= or quotas=")
             admin = default_admin(quotas)
         self._admin = admin
+        self._feed = feed
+
+    def _events(self) -> EventFeed:
+        if self._feed is None:
+            raise LedgerOff("the ledger is off (serve --ledger-url none): there are no events to read")
+        return self._feed
 
     # -- tiers --------------------------------------------------------------------------------
 
@@ -232,3 +263,37 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListAudit(self, request: admin_pb2.ListAuditRequest, context: Context) -> admin_pb2.ListAuditResponse:
         records = await self._admin.list_audit(limit=request.limit, subject=request.subject)
         return admin_pb2.ListAuditResponse(entries=[audit_message(r) for r in records])
+
+    # -- the event feed -------------------------------------------------------------------------
+
+    @grpc_errors
+    async def ListEvents(
+        self, request: events_pb2.ListEventsRequest, context: Context
+    ) -> events_pb2.ListEventsResponse:
+        if request.subject:
+            validate_subject(request.subject)
+        page, next_token = await self._events().list(
+            subject=request.subject,
+            kinds=event_kinds(request.kinds),
+            since_ms=request.since_ms,
+            until_ms=request.until_ms,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return events_pb2.ListEventsResponse(events=[event_to_proto(e) for e in page], next_page_token=next_token)
+
+    @grpc_stream_errors
+    async def WatchEvents(
+        self, request: events_pb2.WatchEventsRequest, context: Context
+    ) -> AsyncIterator[events_pb2.Event]:
+        if request.subject:
+            validate_subject(request.subject)
+
+        async def started() -> None:
+            # Initial metadata says the tail is live: whatever is stored from now on arrives.
+            await context.send_initial_metadata(((WATCH_STARTED_HEADER, "1"),))
+
+        async for event in self._events().watch(
+            subject=request.subject, kinds=event_kinds(request.kinds), after_id=request.after_id, on_start=started
+        ):
+            yield event_to_proto(event)

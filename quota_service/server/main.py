@@ -25,6 +25,9 @@ from grpc_health.v1 import health_pb2
 
 from quota_service.admin import Admin
 from quota_service.errors import PolicyError, QuotaServiceError
+from quota_service.ledger.errors import LedgerUnavailable
+from quota_service.ledger.feed import EventFeed
+from quota_service.ledger.store import Ledger, ledger_from_url
 from quota_service.quotas import Quotas
 from quota_service.reload import LivePolicy
 from quota_service.server.admin import AdminServicer
@@ -75,6 +78,8 @@ async def serve(args: argparse.Namespace) -> int:
         # (A port shared on purpose is checked by the bind itself, in create_server.)
         await asyncio.to_thread(ensure_free, args.listen)
     policy = LivePolicy(args.policies)
+    # Before the embedded Redis: a bad --ledger-url leaves nothing behind.
+    ledger = ledger_from_url(args.ledger_url or f"sqlite:///{Path(args.data_dir).resolve() / 'ledger.db'}")
     embedded: EmbeddedRedis | None = None
     redis_url = args.redis_url
     if not redis_url:
@@ -84,6 +89,8 @@ async def serve(args: argparse.Namespace) -> int:
         store_desc = f"embedded redis-server at {redis_url} (append-only file in {Path(args.data_dir).resolve()})"
     else:
         store_desc = _redact(redis_url)
+    ledger_ready = asyncio.create_task(_migrate(ledger)) if ledger is not None else None
+    feed = EventFeed(ledger=ledger) if ledger is not None else None
     store = RedisCounterStore.from_url(redis_url, timeout_seconds=args.store_timeout)
     admin_store = RedisAdminStore(counters=store)
     stops = StopWatcher(store=admin_store)
@@ -94,7 +101,7 @@ async def serve(args: argparse.Namespace) -> int:
         server, port, health_servicer = await create_server(
             quotas=quotas,
             listen=args.listen,
-            admin=AdminServicer(admin=Admin(quotas=quotas, store=admin_store, stops=stops)),
+            admin=AdminServicer(admin=Admin(quotas=quotas, store=admin_store, stops=stops), feed=feed),
             admin_token=args.admin_token,
             insecure_admin=args.insecure_admin,
             viewer_token=args.viewer_token,
@@ -102,6 +109,7 @@ async def serve(args: argparse.Namespace) -> int:
             reuse_port=args.reuse_port,
         )
     except BaseException:
+        await _close_ledger(ledger, ledger_ready)
         await stops.close()
         await store.close()
         if embedded is not None:
@@ -140,6 +148,7 @@ async def serve(args: argparse.Namespace) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await quotas.drain(1.0)
+        await _close_ledger(ledger, ledger_ready)
         await stops.close()
         await store.close()
         if embedded is not None:
@@ -153,6 +162,30 @@ async def _reload(policy: LivePolicy) -> None:
     # traceback; the last good policy stays. Nothing may escape into the loop's task handler.
     with contextlib.suppress(Exception):
         await asyncio.to_thread(policy.reload)
+
+
+async def _migrate(ledger: Ledger) -> None:
+    """Bring the ledger's schema up to date, retrying while the store is down: the quota path
+    never waits for the ledger (records wait in Redis meanwhile)."""
+    delay = 0.5
+    while True:
+        try:
+            await ledger.migrate()
+            log.info("ledger: %s, schema up to date", ledger.describe())
+            return
+        except LedgerUnavailable as exc:
+            log.error("ledger unavailable (%s); retrying in %.0f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+async def _close_ledger(ledger: Ledger | None, ready: asyncio.Task[None] | None) -> None:
+    if ready is not None and not ready.done():
+        ready.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ready
+    if ledger is not None:
+        await ledger.close()
 
 
 def _describe_access(tokens: AccessTokens | None) -> str:

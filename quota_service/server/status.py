@@ -14,10 +14,11 @@ instead of its own status.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -28,10 +29,12 @@ from quota_service.errors import (
     PermissionDenied,
     PolicyError,
     QuotaServiceError,
+    StoreDataError,
     StoreUnavailable,
     Unauthenticated,
 )
 from quota_service.escaping import visible
+from quota_service.ledger.errors import LedgerError, LedgerOff, LedgerUnavailable
 from quota_service.metrics import RPC_LATENCY
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,11 @@ MAX_STATUS_MESSAGE_BYTES = 1024
 TRUNCATED = "… (truncated)"
 
 STATUS_OF: dict[type[QuotaServiceError], grpc.StatusCode] = {
+    # More specific first is not needed: status_for walks the exception's MRO.
+    LedgerUnavailable: grpc.StatusCode.UNAVAILABLE,
+    LedgerError: grpc.StatusCode.INTERNAL,
+    LedgerOff: grpc.StatusCode.FAILED_PRECONDITION,
+    StoreDataError: grpc.StatusCode.INTERNAL,
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     PolicyError: grpc.StatusCode.FAILED_PRECONDITION,
@@ -103,5 +111,31 @@ def grpc_errors(method: Method) -> Method:
             )
         finally:
             latency.observe(time.perf_counter() - started)
+
+    return wrapper  # type: ignore[return-value]
+
+
+StreamMethod = TypeVar("StreamMethod", bound=Callable[..., AsyncIterator[Any]])
+
+
+def grpc_stream_errors(method: StreamMethod) -> StreamMethod:
+    """Wrap an ``async def Rpc(self, request, context)`` server-streaming method (an async
+    generator): the same mapping as :func:`grpc_errors`, for an error before or between messages."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            async for message in method(self, request, context):
+                yield message
+        except QuotaServiceError as exc:
+            await abort_with(context, exc)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("%s failed", name)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, status_message(f"internal error in {name}; see the server log")
+            )
 
     return wrapper  # type: ignore[return-value]

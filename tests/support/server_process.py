@@ -65,6 +65,9 @@ class ServerProcess:
             str(port_file),
             "--admin-token",
             self.admin_token,
+            # Every server its own data dir (the ledger's SQLite file lives there by default).
+            "--data-dir",
+            str(self.workdir / "data"),
             *self.extra_args,
         ]
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
