@@ -150,10 +150,6 @@ local function keep_text(key, text, at_ms)
   end
 end
 
-local function read_text(key)
-  return on_key('GET', key) or ''
-end
-
 -- -- counters ---------------------------------------------------------------------------
 
 -- used and held of a counter, as strings ("0" when absent).
@@ -183,19 +179,6 @@ end
 
 local function entry_metric(entry)
   return string.match(entry, '^[^:]*')
-end
-
--- Parses 'm=u m=u' into {m = number}.
-local function parse_amounts(key, text)
-  local amounts = {}
-  for _, item in ipairs(split(text, ' ')) do
-    local metric, units = string.match(item, '^([^=]+)=(.*)$')
-    if not metric then
-      data_error(key, 'not an amount: ' .. item)
-    end
-    amounts[metric] = int_of(key, 'amount of ' .. metric, units)
-  end
-  return amounts
 end
 
 -- -- records ----------------------------------------------------------------------------
