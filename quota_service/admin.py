@@ -37,7 +37,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from quota_service.clock import Clock, to_ms
-from quota_service.errors import InvalidRequest, NotFound, PolicyError, StoreUnavailable
+from quota_service.errors import InvalidRequest, NotFound, PolicyError, StoreDataError, StoreUnavailable
 from quota_service.policy.compiled import CompiledPolicy
 from quota_service.policy.domain import OverrideRecord, SubjectConfig
 from quota_service.policy.engine import LimitReport
@@ -402,7 +402,7 @@ class Admin:
         )
         try:
             await self.store.append_audit(record)
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, StoreDataError) as exc:
             log.error("audit entry NOT stored (%s); the change stands: %s", exc, record)
 
     async def list_audit(self, *, limit: int = 0, subject: str = "") -> list[AuditRecord]:
@@ -595,7 +595,7 @@ class Admin:
             return
         try:
             await self.stops.refresh()
-        except StoreUnavailable as exc:  # the watcher's own loops catch up
+        except (StoreUnavailable, StoreDataError) as exc:  # the watcher's own loops catch up
             log.warning("could not refresh the stop cache right after a change: %s", exc)
 
     # -- policies -----------------------------------------------------------------------------

@@ -62,6 +62,19 @@ def _build_parser() -> argparse.ArgumentParser:
         help="seconds a Redis call may take before on_store_error answers (env QUOTA_STORE_TIMEOUT)",
     )
     serve.add_argument(
+        "--grace-seconds",
+        type=int,
+        default=int(os.environ.get("QUOTA_GRACE_SECONDS", "60")),
+        help="seconds a request's answer and a settled reservation are kept after the reservation "
+        "expires: replays, repeated commits and late commits within it are honoured (env QUOTA_GRACE_SECONDS)",
+    )
+    serve.add_argument(
+        "--allow-eviction",
+        action="store_true",
+        help="start even though Redis' maxmemory-policy may evict keys (counters, reservations, stops "
+        "can then be lost): never for money",
+    )
+    serve.add_argument(
         "--admin-token",
         default=os.environ.get("QUOTA_ADMIN_TOKEN", ""),
         help="bearer token required by AdminService (env QUOTA_ADMIN_TOKEN)",

@@ -12,6 +12,14 @@ RPC_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 STORE_ERRORS = Counter("quota_store_errors_total", "Redis calls that failed or timed out", ["operation"])
+#: Damaged data in Redis, or a command Redis refused (StoreDataError: WRONGTYPE, a script
+#: error, out of memory): a bug or a lasting condition, not an outage. ``operation``:
+#: reserve | commit | release | usage | ... (incremented where it is answered, in quotas.py).
+STORE_DATA_ERRORS = Counter(
+    "quota_store_data_errors_total",
+    "Redis calls that found damaged data or were refused (StoreDataError)",
+    ["operation"],
+)
 POLICY_RELOAD_FAILURES = Counter("quota_policy_reload_failures_total", "Policy reloads that failed validation")
 POLICY_RELOADS = Counter("quota_policy_reloads_total", "Policy reloads that swapped in a new version")
 EMERGENCY_STOPS_ACTIVE = Gauge("quota_emergency_stops_active", "Emergency stops currently in force")

@@ -34,7 +34,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Protocol
 
-from quota_service.errors import StoreUnavailable
+from quota_service.errors import QuotaServiceError, StoreDataError, StoreUnavailable
 from quota_service.metrics import EMERGENCY_STOPS_ACTIVE
 from quota_service.policy.stops import EmergencyStop, StopScope
 
@@ -135,7 +135,7 @@ class StopWatcher:
             try:
                 await self.refresh()
                 break
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, StoreDataError) as exc:
                 self._failed(exc)
                 if attempt + 1 < attempts:
                     await asyncio.sleep(self._poll_interval)
@@ -163,7 +163,7 @@ class StopWatcher:
     async def _refresh_quietly(self) -> None:
         try:
             await self.refresh()
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, StoreDataError) as exc:
             self._failed(exc)
 
     async def _poll_loop(self) -> None:
@@ -177,7 +177,7 @@ class StopWatcher:
             try:
                 async for _ in changes:
                     await self._refresh_quietly()
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, StoreDataError) as exc:
                 log.debug("stop subscription lost (%s); subscribing again", exc)
             except Exception:  # a bug must not end the subscription for good; polling still runs
                 log.exception("stop subscription failed; subscribing again")
@@ -188,7 +188,7 @@ class StopWatcher:
 
     # -- logging loudly, not endlessly ------------------------------------------------------------
 
-    def _failed(self, exc: StoreUnavailable) -> None:
+    def _failed(self, exc: QuotaServiceError) -> None:
         now = self._monotonic()
         if self._failing_since is None:
             self._failing_since = now

@@ -2,7 +2,11 @@
 
 A window is identified by its start. Day and month windows begin at local midnight and
 on the 1st of the month in the policy's timezone (DST-aware: a local day can last 23 or
-25 hours); minute and hour windows begin on the local minute and hour.
+25 hours). An hour window starts at the latest instant whose local time has minute 0 and
+ends at the next such instant, a minute window likewise with second 0: so in a zone whose
+offset changes by 30 minutes (``Australia/Lord_Howe``) the hour around the change lasts 30
+or 90 minutes, and every instant is in exactly one window. Window starts are strictly
+increasing and window ids unique (a repeated local hour is told apart by its offset).
 
 Window ids appear in Redis keys (``q:{subject}:tokens:day:2026-11-24``):
 
@@ -15,8 +19,10 @@ Window ids appear in Redis keys (``q:{subject}:tokens:day:2026-11-24``):
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
+from typing import Final
 
 
 class Window(enum.StrEnum):
@@ -43,19 +49,71 @@ def _local_midnight(year: int, month: int, day: int, tz: tzinfo) -> datetime:
     return datetime(year, month, day, tzinfo=tz)
 
 
+#: Offset changes a search may cross before it gives up (a window holds one, rarely two).
+_MAX_TRANSITIONS: Final = 8
+
+
+def _offset(instant: int, tz: tzinfo) -> int:
+    """The zone's UTC offset (seconds) in force at the unix second ``instant``."""
+    offset = datetime.fromtimestamp(instant, tz).utcoffset()
+    return int(offset.total_seconds()) if offset is not None else 0
+
+
+def _first_with_offset(lo: int, hi: int, tz: tzinfo, offset: int, *, equal: bool) -> int:
+    """The first second in ``(lo, hi]`` whose offset is (``equal``) or is not ``offset``;
+    the offset changes once in between (bisection)."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if (_offset(mid, tz) == offset) == equal:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _boundary_at_or_before(instant: int, period: int, tz: tzinfo) -> int:
+    """The latest second <= ``instant`` whose local time is a whole multiple of ``period``
+    seconds (3600: minute 0; 60: second 0)."""
+    t = instant
+    for _ in range(_MAX_TRANSITIONS):
+        offset = _offset(t, tz)
+        candidate = t - (t + offset) % period
+        if _offset(candidate, tz) == offset:
+            return candidate
+        # The offset changed in (candidate, t]: no boundary of this offset there; look before the change.
+        t = _first_with_offset(candidate, t, tz, offset, equal=True) - 1
+    raise ValueError(f"no local {period} s boundary found before {instant} in {tz}")
+
+
+def _boundary_after(instant: int, period: int, tz: tzinfo) -> int:
+    """The earliest second > ``instant`` whose local time is a whole multiple of ``period``."""
+    t = instant + 1
+    for _ in range(_MAX_TRANSITIONS):
+        offset = _offset(t, tz)
+        candidate = t + (-(t + offset)) % period
+        if _offset(candidate, tz) == offset:
+            return candidate
+        # The offset changed in (t, candidate]: look from the change on.
+        t = _first_with_offset(t, candidate, tz, offset, equal=False)
+    raise ValueError(f"no local {period} s boundary found after {instant} in {tz}")
+
+
+def _clock_span(window: Window, period: int, now: datetime, tz: tzinfo) -> WindowSpan:
+    start = _boundary_at_or_before(math.floor(now.timestamp()), period, tz)
+    end = _boundary_after(start, period, tz)
+    window_id = datetime.fromtimestamp(start, tz).isoformat(timespec="minutes")
+    return WindowSpan(window, window_id, start, end)
+
+
 def window_span(window: Window, now: datetime, tz: tzinfo) -> WindowSpan:
     """The window of kind ``window`` that contains the aware instant ``now``."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    local = now.astimezone(tz)
     if window is Window.MINUTE:
-        start_dt = local.replace(second=0, microsecond=0)
-        start = int(start_dt.timestamp())
-        return WindowSpan(window, start_dt.isoformat(timespec="minutes"), start, start + 60)
+        return _clock_span(window, 60, now, tz)
     if window is Window.HOUR:
-        start_dt = local.replace(minute=0, second=0, microsecond=0)
-        start = int(start_dt.timestamp())
-        return WindowSpan(window, start_dt.isoformat(timespec="minutes"), start, start + 3600)
+        return _clock_span(window, 3600, now, tz)
+    local = now.astimezone(tz)
     if window is Window.DAY:
         start_dt = _local_midnight(local.year, local.month, local.day, tz)
         following = (start_dt.replace(tzinfo=None) + timedelta(days=1)).date()

@@ -20,20 +20,24 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from grpc_health.v1 import health_pb2
 
 from quota_service.admin import Admin
-from quota_service.errors import PolicyError, QuotaServiceError
+from quota_service.errors import PolicyError, QuotaServiceError, StoreUnavailable
 from quota_service.ledger.errors import LedgerUnavailable
 from quota_service.ledger.feed import EventFeed
 from quota_service.ledger.store import Ledger, ledger_from_url
 from quota_service.quotas import Quotas
 from quota_service.reload import LivePolicy
 from quota_service.server.admin import AdminServicer
-from quota_service.server.app import TlsFiles, admin_mode, create_server, ensure_free
+from quota_service.server.app import ConfigurationError, TlsFiles, admin_mode, create_server, ensure_free
 from quota_service.server.auth import AccessTokens
 from quota_service.stops import StopWatcher
+
+if TYPE_CHECKING:
+    from quota_service.store.redis_store import RedisCounterStore
 
 log = logging.getLogger("quota_service")
 
@@ -91,11 +95,12 @@ async def serve(args: argparse.Namespace) -> int:
         store_desc = _redact(redis_url)
     ledger_ready = asyncio.create_task(_migrate(ledger)) if ledger is not None else None
     feed = EventFeed(ledger=ledger) if ledger is not None else None
-    store = RedisCounterStore.from_url(redis_url, timeout_seconds=args.store_timeout)
+    store = RedisCounterStore.from_url(redis_url, timeout_seconds=args.store_timeout, grace_seconds=args.grace_seconds)
     admin_store = RedisAdminStore(counters=store)
     stops = StopWatcher(store=admin_store)
     quotas = Quotas(policy=policy, store=store, stops=stops)
     try:
+        await _check_eviction(store, allow=args.allow_eviction)
         # Before serving: a replica never answers without knowing the emergency stops.
         await stops.start()
         server, port, health_servicer = await create_server(
@@ -162,6 +167,21 @@ async def _reload(policy: LivePolicy) -> None:
     # traceback; the last good policy stays. Nothing may escape into the loop's task handler.
     with contextlib.suppress(Exception):
         await asyncio.to_thread(policy.reload)
+
+
+async def _check_eviction(store: RedisCounterStore, *, allow: bool) -> None:
+    """Refuse to serve on a Redis that may evict keys (unless ``allow``): an evicted counter
+    hands spent money back, an evicted reservation or stop is silently lost."""
+    try:
+        problem = await store.check_eviction_policy()
+    except StoreUnavailable as exc:
+        log.warning("could not check Redis' maxmemory-policy now (%s); it must be 'noeviction'", exc)
+        return
+    if problem is None:
+        return
+    if problem.refuse and not allow:
+        raise ConfigurationError(problem.message)
+    log.warning("%s", problem.message)
 
 
 async def _migrate(ledger: Ledger) -> None:

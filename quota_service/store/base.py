@@ -12,8 +12,10 @@ Concurrency guarantees every implementation must give:
   one atomic step (one Lua script per Redis slot). The subject's charges go first; the
   company-wide (global) charges second, in their own slot; if the global step denies, the
   subject's part is released before ``reserve`` returns (compensation).
-* A repeated ``request_id`` (while its record lives) returns the first outcome, marked
-  ``replayed``, and counts nothing again.
+* A repeated ``request_id`` (within the reservation's lifetime plus the store's grace
+  period) returns the first outcome, marked ``replayed``, with the values and the
+  ``answer`` text recorded then, and counts nothing again: it is never re-judged, and never
+  changes, settles or releases the reservation. After that it is decided afresh.
 * ``commit`` and ``release`` of a settled reservation change nothing and say so.
 * A reservation neither committed nor released by ``expires_at`` is settled at its
   estimate (held -> used) the next time any of the subject's (or the global) counters is
@@ -34,8 +36,11 @@ from quota_service.policy.domain import CounterCharge, CounterRef, CounterValue,
 class ReserveCommand:
     """Everything ``reserve`` needs.
 
-    ``reservation_id``: the id to use if this is a new reservation (made by the server,
-    see :func:`quota_service.store.keys.new_reservation_id`); a replay returns the first one.
+    ``reservation_id``: the id to base a new reservation's on (made by the server, see
+    :func:`quota_service.store.keys.new_reservation_id`); with a ``request_id`` the store
+    names the reservation's record after (subject, request_id) and keeps only the id's
+    random generation (:func:`quota_service.store.keys.for_request`), so the id in the
+    result may differ from this one; a replay returns the first reservation's id.
     ``config_version``: the subject's config version the plan was built from, or ``None``
     to skip the check; when Redis holds another version, nothing is written and the result
     is ``stale_config``. ``estimate``: the request's usage per metric (units, counted or only
@@ -59,6 +64,9 @@ class ReserveCommand:
     #: Opaque text the store keeps with the request_id's recorded answer and hands back,
     #: unchanged, on every replay (the core encodes the plan's limits in it, so a replay is
     #: answered from the first decision, never re-judged under a later policy or config).
+    #: The store keeps one copy per subject and distinct text (content-addressed), so it
+    #: should hold what many requests share (the plan), not per-request values: those come
+    #: back in ``ReserveResult.values``.
     answer: str = ""
 
 
@@ -73,8 +81,11 @@ class ReserveStatus(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class ReserveResult:
     """``values`` maps every counter of the command to its value *before* this
-    reservation (for a replay: the values recorded when it was first decided).
-    A dry run reports ``CHECKED`` whatever the gates say; the engine decides."""
+    reservation. For a replay: the values recorded when it was first decided; current
+    values for a counter the first decision did not involve, and for the company-wide
+    counters of a reservation committed or released since (its company-wide part is
+    forgotten at settlement). A dry run reports ``CHECKED`` whatever the gates say; the
+    engine decides."""
 
     status: ReserveStatus
     reservation_id: str
@@ -94,6 +105,10 @@ class ReservationState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
+    """A reservation's record. Once committed or released only what repeated settlements
+    and replays read is kept: ``asks`` is then empty (nothing is held) and
+    ``created_at_ms`` 0; ``estimate``, ``rates``, ``meta`` and ``expires_at`` stay."""
+
     reservation_id: str
     subject: str
     state: ReservationState
@@ -106,17 +121,43 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
+class SettledCounter:
+    """What one settlement did to one counter of the reservation (one window).
+
+    ``counter`` names the window the reservation was made in (``window_id``, and
+    ``resets_at``: when it ended or ends), which after a rollover is no longer the current
+    one. ``used_delta``/``held_delta``: units added to ``used``/``held`` (negative: taken
+    off), e.g. a commit of an open reservation adds the actual to ``used`` and takes the
+    ask off ``held``; a late commit after expiry adds ``actual - ask`` to ``used``.
+    ``lost``: the counter no longer exists (past its retention, or reset): nothing was
+    applied to it; the amounts say what would have been."""
+
+    counter: CounterRef
+    used_delta: int
+    held_delta: int
+    lost: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SettleResult:
     """``already_settled``: the reservation was committed or released before; nothing changed.
-    ``values``: the counters of the reservation after settling."""
+    ``values``: the counters of the reservation after settling (for a repeated settlement:
+    the subject's counters now; a company-wide part is forgotten once settled).
+    ``windows``: what this settlement applied, per counter (subject and company-wide);
+    empty when nothing was applied."""
 
     already_settled: bool
     values: Mapping[CounterRef, CounterValue]
+    windows: tuple[SettledCounter, ...] = ()
 
 
 class CounterStore(Protocol):
     """Counters, reservations and per-subject config. Every method may raise
-    :class:`quota_service.errors.StoreUnavailable`; none may hang past its deadline."""
+    :class:`quota_service.errors.StoreUnavailable` (an outage: unreachable, timing out,
+    failing over, or the request's deadline passed) or
+    :class:`quota_service.errors.StoreDataError` (damaged data, a refused command, out of
+    memory: a bug or a lasting condition, never answered by ``on_store_error``); none may
+    hang past its deadline."""
 
     async def reserve(self, command: ReserveCommand) -> ReserveResult: ...
 

@@ -1,73 +1,177 @@
-"""Redis key layout. Every key of one subject carries the hash tag ``{subject}``, so one
-Lua script touches one cluster slot; company-wide keys live under ``{__global__}``.
+"""Redis key layout and reservation ids.
 
-=======================================  =========================================================
-key                                      holds
-=======================================  =========================================================
-``q:{S}:<metric>:<window>:<window_id>``  hash ``used``, ``held`` (units); expires after the window
-``r:{S}:<reservation_id>``               hash: the reservation record (state, charges, meta, ...)
-``i:{S}:<request_id>``                   the reservation id (or denial record) of a request_id
-``z:{S}:open``                           zset: open reservation ids scored by expires_at (ms)
-``c:{S}``                                hash: subject config (``tier``, ``version``)
-``o:{S}``                                hash: overrides, field ``<metric>:<window>`` -> JSON
-=======================================  =========================================================
+Every key of one subject carries the hash tag ``{S}`` (``S`` the subject id, or
+``__global__`` for company-wide keys), so one Lua script touches one cluster slot. Key
+kinds are one letter (mirrored in ``lua/lib.lua``'s ``KEY`` table; a unit test checks both
+agree); what each key holds, how long it lives and why:
 
-``S`` is the subject id or ``__global__``. Subject ids never contain ``{``, ``}``,
-whitespace or control characters (validated at the edge), so the tag is exactly ``S``.
+===========================================  ================================================================
+key                                          holds; lives
+===========================================  ================================================================
+``q:{S}:<metric>:<window>:<window_id>``      hash ``used``, ``held`` (units). Until the window's end plus the
+                                             store's ``retention_seconds`` (1 day): late commits land on it.
+``r:{S}:<name>``                             one request's record (see :mod:`quota_service.store.protocol`):
+                                             while its reservation is **open** (or **expired**, i.e. settled
+                                             at its estimate), a hash with everything a settlement needs;
+                                             once **committed or released**, or for a **denied** request, a
+                                             tombstone string of about 60 bytes with just what replays and
+                                             repeated settlements read. It is the request_id's recorded answer
+                                             too: ``name`` is derived from (subject, request_id). Open: as long
+                                             as the counters it holds on (the sweep must find it); expired:
+                                             ``max(now, expires) + grace``; tombstone: ``max(now, expires) +
+                                             grace``. In ``{__global__}``, ``name`` is the whole nonce of the
+                                             reservation id, and the record is deleted once committed or
+                                             released (replays answer from the subject's record).
+``z:{S}:open``                               zset: names of the open records, scored by expires_ms (the sweep
+                                             settles them at their estimate). As long as its longest record.
+``a:{S}:<digest>``                           the shared part of records, content-addressed: the estimated
+                                             metrics, rates, meta and the recorded ``answer`` text. As long as
+                                             the longest record naming it (many requests share one).
+``l:{S}:<digest>``                           a tombstone's plan digest and counters (``<metric>:<window>:
+                                             <window_id>@<resets_at>`` each; own, then company-wide),
+                                             content-addressed. As long as the longest tombstone naming it.
+``c:{S}``                                    hash: subject config (``tier``, ``version``). No expiry.
+``o:{S}``                                    hash: overrides, field ``<metric>:<window>`` -> JSON. No expiry.
+===========================================  ================================================================
+
+Subject ids never contain ``{``, ``}``, whitespace or control characters (validated at
+the edge), so the tag is exactly ``S``.
+
+A reservation id is ``rsv_<base64url(subject)>.<nonce>``: the subject tells the server
+which slot to look in; the nonce is 32 characters of ``[A-Za-z0-9_-]``: the record's name
+(16) and its generation (16, random). With a request_id, the name is derived from
+(subject, request_id) (a replay returns the id anyway, so this leaks nothing), which
+makes the record its request_id's answer; the random generation keeps the id
+unguessable and tells a reservation from a later one of the same request_id (made after
+the first was forgotten).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import re
 import secrets
+from dataclasses import dataclass
+from typing import Final
 
 from quota_service.errors import InvalidRequest, shown
 from quota_service.policy.domain import CounterRef
 
-RESERVATION_PREFIX = "rsv_"
+RESERVATION_PREFIX: Final = "rsv_"
 #: The longest reservation id this service issues: the prefix, base64 of a subject of at most
 #: 256 bytes (344 characters), a dot and the nonce.
-MAX_RESERVATION_ID_CHARS = 400
+MAX_RESERVATION_ID_CHARS: Final = 400
+#: Characters of a reservation id's nonce: the record name, then the generation.
+NONCE_CHARS: Final = 32
+NAME_CHARS: Final = 16
+_NONCE: Final = re.compile(r"[A-Za-z0-9_-]{32}")
+
+#: Key kinds (the first letter of every key); mirrored in lua/lib.lua's KEY table.
+COUNTER: Final = "q"
+RECORD: Final = "r"
+OPEN: Final = "z"
+PLAN: Final = "a"
+LAYOUT: Final = "l"
+CONFIG: Final = "c"
+OVERRIDES: Final = "o"
 
 
 def tag(scope: str) -> str:
     return "{" + scope + "}"
 
 
+def _key(kind: str, scope: str, name: str) -> str:
+    return f"{kind}:{{{scope}}}:{name}"
+
+
+def counter_name(ref: CounterRef) -> str:
+    """The part of a counter's key after its scope: ``<metric>:<window>:<window_id>``."""
+    return f"{ref.metric}:{ref.window.value}:{ref.window_id}"
+
+
 def counter_key(ref: CounterRef) -> str:
-    return f"q:{tag(ref.scope)}:{ref.metric}:{ref.window.value}:{ref.window_id}"
+    return _key(COUNTER, ref.scope, counter_name(ref))
 
 
-def reservation_key(scope: str, reservation_id: str) -> str:
-    return f"r:{tag(scope)}:{reservation_id}"
-
-
-def request_key(scope: str, request_id: str) -> str:
-    return f"i:{tag(scope)}:{request_id}"
+def record_key(scope: str, name: str) -> str:
+    return _key(RECORD, scope, name)
 
 
 def open_set_key(scope: str) -> str:
-    return f"z:{tag(scope)}:open"
+    return _key(OPEN, scope, "open")
+
+
+def plan_key(scope: str, digest: str) -> str:
+    return _key(PLAN, scope, digest)
+
+
+def layout_key(scope: str, digest: str) -> str:
+    return _key(LAYOUT, scope, digest)
 
 
 def config_key(subject: str) -> str:
-    return f"c:{tag(subject)}"
+    return f"{CONFIG}:{tag(subject)}"
 
 
 def overrides_key(subject: str) -> str:
-    return f"o:{tag(subject)}"
+    return f"{OVERRIDES}:{tag(subject)}"
 
 
-def new_reservation_id(subject: str) -> str:
-    """An opaque, unguessable id that still tells the server which slot to look in:
-    ``rsv_<base64url(subject)>.<32 hex>``."""
-    encoded = base64.urlsafe_b64encode(subject.encode()).decode().rstrip("=")
-    return f"{RESERVATION_PREFIX}{encoded}.{secrets.token_hex(16)}"
+def digest(text: str) -> str:
+    """8 characters (48 bits) naming ``text`` among one subject's shared texts."""
+    return base64.urlsafe_b64encode(hashlib.blake2b(text.encode(), digest_size=6).digest()).decode()
 
 
-def subject_of(reservation_id: str) -> str:
-    """The subject a reservation id belongs to; :class:`InvalidRequest` if it is not one of ours."""
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def request_name(subject: str, request_id: str) -> str:
+    """The record name of ``request_id``'s answer (16 characters, the same for every replay)."""
+    raw = hashlib.blake2b(f"{subject}\0{request_id}".encode(), digest_size=12, person=b"quota-request").digest()
+    return _b64(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationName:
+    """A reservation id taken apart: whose it is, its record's name and its generation."""
+
+    subject: str
+    name: str
+    generation: str
+
+    @property
+    def nonce(self) -> str:
+        return self.name + self.generation
+
+    @property
+    def reservation_id(self) -> str:
+        return f"{RESERVATION_PREFIX}{_b64(self.subject.encode())}.{self.nonce}"
+
+
+def new_reservation_id(subject: str, request_id: str = "") -> str:
+    """An unguessable id for a new reservation of ``subject``: ``rsv_<base64url(subject)>.<nonce>``.
+
+    With ``request_id``, the record name is :func:`request_name` (the store derives it
+    anyway, see :func:`for_request`); the generation is always random."""
+    name = request_name(subject, request_id) if request_id else _b64(secrets.token_bytes(12))
+    return ReservationName(subject, name, _b64(secrets.token_bytes(12))).reservation_id
+
+
+def for_request(reservation_id: str, request_id: str) -> ReservationName:
+    """The reservation a command with ``reservation_id`` and ``request_id`` makes: the
+    generation of ``reservation_id`` with the record name of ``request_id`` (unchanged
+    without one). :class:`InvalidRequest` if the id is not one of ours."""
+    parsed = parse(reservation_id)
+    if not request_id:
+        return parsed
+    return ReservationName(parsed.subject, request_name(parsed.subject, request_id), parsed.generation)
+
+
+def parse(reservation_id: str) -> ReservationName:
+    """The parts of a reservation id; :class:`InvalidRequest` if it is not one of ours."""
     if (
         len(reservation_id) > MAX_RESERVATION_ID_CHARS
         or not reservation_id.startswith(RESERVATION_PREFIX)
@@ -75,7 +179,7 @@ def subject_of(reservation_id: str) -> str:
     ):
         raise InvalidRequest(f"reservation_id {shown(reservation_id)} is not a reservation id issued by this service")
     encoded, _, nonce = reservation_id[len(RESERVATION_PREFIX) :].rpartition(".")
-    if len(nonce) != 32:
+    if not _NONCE.fullmatch(nonce):
         raise InvalidRequest(f"reservation_id {shown(reservation_id)} is malformed")
     try:
         padded = encoded + "=" * (-len(encoded) % 4)
@@ -84,4 +188,9 @@ def subject_of(reservation_id: str) -> str:
         raise InvalidRequest(f"reservation_id {shown(reservation_id)} is malformed") from exc
     if not subject:
         raise InvalidRequest(f"reservation_id {shown(reservation_id)} is malformed")
-    return subject
+    return ReservationName(subject, nonce[:NAME_CHARS], nonce[NAME_CHARS:])
+
+
+def subject_of(reservation_id: str) -> str:
+    """The subject a reservation id belongs to; :class:`InvalidRequest` if it is not one of ours."""
+    return parse(reservation_id).subject

@@ -1,26 +1,34 @@
 """``RedisCounterStore``: the :class:`~quota_service.store.base.CounterStore` on Redis or Redis Cluster.
 
 Every state change is one Lua script (``store/lua/*.lua``) touching the keys of one hash
-tag, hence one cluster slot (see :mod:`quota_service.store.keys`):
+tag, hence one cluster slot (see :mod:`quota_service.store.keys` for the keys and how long
+each lives, :mod:`quota_service.store.protocol` for what crosses to Lua):
 
-* ``reserve.lua`` checks every charge of one scope and holds all of them or none. It runs
-  once for the subject and, when the plan has company-wide charges, once more for
-  ``__global__`` (a second slot, keyed by the reservation id for idempotency). If the
-  global step denies, ``settle.lua`` releases the subject's part and records the global
-  denial in the same atomic step, so a replay of the request answers ``DENIED_GLOBAL``.
-* ``settle.lua`` commits or releases one reservation of one scope.
-* ``usage.lua`` reads counters after settling the scope's expired reservations.
+* ``reserve.lua`` answers a replay from the request's record, or checks every charge of
+  one scope and holds all of them or none. It runs once for the subject and, when the plan
+  has company-wide charges, once more for ``__global__`` (a second slot; those steps are
+  group-committed, ``reserve_batch.lua``). If the global step denies, ``settle.lua``
+  releases the subject's part and records the global denial in the same atomic step, so
+  a replay of the request answers ``DENIED_GLOBAL``.
+* ``settle.lua`` commits, releases, withdraws or compensates one record of one scope.
+* ``usage.lua`` reads counters after settling the scope's expired reservations;
+  ``record.lua`` reads one record for :meth:`RedisCounterStore.get_reservation`.
 * ``config_get.lua`` / ``config_write.lua`` read and write a subject's tier and overrides;
   every write bumps the subject's config version in the same step.
 
-Deadlines: every Redis round trip is bounded by ``timeout_seconds`` (``asyncio.timeout``
-plus socket timeouts); a method making several round trips (``reserve`` with a global
-step, ``commit`` of a reservation with a global part) may take up to that many times it.
-A write that timed out may still be applied once Redis answers again: its outcome is
-unknown, and retrying ``reserve`` with the same ``request_id`` (or ``commit``/``release``)
-is safe, since each counts once. Every Redis, connection or timeout error leaves this module as
-:class:`~quota_service.errors.StoreUnavailable`: this is the one place where third-party
-exceptions are translated.
+Failures: :func:`bounded_call` is the one place where redis-py's (and the OS's, and the
+deadline's) exceptions are translated. An outage (connection refused or lost, timeout,
+the request's deadline passed, Redis loading or busy with a script, a cluster failing over
+or reconfiguring, a read-only replica after a failover) becomes
+:class:`~quota_service.errors.StoreUnavailable`; anything Redis refuses otherwise
+(WRONGTYPE, a script error, out of memory, ...) and any reply that does not parse becomes
+:class:`~quota_service.errors.StoreDataError`, naming the key, logged once at ERROR.
+
+Deadlines: every Redis round trip is bounded by ``timeout_seconds`` cut to what is left of
+the request's deadline (:func:`quota_service.deadline.budget`); once that is gone, no I/O
+is attempted. A write that timed out may still be applied once Redis answers again: its
+outcome is unknown, and retrying ``reserve`` with the same ``request_id`` (or
+``commit``/``release``) is safe, since each counts once.
 
 Units: counter amounts are whole integer units (micro-dollars for ``cost_usd``), at most
 :data:`~quota_service.policy.units.MAX_UNITS`; times are unix milliseconds (``now_ms``)
@@ -30,9 +38,12 @@ or unix seconds (``*_at``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import importlib.resources
 import json
+import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,9 +54,21 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    InvalidResponse,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from quota_service.errors import InvalidRequest, NotFound, StoreUnavailable
+from quota_service import deadline
+from quota_service.errors import InvalidRequest, NotFound, StoreDataError, StoreUnavailable
 from quota_service.policy.domain import (
     GLOBAL_SCOPE,
     CounterCharge,
@@ -56,29 +79,37 @@ from quota_service.policy.domain import (
 )
 from quota_service.policy.units import MAX_UNITS, validate_metric_name
 from quota_service.policy.windows import WINDOW_ORDER, Window
-from quota_service.store import keys
+from quota_service.store import keys, protocol
 from quota_service.store.base import (
     Reservation,
     ReservationState,
     ReserveCommand,
     ReserveResult,
     ReserveStatus,
+    SettledCounter,
     SettleResult,
 )
 from quota_service.store.batching import GroupCommit
+from quota_service.store.protocol import NO, YES, Outcome, Settle, State, Status, Step
 
-__all__ = ["RedisCounterStore"]
+__all__ = ["EvictionProblem", "RedisCounterStore", "bounded_call"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: How long a counter key outlives its window (seconds): late commits still land on it.
 COUNTER_RETENTION_SECONDS: Final = 86_400
+#: How long (seconds) a request's answer and a settled reservation are kept after the
+#: reservation's expiry: replays and repeated or late settlements within it are honoured.
+GRACE_SECONDS: Final = 60
 #: Open reservations settled at their estimate per script call (bounds a script's run time).
 SWEEP_LIMIT: Final = 100
 
-_SCRIPT_NAMES: Final = ("reserve", "reserve_batch", "settle", "usage", "config_get", "config_write")
-#: Scripts that call the functions of ``lib.lua`` (prepended to their text) ...
-_NEEDS_LIB: Final = frozenset({"reserve", "reserve_batch", "settle", "usage"})
+_SCRIPT_NAMES: Final = ("reserve", "reserve_batch", "settle", "usage", "record", "config_get", "config_write")
+#: Scripts that use the constants and functions of ``lib.lua`` (prepended to their text) ...
+_NEEDS_LIB: Final = frozenset({"reserve", "reserve_batch", "settle", "usage", "record"})
 #: ... and of ``reserve_core.lua`` (prepended after it).
 _NEEDS_RESERVE_CORE: Final = frozenset({"reserve", "reserve_batch"})
 #: Most global steps one batched script call carries.
@@ -86,20 +117,93 @@ GLOBAL_BATCH: Final = 64
 _CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _PLAIN_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
 
-#: What a store error looks like coming out of redis-py (or the OS, or the deadline).
+#: What a store error looks like coming out of redis-py (or the OS).
 STORE_ERRORS: Final = (RedisError, RedisClusterException, OSError)
+#: redis-py errors that mean "Redis is not answering correctly right now": an outage.
+_OUTAGES: Final = (
+    RedisConnectionError,  # refused, reset, BusyLoadingError (LOADING), authentication, pool exhausted
+    RedisTimeoutError,
+    ClusterError,  # CLUSTERDOWN, MASTERDOWN, redirections exhausted
+    RedisClusterException,  # slot not covered, no node reachable
+    ReadOnlyError,  # a replica after a failover
+    TryAgainError,  # a slot migrating
+    AskError,  # MOVED / ASK not followed
+    InvalidResponse,  # garbage on the wire
+    OSError,
+)
+#: Error codes of a refusal that is an outage, also when a script reports it (Redis 6.2
+#: wraps a command's error inside a script as ``... @user_script: N: -CODE ...``).
+_OUTAGE_CODES: Final = frozenset(
+    {"BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "NOREPLICAS", "MOVED", "ASK"}
+)
+_ERROR_CODE: Final = re.compile(r"(?:^|: -)([A-Z]+)\b")
+#: How the scripts report damaged data: ``QUOTADATA <key> <what>`` (see lib.lua data_error).
+_SCRIPT_DATA_ERROR: Final = re.compile(r"QUOTADATA (\S+) (.*?)(?: script: [0-9a-f]{40}.*)?$", re.S)
+#: What a reply that does not parse raises while it is read.
+_PARSE_ERRORS: Final = (ValueError, KeyError, TypeError, IndexError)
 
 
-async def bounded_call(what: str, seconds: float, call: Callable[[], Awaitable[T]]) -> T:
-    """One Redis round trip, bounded by ``seconds``. The one place where redis-py's
-    (and the OS's, and the deadline's) failures become :class:`StoreUnavailable`."""
+def _is_outage(exc: BaseException) -> bool:
+    if isinstance(exc, _OUTAGES):
+        return True
+    if isinstance(exc, ResponseError):
+        return any(code in _OUTAGE_CODES for code in _ERROR_CODE.findall(str(exc)))
+    return not isinstance(exc, RedisError) or type(exc) is RedisError
+
+
+def _data_error(what: str, key: str, exc: BaseException, *, log_it: bool = True) -> StoreDataError:
+    """The StoreDataError for ``exc``, naming the key (the script's own, when it named one);
+    logged once, at ERROR (unless the caller expects the refusal and handles it)."""
+    found = _SCRIPT_DATA_ERROR.search(str(exc))
+    if found:
+        key, detail = found.group(1), found.group(2)
+    else:
+        detail = f"{type(exc).__name__}: {exc}"
+    error = StoreDataError(
+        f"redis {what}: damaged data or a refused command at {key or '(unknown key)'}: {detail}", key=key
+    )
+    if log_it:
+        log.error("%s", error)
+    return error
+
+
+async def bounded_call(
+    what: str,
+    seconds: float,
+    call: Callable[[], Awaitable[T]],
+    *,
+    key: str = "",
+    request_deadline: bool = True,
+    refusal_expected: bool = False,
+) -> T:
+    """One Redis round trip, bounded by ``seconds`` cut to the request's deadline (unless
+    ``request_deadline`` is false: a call shared by several requests, e.g. a group commit).
+    The one place where redis-py's (and the OS's, and the deadline's) failures are
+    translated: an outage becomes :class:`StoreUnavailable`, anything else Redis refuses
+    :class:`StoreDataError` naming ``key`` (or the key a script named), logged at ERROR
+    unless ``refusal_expected`` (a probe that handles a refused command itself). With the
+    deadline already gone, raises ``StoreUnavailable("request deadline passed")`` without
+    any I/O."""
+    budget = deadline.budget(seconds) if request_deadline else seconds
+    if budget <= 0:
+        raise StoreUnavailable("request deadline passed")
     try:
-        async with asyncio.timeout(seconds):
+        async with asyncio.timeout(budget):
             return await call()
-    except TimeoutError as exc:
-        raise StoreUnavailable(f"redis {what}: no answer within {seconds:g}s") from exc
+    except TimeoutError as exc:  # before OSError: the builtin TimeoutError is one
+        raise StoreUnavailable(f"redis {what}: no answer within {budget:g}s") from exc
     except STORE_ERRORS as exc:
-        raise StoreUnavailable(f"redis {what} failed: {type(exc).__name__}: {exc}") from exc
+        if _is_outage(exc):
+            raise StoreUnavailable(f"redis {what} failed: {type(exc).__name__}: {exc}") from exc
+        raise _data_error(what, key, exc, log_it=not refusal_expected) from exc
+
+
+def parsed(what: str, key: str, parse: Callable[[R], T], reply: R) -> T:
+    """``parse(reply)``; a reply that does not parse is :class:`StoreDataError` naming ``key``."""
+    try:
+        return parse(reply)
+    except _PARSE_ERRORS as exc:
+        raise _data_error(what, key, exc) from exc
 
 
 @functools.cache
@@ -117,44 +221,140 @@ def script_source(name: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _ReserveCall:
-    """A prepared reserve.lua call and how to read its reply."""
+class EvictionProblem:
+    """Why Redis may lose keys to eviction (``refuse``: ``serve`` should not start unless
+    told to accept it), or why that could not be checked (``refuse`` false: a warning)."""
 
-    keys: list[str]
-    args: list[str | int]
-    refs: list[CounterRef]
-
-    def parse(self, reply: Sequence[Any]) -> _StepResult:
-        status, rid, expires, replayed, flat, global_snapshot = reply
-        return _StepResult(
-            status=status,
-            reservation_id=rid,
-            expires_ms=int(expires),
-            replayed=replayed == "1",
-            values=_values(flat, self.refs),
-            global_snapshot=global_snapshot,
-        )
+    message: str
+    refuse: bool
 
 
 @dataclass(frozen=True, slots=True)
-class _StepResult:
-    """What ``reserve.lua`` answered for one scope."""
+class _Scope:
+    """One scope's part of a reserve command, prepared once: its counters, their keys, and
+    what reserve.lua needs of each."""
 
-    status: str
-    reservation_id: str
+    scope: str
+    refs: tuple[CounterRef, ...]
+    counter_keys: tuple[str, ...]
+    charge_args: tuple[str | int, ...]  # ask, cap, block, counter key expiry (unix s), per counter
+
+    @classmethod
+    def of(cls, scope: str, charges: Sequence[CounterCharge], retention_seconds: int) -> _Scope:
+        _check_charges(scope, charges)
+        refs = tuple(c.counter for c in charges)
+        args: list[str | int] = []
+        for c in charges:
+            args += [c.ask, c.cap, c.block, c.counter.resets_at + retention_seconds]
+        return cls(scope, refs, tuple(keys.counter_key(ref) for ref in refs), tuple(args))
+
+    def values(self, flat: Sequence[Any]) -> dict[CounterRef, CounterValue]:
+        """Pairs ``used, held`` strings from a script reply with the counters."""
+        if len(flat) != 2 * len(self.refs):
+            raise ValueError(f"{len(flat)} values for {len(self.refs)} counters")
+        return {ref: CounterValue(int(flat[2 * i]), int(flat[2 * i + 1])) for i, ref in enumerate(self.refs)}
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A reserve command with everything derived from it once: both scopes' counters, the
+    reservation's name, the shared texts its record names."""
+
+    command: ReserveCommand
+    name: keys.ReservationName
+    own: _Scope
+    company: _Scope
+    expires_ms: int
+    plan: str
+    plan_digest: str
+    layout: str
+    layout_digest: str
+    estimate: str
+
+
+@dataclass(frozen=True, slots=True)
+class _StepReply:
+    """What ``reserve.lua`` answered for one scope (see its header)."""
+
+    scope: str
+    status: Status
+    generation: str
     expires_ms: int
     replayed: bool
-    values: dict[CounterRef, CounterValue]
-    global_snapshot: str
+    values: dict[CounterRef, CounterValue]  # the step's counters now (before the step)
+    recorded: str
+    plan: str
+    layout: str
+    state: State | None
+    has_global: bool
+
+    @classmethod
+    def parse(cls, scope: _Scope, reply: Sequence[Any]) -> _StepReply:
+        status, generation, expires_ms, replayed, flat, recorded, plan, layout, state, has_global = reply
+        return cls(
+            scope=scope.scope,
+            status=Status(status),
+            generation=str(generation),
+            expires_ms=int(expires_ms or 0),
+            replayed=replayed == YES,
+            values=scope.values(flat),
+            recorded=str(recorded),
+            plan=str(plan),
+            layout=str(layout),
+            state=State(state) if state else None,
+            has_global=has_global == YES,
+        )
+
+    def recorded_values(self) -> dict[str, CounterValue]:
+        """The values recorded at the first decision, by counter key (own and company-wide)."""
+        if not self.recorded:
+            return {}
+        own_refs, company_refs = protocol.parse_layout_text(self.scope, GLOBAL_SCOPE, self.layout)
+        own, company = protocol.split_values(self.recorded)
+        found = {keys.counter_key(r): v for r, v in zip(own_refs, own, strict=True)}
+        if company:
+            found.update({keys.counter_key(r): v for r, v in zip(company_refs, company, strict=True)})
+        return found
+
+    def recorded_by_ref(self) -> dict[CounterRef, CounterValue]:
+        """The recorded values of this step's own counters (those it recorded)."""
+        recorded = self.recorded_values()
+        return {ref: recorded[keys.counter_key(ref)] for ref in self.values if keys.counter_key(ref) in recorded}
+
+    def answer(self) -> str:
+        return protocol.Plan.parse(self.plan).answer if self.plan else ""
 
 
 @dataclass(frozen=True, slots=True)
-class _SettleStep:
-    """What ``settle.lua`` answered for one scope."""
+class _SettleReply:
+    """What ``settle.lua`` answered for one scope (see its header)."""
 
-    outcome: str  # settled | already_settled | missing
+    outcome: Outcome
+    state: State | None
     has_global: bool
     values: dict[CounterRef, CounterValue]
+    windows: tuple[SettledCounter, ...]
+
+    @classmethod
+    def parse(cls, scope: str, reply: Sequence[Any]) -> _SettleReply:
+        outcome, state, has_global, layout, flat = reply
+        refs = protocol.parse_layout(scope, str(layout))
+        if len(flat) != 5 * len(refs):
+            raise ValueError(f"{len(flat)} fields for {len(refs)} counters")
+        values: dict[CounterRef, CounterValue] = {}
+        windows: list[SettledCounter] = []
+        for i, ref in enumerate(refs):
+            used, held, used_delta, held_delta, exists = flat[5 * i : 5 * i + 5]
+            values[ref] = CounterValue(int(used), int(held))
+            windows.append(SettledCounter(ref, int(used_delta), int(held_delta), lost=exists != YES))
+        settled = Outcome(outcome) is Outcome.SETTLED
+        return cls(
+            outcome=Outcome(outcome),
+            state=State(state) if state else None,
+            has_global=has_global == YES,
+            values=values,
+            windows=tuple(windows) if settled else (),
+        )
 
 
 def _check_subject(subject: str) -> None:
@@ -179,42 +379,16 @@ def _check_charges(scope: str, charges: Sequence[CounterCharge]) -> None:
         _check_units(f"ask for {ref.metric}/{ref.window}", charge.ask)
         _check_units(f"cap for {ref.metric}/{ref.window}", charge.cap)
         _check_units(f"block for {ref.metric}/{ref.window}", charge.block)
-        key = keys.counter_key(ref)
-        if key in seen:
-            raise InvalidRequest(f"counter {key} is charged twice; merge its limits into one charge")
-        seen.add(key)
+        name = keys.counter_name(ref)
+        if name in seen:
+            raise InvalidRequest(f"counter {keys.counter_key(ref)} is charged twice; merge its limits into one charge")
+        seen.add(name)
 
 
-def _values(flat: Sequence[Any], refs: Sequence[CounterRef]) -> dict[CounterRef, CounterValue]:
-    """Pairs ``used, held`` strings from a script reply with their counters."""
-    return {ref: CounterValue(int(flat[2 * i]), int(flat[2 * i + 1])) for i, ref in enumerate(refs)}
-
-
-def _snapshot_json(values: Mapping[CounterRef, CounterValue]) -> str:
-    return json.dumps({keys.counter_key(ref): [str(v.used), str(v.held)] for ref, v in values.items()})
-
-
-def _charges_json(charges: Sequence[CounterCharge], retention_seconds: int) -> str:
-    """The record's charges: everything needed to settle them and to rebuild each ``CounterRef``."""
-    rows = [
-        [
-            keys.counter_key(c.counter),
-            c.counter.metric,
-            str(c.ask),
-            c.counter.window.value,
-            c.counter.window_id,
-            str(c.counter.resets_at),
-            str(c.counter.resets_at + retention_seconds),
-            str(c.cap),
-            str(c.block),
-        ]
-        for c in charges
-    ]
-    return json.dumps(rows)
-
-
-def _refs_from_charges(scope: str, charges_json: str) -> list[CounterRef]:
-    return [CounterRef(scope, row[1], Window(row[3]), row[4], int(row[5])) for row in json.loads(charges_json)]
+def _check_amounts(what: str, amounts: Mapping[str, int]) -> None:
+    for metric, units in amounts.items():
+        validate_metric_name(metric)
+        _check_units(f"{what} {metric}", units)
 
 
 def _seconds_ceil(ms: int) -> int:
@@ -240,6 +414,12 @@ def _override_from(subject: str, field: str, raw: str) -> OverrideRecord:
     )
 
 
+def _state_of(state: State) -> ReservationState:
+    if state in (State.DENIED, State.DENIED_GLOBAL):
+        return ReservationState.RELEASED
+    return ReservationState(state.value)
+
+
 class RedisCounterStore:
     """Counters, reservations and subject config in Redis (standalone or Cluster).
 
@@ -250,9 +430,14 @@ class RedisCounterStore:
 
     ``client`` is a ``redis.asyncio.Redis`` or ``RedisCluster`` created with
     ``decode_responses=True`` (:meth:`from_url` builds one). ``timeout_seconds`` bounds every
-    round trip. ``grace_seconds``: how long a request's answer and a settled reservation are
-    kept after the reservation's expiry (replays and late commits within it are honoured).
-    ``clock`` returns unix seconds; it is used only by the admin methods that take no ``now_ms``.
+    round trip. ``grace_seconds`` (default :data:`GRACE_SECONDS`, 60): how long a request's
+    answer and a settled reservation are kept after the reservation's expiry; replays
+    within it get the first answer, repeated commits and releases ``already_settled``, a
+    late commit of an expired one corrects it. After it, a repeated request_id is decided
+    afresh, and a commit or release of the reservation is ``NotFound`` (an expired one
+    stays charged at its estimate). ``retention_seconds``: how long a counter outlives its
+    window. ``clock`` returns unix seconds; it is used only by the admin methods that take
+    no ``now_ms``.
     """
 
     def __init__(
@@ -260,7 +445,7 @@ class RedisCounterStore:
         *,
         client: Redis | RedisCluster,
         timeout_seconds: float = 0.25,
-        grace_seconds: int = 3600,
+        grace_seconds: int = GRACE_SECONDS,
         retention_seconds: int = COUNTER_RETENTION_SECONDS,
         sweep_limit: int = SWEEP_LIMIT,
         clock: Callable[[], float] = time.time,
@@ -278,7 +463,7 @@ class RedisCounterStore:
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(script_source(name)) for name in _SCRIPT_NAMES
         }
-        self._global_batches: GroupCommit[_ReserveCall, Any] = GroupCommit(
+        self._global_batches: GroupCommit[tuple[list[str], list[str | int]], Any] = GroupCommit(
             self._run_global_batch, max_batch=GLOBAL_BATCH
         )
 
@@ -288,7 +473,7 @@ class RedisCounterStore:
         url: str,
         *,
         timeout_seconds: float = 0.25,
-        grace_seconds: int = 3600,
+        grace_seconds: int = GRACE_SECONDS,
         max_connections: int = 256,
         clock: Callable[[], float] = time.time,
     ) -> RedisCounterStore:
@@ -335,87 +520,147 @@ class RedisCounterStore:
         """The deadline of one Redis round trip, in seconds."""
         return self._timeout
 
+    @property
+    def grace_seconds(self) -> int:
+        return self._grace_ms // 1000
+
     # -- plumbing -------------------------------------------------------------------------
 
-    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        return await bounded_call(what, self._timeout, call)
+    async def _call(
+        self, what: str, call: Callable[[], Awaitable[T]], *, key: str = "", refusal_expected: bool = False
+    ) -> T:
+        return await bounded_call(what, self._timeout, call, key=key, refusal_expected=refusal_expected)
 
-    async def _script(self, name: str, script_keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def _script(
+        self,
+        name: str,
+        script_keys: Sequence[str],
+        args: Sequence[str | int],
+        parse: Callable[[Any], T],
+        *,
+        request_deadline: bool = True,
+    ) -> T:
+        """One script call; the reply read by ``parse``. Errors name the script and its first key."""
         script = self._scripts[name]
-        return await self._call(name, lambda: script(keys=list(script_keys), args=list(args)))
-
-    async def _hgetall(self, key: str) -> dict[str, str]:
-        client = self._client
-        raw: Mapping[Any, Any] = await self._call("hgetall", lambda: client.hgetall(key))
-        return {str(k): str(v) for k, v in raw.items()}
+        first = script_keys[0] if script_keys else ""
+        reply = await bounded_call(
+            name,
+            self._timeout,
+            lambda: script(keys=list(script_keys), args=list(args)),
+            key=first,
+            request_deadline=request_deadline,
+        )
+        return parsed(name, first, parse, reply)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
     # -- reserve ----------------------------------------------------------------------------
 
-    def _reserve_call(
-        self,
-        *,
-        scope: str,
-        charges: Sequence[CounterCharge],
-        reservation_id: str,
-        request_id: str,
-        now_ms: int,
-        expires_ms: int,
-        config_version: str | None,
-        meta_json: str,
-        has_global: bool,
-        dry_run: bool,
-    ) -> _ReserveCall:
+    def _prepare(self, command: ReserveCommand) -> _Prepared:
+        """Validates ``command`` and derives everything the steps need, once."""
+        _check_subject(command.subject)
+        if command.ttl_seconds <= 0:
+            raise InvalidRequest(f"ttl_seconds must be positive, got {command.ttl_seconds}")
+        own = _Scope.of(command.subject, command.subject_charges, self._retention_seconds)
+        company = _Scope.of(GLOBAL_SCOPE, command.global_charges, self._retention_seconds)
+        _check_amounts("estimate", command.estimate)
+        name = keys.for_request(command.reservation_id, command.request_id)
+        if name.subject != command.subject:
+            # commit finds a reservation through the subject its id names
+            raise InvalidRequest(f"reservation id {command.reservation_id!r} was not made for this subject")
+        plan = protocol.plan_text(list(command.estimate), command.rates, command.meta, command.answer)
+        plan_digest = keys.digest(plan)
+        layout = protocol.layout_text(plan_digest, own.refs, company.refs)
+        return _Prepared(
+            command=command,
+            name=name,
+            own=own,
+            company=company,
+            expires_ms=command.now_ms + command.ttl_seconds * 1000,
+            plan=plan,
+            plan_digest=plan_digest,
+            layout=layout,
+            layout_digest=keys.digest(layout),
+            estimate=protocol.amounts_text(command.estimate),
+        )
+
+    def _step_call(
+        self, step: Step, prepared: _Prepared, scope: _Scope, *, name: str, generation: str, expires_ms: int
+    ) -> tuple[list[str], list[str | int]]:
         """KEYS and ARGV of one reserve.lua call (see its header)."""
-        refs = [c.counter for c in charges]
+        command = prepared.command
+        record = keys.record_key(scope.scope, name)
+        subject_step = step is Step.SUBJECT
+        # A subject record answers its request_id; a company-wide one always records its values.
+        request = bool(command.request_id) if subject_step else step is not Step.DRY_RUN
         script_keys = [
-            keys.open_set_key(scope),
-            # Without a request id the script never touches KEYS[2]; any key of the slot will do.
-            keys.request_key(scope, request_id or reservation_id),
-            keys.reservation_key(scope, reservation_id),
-            keys.config_key(scope),
-            *(keys.counter_key(ref) for ref in refs),
+            record,
+            keys.open_set_key(scope.scope),
+            keys.config_key(scope.scope),
+            # Only the subject step touches the shared texts; other steps name any key of the slot.
+            keys.plan_key(scope.scope, prepared.plan_digest) if subject_step else record,
+            keys.layout_key(scope.scope, prepared.layout_digest) if subject_step else record,
+            *scope.counter_keys,
         ]
         args: list[str | int] = [
-            now_ms,
-            reservation_id,
+            step.value,
+            keys.tag(scope.scope),
+            command.now_ms,
+            name,
+            generation,
             expires_ms,
             self._grace_ms,
             self._sweep_limit,
-            keys.reservation_key(scope, ""),
-            "1" if request_id else "0",
-            "1" if dry_run else "0",
-            "" if config_version is None else config_version,
-            meta_json,
-            "1" if has_global else "0",
-            _charges_json(charges, self._retention_seconds),
+            YES if request else NO,
+            YES if (subject_step and prepared.company.refs) else NO,
+            (command.config_version or "") if step in (Step.SUBJECT, Step.DRY_RUN) and scope is prepared.own else "",
+            prepared.plan if subject_step else "",
+            prepared.layout if subject_step else protocol.layout_text("", scope.refs, ()),
+            prepared.estimate if subject_step else "",
+            *scope.charge_args,
         ]
-        return _ReserveCall(script_keys, args, refs)
+        return script_keys, args
 
-    async def _reserve_step(self, **call: Any) -> _StepResult:
-        """One reserve.lua call, on its own."""
-        prepared = self._reserve_call(**call)
-        return prepared.parse(await self._script("reserve", prepared.keys, prepared.args))
+    async def _step(
+        self, step: Step, prepared: _Prepared, scope: _Scope, *, name: str, generation: str, expires_ms: int
+    ) -> _StepReply:
+        """One reserve.lua call on its own."""
+        script_keys, args = self._step_call(
+            step, prepared, scope, name=name, generation=generation, expires_ms=expires_ms
+        )
+        return await self._script("reserve", script_keys, args, functools.partial(_StepReply.parse, scope))
 
-    async def _global_step(self, **call: Any) -> _StepResult:
-        """One global reserve step, group-committed with the others in flight (reserve_batch.lua)."""
-        prepared = self._reserve_call(**call)
-        return prepared.parse(await self._global_batches.submit(prepared))
+    async def _global_step(self, step: Step, prepared: _Prepared, nonce: str, expires_ms: int) -> _StepReply:
+        """One company-wide step, group-committed with the others in flight (reserve_batch.lua).
+        Waits no longer than this request's budget; the batch itself runs on its own timeout."""
+        scope = prepared.company
+        call = self._step_call(step, prepared, scope, name=nonce, generation="", expires_ms=expires_ms)
+        budget = deadline.budget(self._timeout)
+        if budget <= 0:
+            raise StoreUnavailable("request deadline passed")
+        try:
+            async with asyncio.timeout(budget):
+                reply = await self._global_batches.submit(call)
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"redis reserve (global): no answer within {budget:g}s") from exc
+        return parsed("reserve", call[0][0], functools.partial(_StepReply.parse, scope), reply)
 
-    async def _run_global_batch(self, batch: Sequence[_ReserveCall]) -> Sequence[Any]:
+    async def _run_global_batch(self, batch: Sequence[tuple[list[str], list[str | int]]]) -> Sequence[Any]:
+        def as_list(reply: Any) -> list[Any]:
+            return list(reply)
+
         if len(batch) == 1:
-            return [await self._script("reserve", batch[0].keys, batch[0].args)]
-        script_keys: list[str] = []
+            script_keys, args = batch[0]
+            return [await self._script("reserve", script_keys, args, lambda r: r, request_deadline=False)]
+        all_keys: list[str] = []
         counts: list[str | int] = [len(batch)]
-        args: list[str | int] = []
-        for prepared in batch:
-            script_keys += prepared.keys
-            args += prepared.args
-            counts += [len(prepared.keys), len(prepared.args)]
-        replies: Sequence[Any] = await self._script("reserve_batch", script_keys, counts + args)
-        return replies
+        all_args: list[str | int] = []
+        for script_keys, args in batch:
+            all_keys += script_keys
+            all_args += args
+            counts += [len(script_keys), len(args)]
+        return await self._script("reserve_batch", all_keys, counts + all_args, as_list, request_deadline=False)
 
     async def reserve(self, command: ReserveCommand) -> ReserveResult:
         """Check and hold every charge of ``command``: the subject's in one atomic step, then
@@ -423,228 +668,272 @@ class RedisCounterStore:
 
         ``reservation_id`` of the result is ``""`` unless the status is ``RESERVED``;
         ``expires_at`` (unix seconds, rounded up) likewise. A dry run neither reads nor
-        records the ``request_id``'s answer. If the global step fails with
+        records the ``request_id``'s answer. A replay returns the first answer (status, id,
+        expiry, values and ``answer`` as recorded), never re-judged: its company-wide step
+        only completes a reservation whose first company-wide step never happened (the
+        service died in between), and a global denial then gives the subject's part back
+        only while that part is still open. If the global step fails with
         ``StoreUnavailable`` after the subject step reserved, the subject's part stays open:
         it is settled at its estimate when it expires, or corrected by a later ``commit``.
         """
-        _check_subject(command.subject)
-        _check_charges(command.subject, command.subject_charges)
-        _check_charges(GLOBAL_SCOPE, command.global_charges)
-        if command.ttl_seconds <= 0:
-            raise InvalidRequest(f"ttl_seconds must be positive, got {command.ttl_seconds}")
-        if not command.dry_run and keys.subject_of(command.reservation_id) != command.subject:
-            # commit finds a reservation through the subject its id names
-            raise InvalidRequest(f"reservation id {command.reservation_id!r} was not made for this subject")
-        meta_json = json.dumps(
-            {
-                **command.meta,
-                "estimate": json.dumps({m: str(u) for m, u in command.estimate.items()}, sort_keys=True),
-                "rates": json.dumps(dict(command.rates), sort_keys=True),
-            },
-            sort_keys=True,
-        )
-        expires_ms = command.now_ms + command.ttl_seconds * 1000
-        step = functools.partial(
-            self._reserve_step, now_ms=command.now_ms, meta_json=meta_json, dry_run=command.dry_run
-        )
-
-        subject = await step(
-            scope=command.subject,
-            charges=command.subject_charges,
-            reservation_id=command.reservation_id,
-            request_id="" if command.dry_run else command.request_id,
-            expires_ms=expires_ms,
-            config_version=command.config_version,
-            has_global=bool(command.global_charges),
-        )
-        values: dict[CounterRef, CounterValue] = dict(subject.values)
-
-        if subject.status == "stale_config":  # a dry run too: its plan rests on a stale config
-            return ReserveResult(ReserveStatus.STALE_CONFIG, "", values)
+        prepared = self._prepare(command)
         if command.dry_run:
-            if command.global_charges:
-                checked = await step(
-                    scope=GLOBAL_SCOPE,
-                    charges=command.global_charges,
-                    reservation_id=command.reservation_id,
-                    request_id="",
-                    expires_ms=expires_ms,
-                    config_version=None,
-                    has_global=False,
-                )
-                values.update(checked.values)
-            return ReserveResult(ReserveStatus.CHECKED, "", values)
-
-        if subject.status == "duplicate":
+            return await self._dry_run(prepared)
+        first = await self._step(
+            Step.SUBJECT,
+            prepared,
+            prepared.own,
+            name=prepared.name.name,
+            generation=prepared.name.generation,
+            expires_ms=prepared.expires_ms,
+        )
+        if first.status is Status.STALE_CONFIG:
+            return ReserveResult(ReserveStatus.STALE_CONFIG, "", first.values)
+        if first.status is Status.DUPLICATE:
             raise InvalidRequest(f"reservation id {command.reservation_id!r} is already in use")
-        if subject.status == "denied":
-            return ReserveResult(ReserveStatus.DENIED, "", values, replayed=subject.replayed)
-        if subject.status == "denied_global":
-            values.update(await self._recorded_global(command, subject.global_snapshot))
-            return ReserveResult(ReserveStatus.DENIED_GLOBAL, "", values, replayed=subject.replayed)
-        if subject.status != "reserved":
-            raise StoreUnavailable(f"reserve.lua answered an unknown status {subject.status!r}")
+        values: dict[CounterRef, CounterValue] = dict(first.values)
+        record_key = keys.record_key(command.subject, prepared.name.name)
+        recorded = parsed("reserve", record_key, _StepReply.recorded_values, first)
+        answer = parsed("reserve", record_key, _StepReply.answer, first) if first.replayed else ""
+        values.update({ref: recorded[keys.counter_key(ref)] for ref in values if keys.counter_key(ref) in recorded})
+        name = dataclasses.replace(prepared.name, generation=first.generation)
 
-        reservation_id = subject.reservation_id
-        expires_at = _seconds_ceil(subject.expires_ms)
-        if not command.global_charges:
-            return ReserveResult(ReserveStatus.RESERVED, reservation_id, values, expires_at, subject.replayed)
+        if first.status is Status.DENIED:
+            return ReserveResult(ReserveStatus.DENIED, "", values, replayed=first.replayed, answer=answer)
+        if first.status is Status.DENIED_GLOBAL:  # only a replay answers it
+            values.update(await self._recorded_or_current(prepared.company.refs, recorded, command.now_ms))
+            return ReserveResult(ReserveStatus.DENIED_GLOBAL, "", values, replayed=True, answer=answer)
+        if first.status is not Status.RESERVED:
+            raise StoreDataError(f"reserve.lua answered an unexpected status {first.status!r}", key=record_key)
 
-        # The global step is idempotent by reservation id: a replay of the request re-runs it
-        # and gets its first answer (or, after a crash in between, its first run).
-        company = await self._global_step(
-            now_ms=command.now_ms,
-            meta_json=meta_json,
-            dry_run=False,
-            scope=GLOBAL_SCOPE,
-            charges=command.global_charges,
-            reservation_id=reservation_id,
-            request_id=reservation_id,
-            expires_ms=subject.expires_ms,
-            config_version=None,
-            has_global=False,
+        reserved = ReserveResult(
+            ReserveStatus.RESERVED, name.reservation_id, values, _seconds_ceil(first.expires_ms), first.replayed, answer
         )
-        values.update(company.values)
-        if company.status == "reserved":
-            return ReserveResult(ReserveStatus.RESERVED, reservation_id, values, expires_at, subject.replayed)
-        if company.status != "denied":
-            raise StoreUnavailable(f"reserve.lua (global) answered an unexpected status {company.status!r}")
-        await self._settle_step(
-            command.subject,
-            reservation_id,
-            "release",
-            {},
-            command.now_ms,
-            request_id=command.request_id,
-            global_snapshot=_snapshot_json(company.values),
-        )
-        return ReserveResult(ReserveStatus.DENIED_GLOBAL, "", values, replayed=subject.replayed)
+        if not prepared.company.refs:
+            return reserved
+        if first.replayed:
+            return await self._replay_global(prepared, first, name, reserved)
 
-    async def _recorded_global(self, command: ReserveCommand, snapshot_json: str) -> dict[CounterRef, CounterValue]:
-        """The global values recorded with a global denial; current values for counters it did not name."""
-        recorded = json.loads(snapshot_json) if snapshot_json else {}
-        found: dict[CounterRef, CounterValue] = {}
-        missing: list[CounterRef] = []
-        for charge in command.global_charges:
-            pair = recorded.get(keys.counter_key(charge.counter))
-            if pair is None:
-                missing.append(charge.counter)
-            else:
-                found[charge.counter] = CounterValue(int(pair[0]), int(pair[1]))
+        company = await self._global_step(Step.GLOBAL, prepared, name.nonce, first.expires_ms)
+        values = {**values, **company.values}
+        if company.status is Status.RESERVED:
+            return dataclasses.replace(reserved, values=values)
+        if company.status is not Status.DENIED:
+            raise StoreDataError(
+                f"reserve.lua (global) answered an unexpected status {company.status!r}",
+                key=keys.record_key(GLOBAL_SCOPE, name.nonce),
+            )
+        await self._compensate(name, company, command.now_ms)
+        return ReserveResult(ReserveStatus.DENIED_GLOBAL, "", values)
+
+    async def _replay_global(
+        self, prepared: _Prepared, first: _StepReply, name: keys.ReservationName, reserved: ReserveResult
+    ) -> ReserveResult:
+        """The company-wide part of a replayed reservation: its recorded values; or, if its
+        first company-wide step never happened and the subject's part is still unsettled,
+        that step now (a denial gives the subject's part back, a hold made after the subject's
+        part was settled meanwhile is given back at once). A reservation first made without a
+        company-wide part never gets one (the company-wide counters are reported as they are)."""
+        values = dict(reserved.values)
+        now_ms = prepared.command.now_ms
+        if first.has_global and first.state is State.OPEN:
+            company = await self._global_step(Step.GLOBAL, prepared, name.nonce, first.expires_ms)
+            values.update(company.values)
+            if company.replayed:
+                values.update(company.recorded_by_ref())
+            elif company.status is Status.RESERVED:
+                confirmed = await self._settle_step(
+                    prepared.command.subject, name.name, name.generation, Settle.CONFIRM, now_ms
+                )
+                if confirmed.outcome is not Outcome.OPEN:
+                    await self._settle_step(GLOBAL_SCOPE, name.nonce, "", Settle.RELEASE, now_ms, keep=False)
+            elif company.status is Status.DENIED:
+                compensated = await self._compensate(name, company, now_ms)
+                if compensated.outcome is Outcome.SETTLED:
+                    return ReserveResult(ReserveStatus.DENIED_GLOBAL, "", values, replayed=True, answer=reserved.answer)
+        else:
+            company = await self._global_step(Step.GLOBAL_REPLAY, prepared, name.nonce, first.expires_ms)
+            values.update(company.values)
+            if company.replayed:
+                values.update(company.recorded_by_ref())
+        return dataclasses.replace(reserved, values=values)
+
+    async def _compensate(self, name: keys.ReservationName, company: _StepReply, now_ms: int) -> _SettleReply:
+        """Gives the subject's part back after a global denial; the record answers
+        ``DENIED_GLOBAL`` to replays, with the values both steps saw."""
+        global_values = protocol.values_text(list(company.values.values()))
+        return await self._settle_step(
+            name.subject, name.name, name.generation, Settle.COMPENSATE, now_ms, global_values=global_values
+        )
+
+    async def _recorded_or_current(
+        self, refs: Sequence[CounterRef], recorded: Mapping[str, CounterValue], now_ms: int
+    ) -> dict[CounterRef, CounterValue]:
+        found = {ref: recorded[keys.counter_key(ref)] for ref in refs if keys.counter_key(ref) in recorded}
+        missing = tuple(ref for ref in refs if ref not in found)
         if missing:
-            found.update(await self.usage(tuple(missing), command.now_ms))
+            found.update(await self.usage(missing, now_ms))
         return found
+
+    async def _dry_run(self, prepared: _Prepared) -> ReserveResult:
+        """Evaluate the gates of both scopes; nothing is held or recorded."""
+        checked = await self._step(
+            Step.DRY_RUN, prepared, prepared.own, name="", generation="", expires_ms=prepared.expires_ms
+        )
+        values = dict(checked.values)
+        if checked.status is Status.STALE_CONFIG:  # its plan rests on a stale config
+            return ReserveResult(ReserveStatus.STALE_CONFIG, "", values)
+        if prepared.company.refs:
+            company = await self._step(
+                Step.DRY_RUN, prepared, prepared.company, name="", generation="", expires_ms=prepared.expires_ms
+            )
+            values.update(company.values)
+        return ReserveResult(ReserveStatus.CHECKED, "", values)
 
     # -- settle ---------------------------------------------------------------------------
 
     async def _settle_step(
         self,
         scope: str,
-        reservation_id: str,
-        mode: str,
-        actual: Mapping[str, int],
+        name: str,
+        generation: str,
+        mode: Settle,
         now_ms: int,
         *,
-        request_id: str = "",
-        global_snapshot: str | None = None,
-        withdraw: bool = False,
-    ) -> _SettleStep:
-        script_keys = [
-            keys.reservation_key(scope, reservation_id),
-            keys.open_set_key(scope),
-            keys.request_key(scope, request_id or reservation_id),
-        ]
+        actual: Mapping[str, int] | None = None,
+        keep: bool = True,
+        global_values: str = "",
+    ) -> _SettleReply:
+        script_keys = [keys.record_key(scope, name), keys.open_set_key(scope)]
         args: list[str | int] = [
-            mode,
+            mode.value,
+            keys.tag(scope),
             now_ms,
+            name,
+            generation,
             self._grace_ms,
-            json.dumps({metric: str(units) for metric, units in actual.items()}),
-            reservation_id,
-            "2" if withdraw else "0" if global_snapshot is None else "1",
-            global_snapshot or "",
+            YES if keep else NO,
+            global_values,
         ]
-        outcome, _state, charges_json, has_global, flat = await self._script("settle", script_keys, args)
-        return _SettleStep(outcome, has_global == "1", _values(flat, _refs_from_charges(scope, charges_json)))
+        for metric, units in sorted((actual or {}).items()):
+            args += [metric, units]
+        return await self._script("settle", script_keys, args, functools.partial(_SettleReply.parse, scope))
 
-    async def _settle(self, reservation_id: str, mode: str, actual: Mapping[str, int], now_ms: int) -> SettleResult:
-        subject = keys.subject_of(reservation_id)
-        part = await self._settle_step(subject, reservation_id, mode, actual, now_ms)
-        if part.outcome == "missing":
+    async def _settle(self, reservation_id: str, mode: Settle, actual: Mapping[str, int], now_ms: int) -> SettleResult:
+        name = keys.parse(reservation_id)
+        part = await self._settle_step(name.subject, name.name, name.generation, mode, now_ms, actual=actual)
+        if part.outcome is Outcome.MISSING:
             raise NotFound(f"reservation {reservation_id!r} not found (unknown, or settled and forgotten)")
         values = dict(part.values)
+        windows = list(part.windows)
         if part.has_global:
             # Settled independently of the subject's part (and idempotently), so a retry after
             # a failure in between still settles the global part.
-            company = await self._settle_step(GLOBAL_SCOPE, reservation_id, mode, actual, now_ms)
+            company = await self._settle_step(GLOBAL_SCOPE, name.nonce, "", mode, now_ms, actual=actual, keep=False)
             values.update(company.values)
-        return SettleResult(already_settled=part.outcome == "already_settled", values=values)
+            windows += company.windows
+        return SettleResult(
+            already_settled=part.outcome is Outcome.ALREADY_SETTLED, values=values, windows=tuple(windows)
+        )
 
     async def withdraw(self, reservation_id: str, request_id: str, now_ms: int) -> bool:
         """Give back a reservation whose caller was answered DENY (the store failed midway)
-        and forget its ``request_id``, so a repeat of the request is decided afresh. Returns
-        ``False`` (and changes nothing) when a replay of the request has handed the
-        reservation out since, or when it is unknown or already settled."""
-        subject = keys.subject_of(reservation_id)
-        part = await self._settle_step(
-            subject, reservation_id, "release", {}, now_ms, request_id=request_id, withdraw=True
-        )
-        if part.outcome != "settled":
+        and forget its ``request_id``, so a repeat of the request is decided afresh.
+        ``reservation_id`` is the one the reserve command carried (the store derives the
+        reservation's from it and ``request_id`` as ``reserve`` did). Returns ``False`` (and
+        changes nothing) when a replay of the request has handed the reservation out since,
+        when it belongs to another command (a replay's), or is unknown or already settled."""
+        name = keys.for_request(reservation_id, request_id)
+        part = await self._settle_step(name.subject, name.name, name.generation, Settle.WITHDRAW, now_ms)
+        if part.outcome is not Outcome.SETTLED:
             return False
         if part.has_global:
-            await self._settle_step(GLOBAL_SCOPE, reservation_id, "release", {}, now_ms)
+            await self._settle_step(GLOBAL_SCOPE, name.nonce, "", Settle.RELEASE, now_ms, keep=False)
         return True
 
     async def commit(self, reservation_id: str, actual: Mapping[str, int], now_ms: int) -> SettleResult:
         """Settle with ``actual`` units per metric (a metric left out counts 0; a metric the
-        reservation holds no counter for is ignored). Every counter of the reservation on that
-        metric (each window, subject and global) gets the same actual amount.
+        reservation holds no counter for, e.g. tokens on a tier capped only in dollars, is
+        ignored by the counters). Every counter of the reservation on that metric (each
+        window, subject and global) gets the same actual amount.
 
         Open: ``used += actual``, ``held -= ask``; expired (already charged its estimate):
         ``used += actual - ask``. ``used`` may pass the cap: an overshoot is recorded, never
-        lost. Committed or released before: nothing changes, ``already_settled``.
-        Raises :class:`NotFound` for an unknown (or long forgotten) reservation."""
-        for metric, units in actual.items():
-            validate_metric_name(metric)
-            _check_units(f"actual {metric}", units)
-        return await self._settle(reservation_id, "commit", actual, now_ms)
+        lost. A counter past its retention is reported ``lost`` in ``windows``. Committed or
+        released before: nothing changes, ``already_settled``. Raises :class:`NotFound` for an
+        unknown (or forgotten, after the grace period) reservation."""
+        _check_amounts("actual", actual)
+        return await self._settle(reservation_id, Settle.COMMIT, actual, now_ms)
 
     async def release(self, reservation_id: str, now_ms: int) -> SettleResult:
         """The call did not happen: give the estimate back (from ``held`` when open, from
         ``used`` when it had expired). Settled before: nothing changes, ``already_settled``.
         Raises :class:`NotFound` for an unknown reservation."""
-        return await self._settle(reservation_id, "release", {}, now_ms)
+        return await self._settle(reservation_id, Settle.RELEASE, {}, now_ms)
 
     # -- reads ----------------------------------------------------------------------------
 
+    async def _read_record(self, scope: str, name: str) -> tuple[str, Any, protocol.Plan]:
+        def parse(reply: Sequence[Any]) -> tuple[str, Any, protocol.Plan]:
+            form, content, plan = reply
+            return str(form), content, protocol.Plan.parse(plan) if plan else protocol.EMPTY_PLAN
+
+        return await self._script("record", [keys.record_key(scope, name)], [keys.tag(scope)], parse)
+
     async def get_reservation(self, reservation_id: str) -> Reservation | None:
-        """The reservation's record, or ``None`` when unknown. ``asks`` covers the subject's
-        and the global part; ``state`` is as stored (an open reservation past its expiry is
-        reported ``OPEN`` until something settles it)."""
-        try:
-            subject = keys.subject_of(reservation_id)
-        except NotFound:
+        """The reservation's record, or ``None`` when unknown (or another generation's).
+        ``asks`` covers the subject's and the global part; ``state`` is as stored (an open
+        reservation past its expiry is reported ``OPEN`` until something settles it).
+        Raises :class:`InvalidRequest` for an id that is not one of ours."""
+        name = keys.parse(reservation_id)
+        record_key = keys.record_key(name.subject, name.name)
+        form, content, plan = await self._read_record(name.subject, name.name)
+        if form == "none":
             return None
-        record = await self._hgetall(keys.reservation_key(subject, reservation_id))
-        if not record:
+        if form == "string":
+            tomb = parsed("record", record_key, protocol.TombstoneRecord.parse, str(content))
+            if tomb.generation != name.generation or tomb.state is State.DENIED:
+                return None
+            return Reservation(
+                reservation_id=reservation_id,
+                subject=name.subject,
+                state=_state_of(tomb.state),
+                asks={},
+                estimate=parsed("record", record_key, plan.estimate, tomb.estimate),
+                rates=plan.rates,
+                meta=plan.meta,
+                created_at_ms=0,
+                expires_at=tomb.expires_at,
+            )
+        fields = {str(content[i]): str(content[i + 1]) for i in range(0, len(content), 2)}
+        record = parsed("record", record_key, protocol.OpenRecord.parse, fields)
+        if record.generation != name.generation:
             return None
-        rows = list(json.loads(record.get("charges", "[]")))
-        if record.get("has_global") == "1":
-            company = await self._hgetall(keys.reservation_key(GLOBAL_SCOPE, reservation_id))
-            rows += json.loads(company.get("charges", "[]"))
+        refs = parsed("record", record_key, functools.partial(protocol.parse_layout, name.subject), record.layout)
         asks: dict[str, int] = {}
-        for row in rows:
-            asks[row[1]] = max(asks.get(row[1], 0), int(row[2]))
-        meta: dict[str, str] = json.loads(record.get("meta", "{}"))
+        for ref, ask in zip(refs, record.asks, strict=True):
+            asks[ref.metric] = max(asks.get(ref.metric, 0), ask)
+        if record.has_global:
+            company_form, company, _ = await self._read_record(GLOBAL_SCOPE, name.nonce)
+            if company_form == "hash":
+                company_key = keys.record_key(GLOBAL_SCOPE, name.nonce)
+                company_fields = {str(company[i]): str(company[i + 1]) for i in range(0, len(company), 2)}
+                part = parsed("record", company_key, protocol.OpenRecord.parse, company_fields)
+                company_refs = parsed(
+                    "record", company_key, functools.partial(protocol.parse_layout, GLOBAL_SCOPE), part.layout
+                )
+                for ref, ask in zip(company_refs, part.asks, strict=True):
+                    asks[ref.metric] = max(asks.get(ref.metric, 0), ask)
         return Reservation(
             reservation_id=reservation_id,
-            subject=subject,
-            state=ReservationState(record["state"]),
+            subject=name.subject,
+            state=_state_of(record.state),
             asks=asks,
-            estimate={m: int(u) for m, u in json.loads(meta.pop("estimate", "{}")).items()},
-            rates=json.loads(meta.pop("rates", "{}")),
-            meta=meta,
-            created_at_ms=int(record.get("created_ms", 0)),
-            expires_at=_seconds_ceil(int(record.get("expires_ms", 0))),
+            estimate=record.estimate,
+            rates=plan.rates,
+            meta=plan.meta,
+            created_at_ms=record.created_ms,
+            expires_at=_seconds_ceil(record.expires_ms),
         )
 
     async def usage(self, counters: tuple[CounterRef, ...], now_ms: int) -> Mapping[CounterRef, CounterValue]:
@@ -655,25 +944,26 @@ class RedisCounterStore:
             by_scope.setdefault(ref.scope, []).append(ref)
         values: dict[CounterRef, CounterValue] = {}
         for scope, refs in by_scope.items():
-            script_keys = [keys.open_set_key(scope), *(keys.counter_key(ref) for ref in refs)]
-            args: list[str | int] = [now_ms, self._grace_ms, self._sweep_limit, keys.reservation_key(scope, "")]
-            flat = await self._script("usage", script_keys, args)
-            values.update(_values(flat, refs))
+            prepared = _Scope(scope, tuple(refs), tuple(keys.counter_key(ref) for ref in refs), ())
+            script_keys = [keys.open_set_key(scope), *prepared.counter_keys]
+            args: list[str | int] = [keys.tag(scope), now_ms, self._grace_ms, self._sweep_limit]
+            values.update(await self._script("usage", script_keys, args, prepared.values))
         return values
 
     async def subject_config(self, subject: str, now_ms: int) -> SubjectConfig:
         """Tier, live overrides (``expires_at`` 0 or later than ``now_ms``) and version, read
         atomically. Expired overrides are deleted on the way (no version change)."""
         _check_subject(subject)
-        reply = await self._script(
-            "config_get", [keys.config_key(subject), keys.overrides_key(subject)], [now_ms // 1000]
-        )
-        tier, has_tier, version, flat = reply
-        overrides = [_override_from(subject, flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
         now_s = now_ms // 1000
-        live = [o for o in overrides if o.expires_at == 0 or o.expires_at > now_s]
-        live.sort(key=lambda o: (o.metric, WINDOW_ORDER.index(o.window)))
-        return SubjectConfig(tier=tier if has_tier == "1" else None, overrides=tuple(live), version=version)
+
+        def parse(reply: Sequence[Any]) -> SubjectConfig:
+            tier, has_tier, version, flat = reply
+            overrides = [_override_from(subject, flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+            live = [o for o in overrides if o.expires_at == 0 or o.expires_at > now_s]
+            live.sort(key=lambda o: (o.metric, WINDOW_ORDER.index(o.window)))
+            return SubjectConfig(tier=tier if has_tier == YES else None, overrides=tuple(live), version=str(version))
+
+        return await self._script("config_get", [keys.config_key(subject), keys.overrides_key(subject)], [now_s], parse)
 
     async def ping(self) -> None:
         client = self._client
@@ -684,17 +974,73 @@ class RedisCounterStore:
         client = self._client
         await self._call("close", lambda: client.aclose())
 
+    async def check_eviction_policy(self) -> EvictionProblem | None:
+        """``None`` when Redis never evicts keys (``maxmemory-policy`` is ``noeviction``, on
+        every master of a cluster); otherwise the problem. Eviction would silently drop
+        counters (handing spent money back), reservations and stops, so ``serve`` refuses
+        to start on it (``refuse``) unless told to accept it. The policy is read with
+        ``CONFIG GET`` and, where that is disabled (managed Redis), from ``INFO memory``;
+        when neither answers, the problem is a warning (``refuse`` false)."""
+        client = self._client
+        nodes: list[Any] = [None]
+        if isinstance(client, RedisCluster):
+            await self._call("cluster discovery", lambda: client.initialize())
+            nodes = list(client.get_primaries())
+        for node in nodes:
+            where = f"{node.host}:{node.port}" if node is not None else "Redis"
+            policy, why = await self._eviction_policy(node)
+            if policy is None:
+                return EvictionProblem(
+                    f"could not read maxmemory-policy of {where} ({why}); make sure it is 'noeviction': "
+                    "a Redis that evicts keys silently loses counters, reservations and emergency stops",
+                    refuse=False,
+                )
+            if policy != "noeviction":
+                return EvictionProblem(
+                    f"Redis may evict keys: maxmemory-policy is {policy!r} on {where}; quota-service needs "
+                    "'noeviction' (an evicted counter hands spent money back, an evicted reservation or "
+                    "stop is silently lost). Set `maxmemory-policy noeviction` (on every master), or start "
+                    "with --allow-eviction to accept the risk",
+                    refuse=True,
+                )
+        return None
+
+    async def _eviction_policy(self, node: Any) -> tuple[str | None, str]:
+        """The node's maxmemory-policy (CONFIG GET, else INFO memory), or ``None`` and why not."""
+        client: Any = self._client
+        target: dict[str, Any] = {} if node is None else {"target_nodes": node}
+        try:
+            config = await self._call(
+                "config get", lambda: client.config_get("maxmemory-policy", **target), refusal_expected=True
+            )
+            if isinstance(config, Mapping) and config.get("maxmemory-policy"):
+                return str(config["maxmemory-policy"]), ""
+            why = "CONFIG GET answered nothing"
+        except (StoreDataError, StoreUnavailable) as exc:
+            why = f"CONFIG GET: {exc}"
+        try:
+            info = await self._call("info", lambda: client.info("memory", **target), refusal_expected=True)
+            if isinstance(info, Mapping) and info.get("maxmemory_policy"):
+                return str(info["maxmemory_policy"]), ""
+            return None, f"{why}; INFO memory has no maxmemory_policy"
+        except (StoreDataError, StoreUnavailable) as exc:
+            return None, f"{why}; INFO memory: {exc}"
+
     # -- admin writes ---------------------------------------------------------------------
 
     async def _config_write(self, subject: str, op: str, name: str = "", value: str = "") -> tuple[str, bool]:
         _check_subject(subject)
-        reply = await self._script(
+
+        def parse(reply: Sequence[Any]) -> tuple[str, bool]:
+            previous, changed, _version = reply
+            return str(previous), changed == YES
+
+        return await self._script(
             "config_write",
             [keys.config_key(subject), keys.overrides_key(subject)],
             [op, name, value, self._now_ms() // 1000],
+            parse,
         )
-        previous, changed, _version = reply
-        return previous, changed == "1"
 
     async def set_tier(self, subject: str, tier: str | None) -> str | None:
         """Assign ``tier`` (``None``: back to the policy's default). Returns the tier assigned
@@ -728,8 +1074,3 @@ class RedisCounterStore:
         validate_metric_name(metric)
         _, changed = await self._config_write(subject, "delete_override", _override_field(metric, window))
         return changed
-
-    async def list_overrides(self, subject: str, *, now_ms: int | None = None) -> list[OverrideRecord]:
-        """The subject's live overrides, by metric then window (``now_ms`` defaults to the clock)."""
-        config = await self.subject_config(subject, self._now_ms() if now_ms is None else now_ms)
-        return list(config.overrides)

@@ -45,11 +45,14 @@ def command(
     config_version: str | None = None,
     dry_run: bool = False,
     meta: Mapping[str, str] | None = None,
+    estimate: Mapping[str, int] | None = None,
+    rates: Mapping[str, str] | None = None,
+    answer: str = "",
 ) -> ReserveCommand:
     """A reserve command with a fresh reservation id, as the server builds one."""
     return ReserveCommand(
         subject=subject,
-        reservation_id=keys.new_reservation_id(subject),
+        reservation_id=keys.new_reservation_id(subject, request_id),
         request_id=request_id,
         subject_charges=tuple(charges),
         global_charges=global_charges,
@@ -57,5 +60,24 @@ def command(
         ttl_seconds=ttl_seconds,
         config_version=config_version,
         meta=dict(meta or {}),
+        estimate=dict(estimate or {}),
+        rates=dict(rates or {}),
         dry_run=dry_run,
+        answer=answer,
     )
+
+
+def record_key(reservation_id: str) -> str:
+    """The key of a reservation's record in its subject's slot."""
+    name = keys.parse(reservation_id)
+    return keys.record_key(name.subject, name.name)
+
+
+def request_record_key(subject: str, request_id: str) -> str:
+    """The key of a request_id's record (its answer, and its reservation if it has one)."""
+    return keys.record_key(subject, keys.request_name(subject, request_id))
+
+
+def global_record_key(reservation_id: str) -> str:
+    """The key of a reservation's company-wide part."""
+    return keys.record_key(GLOBAL_SCOPE, keys.parse(reservation_id).nonce)

@@ -1,41 +1,53 @@
--- reserve.lua: check and hold every charge of ONE scope (a subject, or __global__), all or nothing.
--- (The store prepends lib.lua and reserve_core.lua: the logic is reserve_one() there.)
+-- reserve.lua: one reserve step of ONE scope (a subject, or __global__): replay, or check
+-- and hold every charge, all or nothing. (The store prepends lib.lua and reserve_core.lua:
+-- the logic is reserve_one() there; names in CAPS are lib.lua's constants.)
 --
--- KEYS[1]      z:{S}:open       zset of open reservation ids, score = expires_ms (unix ms)
--- KEYS[2]      i:{S}:<id>       request key: the recorded answer of a request_id (subject step)
---                               or of a reservation id (global step); only used when ARGV[7] = "1"
---                               (otherwise any key of the slot, never touched)
--- KEYS[3]      r:{S}:<rid>      the reservation record hash written on success
--- KEYS[4]      c:{S}            subject config hash (field "version"; missing = "0")
--- KEYS[5..4+n] q:{S}:...        counter hashes (fields "used", "held", in units)
+-- KEYS[1]      r:{S}:<name>     the record: the request_id's answer and its reservation
+--                               (dry run: any key of the slot, never touched)
+-- KEYS[2]      z:{S}:open       zset of open record names, score = expires_ms (unix ms)
+-- KEYS[3]      c:{S}            subject config hash (field "version"; missing = "0")
+-- KEYS[4]      a:{S}:<digest>   the plan text the record names (STEP.SUBJECT; otherwise any
+--                               key of the slot, never touched)
+-- KEYS[5]      l:{S}:<digest>   the layout text a denial's tombstone names (STEP.SUBJECT;
+--                               otherwise any key of the slot, never touched)
+-- KEYS[6..5+n] q:{S}:...        counter hashes (fields "used", "held", in units)
 --
--- ARGV[1]  now_ms           unix ms: expired reservations (expires_ms <= now_ms) are settled first
--- ARGV[2]  reservation_id   the id of the new reservation
--- ARGV[3]  expires_ms       unix ms when the new reservation expires
--- ARGV[4]  grace_ms         ms the request key and a settled record outlive expires_ms
--- ARGV[5]  sweep_limit      at most this many expired reservations are settled per call
--- ARGV[6]  record_prefix    "r:{S}:" (record key of an id = prefix .. id)
--- ARGV[7]  idempotent       "1": look up / record the answer under KEYS[2]; "0": no request key
--- ARGV[8]  dry_run          "1": evaluate the gates, write nothing (besides settling expired ones)
--- ARGV[9]  config_version   expected HGET c:{S} version; "" skips the check
--- ARGV[10] meta             JSON object kept in the record
--- ARGV[11] has_global       "1" when a global step follows (kept in the record for settling)
--- ARGV[12] charges          JSON [[counter_key, metric, ask, window, window_id, resets_at, expire_at,
---                            cap, block], ...] for the counters KEYS[5..4+n], in that order: ask,
---                            cap and block in units (strings), resets_at and expire_at (the
---                            counter key's TTL) in unix seconds. Kept in the record as it is.
+-- ARGV[1]  step            STEP.SUBJECT | STEP.DRY_RUN | STEP.GLOBAL | STEP.GLOBAL_REPLAY
+-- ARGV[2]  tag             "{S}": the hash tag the record's other keys are built from
+-- ARGV[3]  now_ms          unix ms: open records with expires_ms <= now_ms are settled first
+-- ARGV[4]  name            the record's name (its member of KEYS[2])
+-- ARGV[5]  generation      the new reservation's generation ("" in the global scope)
+-- ARGV[6]  expires_ms      unix ms when the new reservation expires
+-- ARGV[7]  grace_ms        ms a settled record and a denial outlive expires_ms
+-- ARGV[8]  sweep_limit     at most this many expired reservations are settled per call
+-- ARGV[9]  request         "1": the record answers a request_id (replays find it; a denial
+--                          is recorded); "0": an existing record is a DUPLICATE
+-- ARGV[10] has_global      "1" when a company-wide step follows (kept in the record)
+-- ARGV[11] config_version  expected HGET c:{S} version; "" skips the check
+-- ARGV[12] plan            the plan text stored under KEYS[4] if it is not there yet
+-- ARGV[13] layout          the layout text "<plan digest>\n<own layout>\n<company-wide layout>"
+--                          (its digest names KEYS[5]); line 2 names KEYS[6..] in order
+--                          (entries "<metric>:<window>:<window_id>@<resets_at>")
+-- ARGV[14] estimate        amounts "<metric>=<units> ..." kept in the record
+-- ARGV[15..] four per counter of KEYS[6..], in order: ask, cap, block (units), and the
+--          counter key's expiry (unix s)
 --
 -- Gate, per counter with ask > 0 and uh = used + held: deny when uh >= block or uh + ask > cap.
--- Order: settle expired -> replay (request key) -> config version -> gates -> write.
--- Expiries are never earlier than Redis' clock plus the grace period (see lib.lua expiry_floor).
--- Everything is checked before anything is written (Redis does not roll a script back).
+-- Order: settle expired -> replay (an existing record) -> config version -> gates -> write.
+-- A replay is never re-judged and never changes the reservation. Expiries are never
+-- earlier than Redis' clock plus the grace period (lib.lua expiry_floor). Everything is
+-- checked before anything is written (Redis does not roll a script back).
 --
--- Returns {status, reservation_id, expires_ms, replayed, values, global_snapshot}:
---   status           reserved | denied | denied_global | checked | stale_config | duplicate
---   values           flat {used_1, held_1, used_2, held_2, ...} (strings, units) for KEYS[5..],
---                    before this reservation; for a replay the recorded values (current ones
---                    for a counter the first decision did not involve)
---   replayed         "1" when the answer comes from the request key
---   global_snapshot  JSON {counter_key: [used, held]} of the global step (denied_global only) or ""
+-- Returns {status, generation, expires_ms, replayed, values, recorded, plan, layout, state, has_global}:
+--   status      STATUS.*: RESERVED | DENIED | DENIED_GLOBAL (replays) | CHECKED | STALE_CONFIG |
+--               DUPLICATE | MISSING (STEP.GLOBAL_REPLAY without a record)
+--   generation  the reservation's generation (a replay: the recorded one)
+--   replayed    "1" when the answer is an existing record's
+--   values      flat {used_1, held_1, ...} (strings, units) of KEYS[6..], now (before this step)
+--   recorded    replays: the record's values as first decided ("" if it kept none)
+--   plan        replays: the plan text it names ("" if none)
+--   layout      replays: "<own layout>\n<company-wide layout>", naming the recorded values' counters
+--   state       replays: STATE.* of the record
+--   has_global  replays: "1" when the recorded reservation has (or may have) a company-wide part
 
 return reserve_one(KEYS, ARGV)

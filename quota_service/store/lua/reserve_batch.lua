@@ -1,5 +1,6 @@
 -- reserve_batch.lua: several reservations of ONE scope in one script call (group commit).
 -- (The store prepends lib.lua and reserve_core.lua: each item is reserve_one() there.)
+-- Used for STEP.GLOBAL and STEP.GLOBAL_REPLAY items.
 --
 -- The company-wide (global) counters are touched by every request; instead of one round
 -- trip each, the store queues the global steps that arrive while one is in flight and sends

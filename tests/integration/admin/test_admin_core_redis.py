@@ -12,7 +12,7 @@ import pytest
 from admin_plane import ACTOR, ALPHA, Plane
 
 from quota_service.admin import Admin
-from quota_service.errors import InvalidRequest, NotFound, PolicyError, StoreUnavailable
+from quota_service.errors import InvalidRequest, NotFound, PolicyError, StoreDataError
 from quota_service.policy.domain import Decision
 from quota_service.policy.stops import StopScope
 from quota_service.policy.validation import build_request
@@ -234,7 +234,7 @@ async def test_the_audit_log_never_holds_a_token_and_filters_by_subject(plane: P
     assert len(await plane.admin.list_audit()) == 11
 
 
-async def test_store_errors_are_store_unavailable(plane: Plane) -> None:
+async def test_damaged_stops_are_a_data_error_not_an_outage(plane: Plane) -> None:
     await plane.raw.set(STOPS_KEY, "not a hash")
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreDataError):
         await plane.admin.list_stops()

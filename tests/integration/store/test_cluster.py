@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis
-from support.charges import NOW_MS, charge, command, counter, global_counter
+from support.charges import NOW_MS, charge, command, counter, global_counter, global_record_key, record_key
 from support.redis_cluster import LocalRedisCluster
 
 from quota_service.policy.domain import GLOBAL_SCOPE, CounterValue, OverrideRecord
@@ -77,23 +77,28 @@ async def test_every_key_of_one_subject_shares_one_slot(
     )
     assert result.status is ReserveStatus.RESERVED
     rid = result.reservation_id
+    (plan,) = [key for key in all_keys(redis_cluster) if key.startswith(f"a:{{{subject}}}:")]
     subject_keys = [
         keys.counter_key(tokens),
         keys.counter_key(images),
-        keys.reservation_key(subject, rid),
-        keys.request_key(subject, "req-1"),
+        record_key(rid),
         keys.open_set_key(subject),
         keys.config_key(subject),
         keys.overrides_key(subject),
+        plan,
     ]
-    global_keys = [
-        keys.counter_key(company),
-        keys.reservation_key(GLOBAL_SCOPE, rid),
-        keys.request_key(GLOBAL_SCOPE, rid),
-        keys.open_set_key(GLOBAL_SCOPE),
-    ]
+    global_keys = [keys.counter_key(company), global_record_key(rid), keys.open_set_key(GLOBAL_SCOPE)]
     stored = set(all_keys(redis_cluster))
     assert stored == set(subject_keys) | set(global_keys)  # nothing else was written, nowhere else
+    await cluster_store.commit(rid, {"tokens": 5, "images": 1, "cost_usd": 20}, NOW_MS)
+    (layout,) = [key for key in all_keys(redis_cluster) if key.startswith(f"l:{{{subject}}}:")]
+    subject_keys.append(layout)
+    after = set(all_keys(redis_cluster))  # the open set is gone (empty), the global part forgotten
+    assert after == set(subject_keys + global_keys) - {
+        keys.open_set_key(subject),
+        keys.open_set_key(GLOBAL_SCOPE),
+        global_record_key(rid),
+    }
     assert len({keyslot(redis_cluster, key) for key in subject_keys}) == 1
     assert len({keyslot(redis_cluster, key) for key in global_keys}) == 1
     assert node_of(redis_cluster, keyslot(redis_cluster, subject_keys[0])) != node_of(

@@ -7,15 +7,18 @@ not benchmarks.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from support.charges import NOW_MS, charge, command, counter
 
 from quota_service.errors import StoreUnavailable
@@ -121,3 +124,71 @@ async def test_a_hung_redis_times_out_at_the_deadline(
         assert value == CounterValue(0, 11)
     else:  # one of them reached Redis
         assert value in (CounterValue(1, 1), CounterValue(0, 1))
+
+
+def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Waits (polling) until ``condition()`` holds; fails after ``seconds``."""
+    give_up = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < give_up, "condition not met in time"
+        time.sleep(0.01)
+
+
+async def test_redis_busy_running_a_script_is_an_outage(
+    persistent_redis: EmbeddedRedis, outage_store: RedisCounterStore
+) -> None:
+    """BUSY (another client's script runs past lua-time-limit) is transient: StoreUnavailable."""
+    tokens = counter()
+    await outage_store.usage((tokens,), NOW_MS)  # connected, scripts loaded
+    busy_loop = (
+        "local function now() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end "
+        "local start = now() while now() - start < 1500000 do end return 1"
+    )
+    with redis.Redis.from_url(persistent_redis.url) as admin:
+        admin.config_set("lua-time-limit", 50)
+    runner = threading.Thread(target=lambda: redis.Redis.from_url(persistent_redis.url).eval(busy_loop, 0))
+    runner.start()
+    try:
+
+        def answers_busy() -> bool:
+            with redis.Redis.from_url(persistent_redis.url, socket_timeout=1) as probe:
+                try:
+                    probe.ping()
+                except redis.ResponseError as exc:
+                    return str(exc).startswith("BUSY")
+                return False
+
+        await asyncio.to_thread(_until, answers_busy)
+        with pytest.raises(StoreUnavailable, match="BUSY"):
+            await outage_store.usage((tokens,), NOW_MS)
+    finally:
+        await asyncio.to_thread(runner.join)
+        with redis.Redis.from_url(persistent_redis.url) as admin:
+            admin.config_set("lua-time-limit", 5000)
+    assert (await outage_store.usage((tokens,), NOW_MS))[tokens] == CounterValue(0, 0)
+
+
+async def test_a_read_only_replica_after_a_failover_is_an_outage(
+    persistent_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """A store pointed at a replica (as after a failover, before clients follow) gets
+    READONLY on its first write: transient, StoreUnavailable, not damaged data."""
+    replica = EmbeddedRedis(
+        data_dir=tmp_path / "replica",
+        persistence=False,
+        extra_args=("--replicaof", "127.0.0.1", str(persistent_redis.port)),
+    )
+    replica.start()
+    store = RedisCounterStore.from_url(replica.url, timeout_seconds=TIMEOUT_SECONDS)
+    try:
+
+        def linked() -> bool:
+            with redis.Redis.from_url(replica.url, decode_responses=True) as probe:
+                return probe.info("replication").get("master_link_status") == "up"
+
+        await asyncio.to_thread(_until, linked)
+        with pytest.raises(StoreUnavailable, match=r"ReadOnlyError|READONLY"):
+            await store.reserve(command(charge(counter(), 1, cap=1000)))
+    finally:
+        await store.close()
+        replica.stop()

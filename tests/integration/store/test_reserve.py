@@ -9,7 +9,17 @@ from dataclasses import replace
 
 import pytest
 import redis.asyncio
-from support.charges import EXPIRE_AT, NOW_MS, charge, command, counter, global_counter
+from support.charges import (
+    EXPIRE_AT,
+    NOW_MS,
+    charge,
+    command,
+    counter,
+    global_counter,
+    global_record_key,
+    record_key,
+    request_record_key,
+)
 
 from quota_service.errors import InvalidRequest
 from quota_service.policy.domain import GLOBAL_SCOPE, CounterRef, CounterValue
@@ -159,7 +169,7 @@ async def test_dry_run_reports_current_values_and_writes_nothing(
         assert result.values == {tokens: CounterValue(0, 40), company: CounterValue(0, 7)}
 
     assert await raw.dbsize() == key_count
-    assert not await raw.exists(keys.request_key("alice", "dry"))
+    assert not await raw.exists(request_record_key("alice", "dry"))
     assert {key: await raw.hgetall(key) for key in before} == before
 
 
@@ -174,7 +184,7 @@ async def test_a_stale_config_version_writes_nothing(store: RedisCounterStore, r
     assert stale.status is ReserveStatus.STALE_CONFIG
     assert stale.reservation_id == ""
     assert await raw.dbsize() == keys_before
-    assert not await raw.exists(keys.request_key("alice", "r1"))
+    assert not await raw.exists(request_record_key("alice", "r1"))
     assert await value(store, tokens) == CounterValue(0, 10)
 
     current = await store.reserve(command(charge(tokens, 10, cap=100), config_version="1", request_id="r1"))
@@ -187,20 +197,25 @@ async def test_counter_and_reservation_keys_expire(store: RedisCounterStore, raw
     tokens, now_ms = counter(), int(time.time() * 1000)
     result = await store.reserve(command(charge(tokens, 10, cap=100), request_id="r", ttl_seconds=60, now_ms=now_ms))
     assert await expiry_ms(raw, keys.counter_key(tokens)) == pytest.approx(EXPIRE_AT * 1000, abs=50)
-    grace_ms = 3600 * 1000
-    assert await expiry_ms(raw, keys.request_key("alice", "r")) == pytest.approx(now_ms + 60_000 + grace_ms, abs=50)
-    # an open record lives as long as the counters it holds on
-    assert await expiry_ms(raw, keys.reservation_key("alice", result.reservation_id)) == pytest.approx(
-        EXPIRE_AT * 1000, abs=50
-    )
+    grace_ms = store.grace_seconds * 1000
+    assert grace_ms == 60_000  # the default
+    # an open record (the request's answer too) lives as long as the counters it holds on
+    record = record_key(result.reservation_id)
+    assert record == request_record_key("alice", "r")
+    assert await expiry_ms(raw, record) == pytest.approx(EXPIRE_AT * 1000, abs=50)
     assert await expiry_ms(raw, keys.open_set_key("alice")) == pytest.approx(EXPIRE_AT * 1000, abs=50)
+    (plan,) = await raw.keys("a:{alice}:*")  # the shared text it names lives as long as it
+    assert await expiry_ms(raw, plan) == pytest.approx(EXPIRE_AT * 1000, abs=50)
     assert result.expires_at == -(-(now_ms + 60_000) // 1000)
 
     await store.commit(result.reservation_id, {"tokens": 5}, now_ms)
-    # settled: kept for the grace period after its expiry, for late commits and replays
-    assert await expiry_ms(raw, keys.reservation_key("alice", result.reservation_id)) == pytest.approx(
-        now_ms + 60_000 + grace_ms, abs=50
-    )
+    # settled: a tombstone kept for the grace period after its expiry, for replays and
+    # repeated settlements, with the layout text it names
+    assert await raw.type(record) == "string"
+    assert await expiry_ms(raw, record) == pytest.approx(now_ms + 60_000 + grace_ms, abs=50)
+    (layout,) = await raw.keys("l:{alice}:*")
+    assert await expiry_ms(raw, layout) == pytest.approx(now_ms + 60_000 + grace_ms, abs=50)
+    assert not await raw.exists(keys.open_set_key("alice"))  # its last member left
 
 
 async def test_no_key_is_born_expired_when_the_clock_is_behind(
@@ -213,17 +228,15 @@ async def test_no_key_is_born_expired_when_the_clock_is_behind(
         command(charge(stale_counter, 10, cap=100), request_id="old", now_ms=past_ms, ttl_seconds=60)
     )
     assert result.status is ReserveStatus.RESERVED
-    floor_ms = int(time.time() * 1000) + 3600 * 1000 - 5000
-    for key in (
-        keys.counter_key(stale_counter),
-        keys.request_key("alice", "old"),
-        keys.reservation_key("alice", result.reservation_id),
-        keys.open_set_key("alice"),
-    ):
+    floor_ms = int(time.time() * 1000) + store.grace_seconds * 1000 - 5000
+    (plan,) = await raw.keys("a:{alice}:*")
+    for key in (keys.counter_key(stale_counter), record_key(result.reservation_id), keys.open_set_key("alice"), plan):
         assert await expiry_ms(raw, key) > floor_ms, key
     assert (await store.usage((stale_counter,), past_ms))[stale_counter] == CounterValue(0, 10)
     await store.commit(result.reservation_id, {"tokens": 3}, past_ms)
-    assert await expiry_ms(raw, keys.reservation_key("alice", result.reservation_id)) > floor_ms
+    (layout,) = await raw.keys("l:{alice}:*")
+    for key in (record_key(result.reservation_id), plan, layout):
+        assert await expiry_ms(raw, key) > floor_ms, key
 
 
 async def test_the_global_step_reserves_in_its_own_slot(store: RedisCounterStore, raw: redis.asyncio.Redis) -> None:
@@ -233,8 +246,7 @@ async def test_the_global_step_reserves_in_its_own_slot(store: RedisCounterStore
     )
     assert result.status is ReserveStatus.RESERVED
     assert result.values == {tokens: CounterValue(0, 0), company: CounterValue(0, 0)}
-    assert await raw.exists(keys.reservation_key(GLOBAL_SCOPE, result.reservation_id))
-    assert await raw.exists(keys.request_key(GLOBAL_SCOPE, result.reservation_id))
+    assert await raw.exists(global_record_key(result.reservation_id))
 
     # a replay re-runs the global step by reservation id: counted once there too
     replay = await store.reserve(

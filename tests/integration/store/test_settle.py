@@ -12,7 +12,7 @@ from quota_service.errors import InvalidRequest, NotFound
 from quota_service.policy.domain import CounterRef, CounterValue
 from quota_service.policy.windows import Window
 from quota_service.store import keys
-from quota_service.store.base import ReservationState, ReserveStatus
+from quota_service.store.base import ReservationState, ReserveStatus, SettledCounter
 from quota_service.store.redis_store import RedisCounterStore
 
 pytestmark = pytest.mark.redis
@@ -157,15 +157,18 @@ async def test_the_global_part_is_settled_with_the_same_actual_amounts(store: Re
             global_charges=(charge(company_cost, 500, cap=10_000), charge(company_tokens, 100, cap=10_000)),
         )
     )
+    reservation = await store.get_reservation(result.reservation_id)
+    assert reservation is not None
+    assert reservation.asks == {"tokens": 100, "cost_usd": 500}
     committed = await store.commit(result.reservation_id, {"tokens": 80, "cost_usd": 400}, NOW_MS)
     assert committed.values == {
         tokens: CounterValue(80, 0),
         company_cost: CounterValue(400, 0),
         company_tokens: CounterValue(80, 0),
     }
-    reservation = await store.get_reservation(result.reservation_id)
-    assert reservation is not None
-    assert reservation.asks == {"tokens": 100, "cost_usd": 500}
+    settled = await store.get_reservation(result.reservation_id)
+    assert settled is not None and settled.state is ReservationState.COMMITTED
+    assert settled.asks == {}  # a settled reservation holds nothing (its record is a tombstone)
 
     other = await store.reserve(
         command(charge(tokens, 10, cap=1000), global_charges=(charge(company_cost, 50, 10_000),))
@@ -246,3 +249,58 @@ async def test_withdraw_keeps_a_reservation_a_replay_handed_out(store: RedisCoun
 
 async def test_withdraw_of_an_unknown_reservation_changes_nothing(store: RedisCounterStore) -> None:
     assert not await store.withdraw(keys.new_reservation_id("alice"), "req-x", NOW_MS)
+
+
+async def test_a_commit_reports_every_window_it_settled(store: RedisCounterStore) -> None:
+    day, month, company = counter(), counter(window=Window.MONTH, window_id="2030-01"), global_counter()
+    result = await store.reserve(
+        command(charge(day, 40, cap=100), charge(month, 40, cap=100), global_charges=(charge(company, 7, cap=100),))
+    )
+    committed = await store.commit(result.reservation_id, {"tokens": 55, "cost_usd": 9}, NOW_MS)
+    assert committed.windows == (
+        SettledCounter(day, used_delta=55, held_delta=-40),
+        SettledCounter(month, used_delta=55, held_delta=-40),
+        SettledCounter(company, used_delta=9, held_delta=-7),
+    )
+    assert (await store.commit(result.reservation_id, {"tokens": 55}, NOW_MS)).windows == ()  # nothing applied
+
+
+async def test_a_late_commit_after_the_window_rolled_over_reports_the_window_it_corrected(
+    store: RedisCounterStore,
+) -> None:
+    """The reservation was made in the day 2030-01-01; it expired (charged its estimate) and
+    the commit comes when another day's counter is current: it corrects 2030-01-01's."""
+    first_day = counter(window_id="2030-01-01")
+    rid = await reserve(store, 40, first_day)
+    next_day = counter(window_id="2030-01-02")
+    await store.reserve(command(charge(next_day, 1, cap=100), now_ms=LATER_MS))  # a touch: it expires
+    late = await store.commit(rid, {"tokens": 25}, LATER_MS)
+    assert late.windows == (SettledCounter(first_day, used_delta=25 - 40, held_delta=0),)
+    assert late.windows[0].counter.window_id == "2030-01-01"
+    assert late.values == {first_day: CounterValue(25, 0)}
+
+    other = await reserve(store, 10, first_day)
+    await value(store, first_day, LATER_MS)  # expires it
+    released = await store.release(other, LATER_MS)
+    assert released.windows == (SettledCounter(first_day, used_delta=-10, held_delta=0),)
+
+
+async def test_a_commit_after_a_counters_retention_reports_it_lost(
+    store: RedisCounterStore, raw: redis.asyncio.Redis
+) -> None:
+    day, month = counter(), counter(window=Window.MONTH, window_id="2030-01")
+    rid = await reserve(store, 40, day, month)
+    await raw.delete(keys.counter_key(day))  # as Redis does once the day's counter outlived its retention
+    committed = await store.commit(rid, {"tokens": 55}, NOW_MS)
+    assert committed.windows == (
+        SettledCounter(day, used_delta=55, held_delta=-40, lost=True),  # reported, not counted
+        SettledCounter(month, used_delta=55, held_delta=-40, lost=False),
+    )
+    assert committed.values == {day: CounterValue(0, 0), month: CounterValue(55, 0)}
+    assert not await raw.exists(keys.counter_key(day))  # never recreated without its expiry
+
+
+async def test_release_of_an_open_reservation_reports_the_held_amount_given_back(store: RedisCounterStore) -> None:
+    tokens = counter()
+    rid = await reserve(store, 30, tokens)
+    assert (await store.release(rid, NOW_MS)).windows == (SettledCounter(tokens, used_delta=0, held_delta=-30),)
