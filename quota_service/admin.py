@@ -12,9 +12,10 @@ Guarantees:
   The change is made first; an audit entry that cannot be written is logged as an error
   with the whole entry (and every entry is also written to the server log), the change stands.
 * After every write to a subject's config, this replica's config cache forgets the subject,
-  so its next request sees the change; other replicas learn it through the config version
-  checked atomically by the reserve script (a stale cache costs one retry, never a wrong
-  decision).
+  so its next request sees the change; every other replica forgets it when the write's
+  notice reaches it (``config_write.lua`` publishes it; the stop watcher follows the
+  channel), and in any case a plan built from a stale config is caught by the config version
+  the reserve script checks atomically (one retry, never a wrong decision).
 * Amounts cross this module in the metric's own measure on the way in (``max`` of an
   override: US dollars for ``cost_usd``, whole counts otherwise) and leave it in whole
   units (micro-dollars for ``cost_usd``): the conversion is exact or refused, like the

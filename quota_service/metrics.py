@@ -12,6 +12,17 @@ RPC_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 STORE_ERRORS = Counter("quota_store_errors_total", "Redis calls that failed or timed out", ["operation"])
+STORE_DATA_ERRORS = Counter(
+    "quota_store_data_errors_total", "Store calls that failed on damaged data or a script error", ["operation"]
+)
+GROUP_COMMIT_SHED = Counter(
+    "quota_group_commit_shed_total", "Store calls refused at once because the group-commit queue was full"
+)
+WITHDRAWS = Counter(
+    "quota_withdraws_total",
+    "Background withdraws of a denied request's reservation after a store failure, by outcome",
+    ["outcome"],
+)
 POLICY_RELOAD_FAILURES = Counter("quota_policy_reload_failures_total", "Policy reloads that failed validation")
 POLICY_RELOADS = Counter("quota_policy_reloads_total", "Policy reloads that swapped in a new version")
 EMERGENCY_STOPS_ACTIVE = Gauge("quota_emergency_stops_active", "Emergency stops currently in force")

@@ -11,6 +11,8 @@ key                          holds
 ``s:{__stops__}``            hash: emergency stops, field ``GLOBAL`` or ``<SCOPE>:<target>`` -> JSON
                              ``{"scope", "target", "reason", "created_at" (unix s), "created_by"}``
 ``quota:stops:{__stops__}``  pub/sub channel (no key): ``"<put|delete> <field>"`` after every stop change
+``quota:config:{__config__}`` pub/sub channel (no key): ``c:{S}`` (the subject's config key) after every
+                             write of a subject's config (``config_write.lua``, in the same step)
 ``x:{__overrides__}``        zset: subjects that have (or recently had) an override, scored by the unix
                              seconds of their last override write (ListOverrides of every subject)
 ``audit:{__audit__}``        stream (``MAXLEN ~ 100000``): one entry per admin change, fields ``at``
@@ -58,6 +60,7 @@ from quota_service.store.redis_store import STORE_ERRORS, RedisCounterStore, bou
 __all__ = [
     "AUDIT_KEY",
     "AUDIT_MAXLEN",
+    "CONFIG_CHANNEL",
     "OVERRIDE_INDEX_KEY",
     "STOPS_CHANNEL",
     "STOPS_KEY",
@@ -71,6 +74,8 @@ T = TypeVar("T")
 
 STOPS_KEY: Final = "s:{__stops__}"
 STOPS_CHANNEL: Final = "quota:stops:{__stops__}"
+#: Written by ``config_write.lua`` (the same text there): the config key of each subject written.
+CONFIG_CHANNEL: Final = "quota:config:{__config__}"
 OVERRIDE_INDEX_KEY: Final = "x:{__overrides__}"
 AUDIT_KEY: Final = "audit:{__audit__}"
 #: The audit stream is trimmed to about this many entries (``XADD MAXLEN ~``).
@@ -81,6 +86,11 @@ SCAN_COUNT: Final = 1000
 AUDIT_PAGE: Final = 500
 #: How long the stop subscription waits for a message before looking again (seconds).
 SUBSCRIPTION_POLL_SECONDS: Final = 1.0
+#: The config subscription PINGs through its connection after this long without a message,
+#: and yields each answer as a heartbeat (seconds) ...
+CONFIG_HEARTBEAT_SECONDS: Final = 0.2
+#: ... and gives the subscription up (raises) after this long without any reply.
+CONFIG_SILENCE_SECONDS: Final = 1.0
 
 _SCRIPTS: Final = ("admin_stop", "admin_reset", "admin_prune_index")
 _GLOB_SPECIAL: Final = frozenset("*?[]\\")
@@ -282,6 +292,43 @@ class RedisAdminStore:
                 async with asyncio.timeout(self._timeout):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    async def config_changes(self) -> AsyncGenerator[str | None, None]:
+        """Yields ``None`` once subscribed to the config channel, then the subject of every
+        config write, and ``None`` for every heartbeat: after
+        :data:`CONFIG_HEARTBEAT_SECONDS` without a message it PINGs through the subscription
+        and yields when the answer comes, so a follower knows the feed is alive (a half-open
+        connection that silently lost it is not). Raises :class:`StoreUnavailable` when the
+        subscription cannot be made, breaks, or stays silent :data:`CONFIG_SILENCE_SECONDS`;
+        the caller subscribes again. Closing the iterator closes the subscription's connection."""
+        pubsub = self._client.pubsub()
+        loop = asyncio.get_running_loop()
+        try:
+            await self._call("subscribe", lambda: pubsub.subscribe(CONFIG_CHANNEL))
+            yield None
+            heard = loop.time()
+            while True:
+                try:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=CONFIG_HEARTBEAT_SECONDS)
+                except STORE_ERRORS as exc:
+                    raise StoreUnavailable(f"redis config subscription broke: {type(exc).__name__}: {exc}") from exc
+                now = loop.time()
+                if message is None:
+                    if now - heard > CONFIG_SILENCE_SECONDS:
+                        raise StoreUnavailable(f"redis config subscription silent for {now - heard:.1f}s")
+                    await self._call("ping", lambda: pubsub.ping())  # answered as a "pong" message
+                    continue
+                heard = now
+                if message.get("type") == "pong":
+                    yield None
+                elif message.get("type") == "message":
+                    subject = _subject_of_config_key(str(message.get("data", "")))
+                    if subject is not None:
+                        yield subject
+        finally:
+            with contextlib.suppress(*STORE_ERRORS, TimeoutError):
+                async with asyncio.timeout(self._timeout):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
     # -- audit ----------------------------------------------------------------------------------
 
     async def append_audit(self, record: AuditRecord) -> str:
@@ -394,6 +441,16 @@ class RedisAdminStore:
                 )
                 best = heapq.nsmallest(n, best, key=_rank)
         return sorted(best, key=_rank)
+
+
+def _subject_of_config_key(key: str) -> str | None:
+    """The subject of ``c:{S}`` (:func:`quota_service.store.keys.config_key`), else ``None``."""
+    prefix, suffix = "c:{", "}"
+    if not key.startswith(prefix) or not key.endswith(suffix) or len(key) <= len(prefix) + len(suffix):
+        log.warning("ignoring config change notice %r: not a subject's config key", key[:200])
+        return None
+    subject = key[len(prefix) : -len(suffix)]
+    return subject if keys.config_key(subject) == key else None
 
 
 def _rank(row: UsageRow) -> tuple[int, int, str]:
