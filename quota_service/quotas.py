@@ -626,15 +626,21 @@ class Quotas:
         task.add_done_callback(self._withdraws.discard)
 
     async def _withdraw(self, reservation_id: str, request_id: str) -> None:
+        """Tries until the store answers, with backoff. A first answer of "nothing held" is
+        checked once more ``withdraw_backoff.cap`` seconds later: the reserve whose outcome
+        was unknown may still be on its way (queued in a Redis that was frozen, say) and land
+        after the first try."""
         backoff = self.withdraw_backoff
+        confirming = False
         for attempt in range(backoff.attempts):
-            if attempt:
+            if confirming:
+                await asyncio.sleep(backoff.cap)
+            elif attempt:
                 await asyncio.sleep(backoff.delay(attempt, self._rng))
             try:
                 withdrawn = await self.store.withdraw(reservation_id, request_id, to_ms(self.clock.now()))
             except (NotFound, InvalidRequest):
-                WITHDRAWS.labels("nothing_held").inc()
-                return  # never reserved (the failure came first): nothing to give back
+                withdrawn = False  # not (yet) reserved
             except StoreDataError as exc:
                 STORE_DATA_ERRORS.labels("withdraw").inc()
                 WITHDRAWS.labels("gave_up").inc()
@@ -646,9 +652,12 @@ class Quotas:
             if withdrawn:
                 WITHDRAWS.labels("withdrawn").inc()
                 log.info("withdrew %s: the request was denied after a store failure", reservation_id)
-            else:
-                WITHDRAWS.labels("nothing_held").inc()  # never reserved, settled, or handed out by a replay
-            return
+                return
+            if confirming:
+                # Never reserved, settled, or handed out by a replay since: nothing to give back.
+                WITHDRAWS.labels("nothing_held").inc()
+                return
+            confirming = True
         WITHDRAWS.labels("gave_up").inc()
         log.warning(
             "could not withdraw %s after %d tries; it settles at its estimate when it expires",

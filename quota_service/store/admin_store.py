@@ -12,7 +12,8 @@ key                          holds
                              ``{"scope", "target", "reason", "created_at" (unix s), "created_by"}``
 ``quota:stops:{__stops__}``  pub/sub channel (no key): ``"<put|delete> <field>"`` after every stop change
 ``quota:config:{__config__}`` pub/sub channel (no key): ``c:{S}`` (the subject's config key) after every
-                             write of a subject's config (``config_write.lua``, in the same step)
+                             write of a subject's config (``config_write.lua``, in the same step); each
+                             replica also hears its own heartbeats on ``<it>:heartbeat:<random>``
 ``x:{__overrides__}``        zset: subjects that have (or recently had) an override, scored by the unix
                              seconds of their last override write (ListOverrides of every subject)
 ``audit:{__audit__}``        stream (``MAXLEN ~ 100000``): one entry per admin change, fields ``at``
@@ -42,6 +43,7 @@ import heapq
 import importlib.resources
 import json
 import logging
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -86,10 +88,10 @@ SCAN_COUNT: Final = 1000
 AUDIT_PAGE: Final = 500
 #: How long the stop subscription waits for a message before looking again (seconds).
 SUBSCRIPTION_POLL_SECONDS: Final = 1.0
-#: The config subscription PINGs through its connection after this long without a message,
-#: and yields each answer as a heartbeat (seconds) ...
+#: The config subscription sends itself a heartbeat after this long without a message, and
+#: yields each one it hears as a sign of life (seconds) ...
 CONFIG_HEARTBEAT_SECONDS: Final = 0.2
-#: ... and gives the subscription up (raises) after this long without any reply.
+#: ... and gives the subscription up (raises) after this long without hearing anything.
 CONFIG_SILENCE_SECONDS: Final = 1.0
 
 _SCRIPTS: Final = ("admin_stop", "admin_reset", "admin_prune_index")
@@ -295,15 +297,19 @@ class RedisAdminStore:
     async def config_changes(self) -> AsyncGenerator[str | None, None]:
         """Yields ``None`` once subscribed to the config channel, then the subject of every
         config write, and ``None`` for every heartbeat: after
-        :data:`CONFIG_HEARTBEAT_SECONDS` without a message it PINGs through the subscription
-        and yields when the answer comes, so a follower knows the feed is alive (a half-open
-        connection that silently lost it is not). Raises :class:`StoreUnavailable` when the
-        subscription cannot be made, breaks, or stays silent :data:`CONFIG_SILENCE_SECONDS`;
-        the caller subscribes again. Closing the iterator closes the subscription's connection."""
-        pubsub = self._client.pubsub()
+        :data:`CONFIG_HEARTBEAT_SECONDS` without a message it PUBLISHes an empty message on
+        a heartbeat channel of its own (subscribed with the same connection) and yields when
+        that comes back, so a follower knows the feed still delivers (a half-open connection
+        that silently lost it does not). Raises :class:`StoreUnavailable` when the
+        subscription cannot be made, breaks, or hears nothing for
+        :data:`CONFIG_SILENCE_SECONDS`; the caller subscribes again. Closing the iterator
+        closes the subscription's connection."""
+        client = self._client
+        heartbeat = f"{CONFIG_CHANNEL}:heartbeat:{secrets.token_hex(8)}"
+        pubsub = client.pubsub()
         loop = asyncio.get_running_loop()
         try:
-            await self._call("subscribe", lambda: pubsub.subscribe(CONFIG_CHANNEL))
+            await self._call("subscribe", lambda: pubsub.subscribe(CONFIG_CHANNEL, heartbeat))
             yield None
             heard = loop.time()
             while True:
@@ -312,18 +318,18 @@ class RedisAdminStore:
                 except STORE_ERRORS as exc:
                     raise StoreUnavailable(f"redis config subscription broke: {type(exc).__name__}: {exc}") from exc
                 now = loop.time()
-                if message is None:
+                if message is None or message.get("type") != "message":
                     if now - heard > CONFIG_SILENCE_SECONDS:
-                        raise StoreUnavailable(f"redis config subscription silent for {now - heard:.1f}s")
-                    await self._call("ping", lambda: pubsub.ping())  # answered as a "pong" message
+                        raise StoreUnavailable(f"redis config subscription heard nothing for {now - heard:.1f}s")
+                    await self._call("publish", lambda: client.publish(heartbeat, ""))
                     continue
                 heard = now
-                if message.get("type") == "pong":
+                if message.get("channel") == heartbeat:
                     yield None
-                elif message.get("type") == "message":
-                    subject = _subject_of_config_key(str(message.get("data", "")))
-                    if subject is not None:
-                        yield subject
+                    continue
+                subject = _subject_of_config_key(str(message.get("data", "")))
+                if subject is not None:
+                    yield subject
         finally:
             with contextlib.suppress(*STORE_ERRORS, TimeoutError):
                 async with asyncio.timeout(self._timeout):

@@ -26,6 +26,8 @@ from quota_service.store.memory_store import MemoryCounterStore
 
 pytestmark = pytest.mark.unit
 
+QUICK = Backoff(base=0.001, cap=0.002, attempts=4)
+
 
 def ask(who: str, tokens: float = 100, request_id: str = "req-1") -> QuotaRequest:
     return build_request(
@@ -180,6 +182,38 @@ async def test_a_withdraw_gives_up_after_its_attempts_and_leaves_the_ttl_to_sett
     assert held(store, "stuck") == 100  # settles at its estimate when it expires
 
 
+class Late(MemoryCounterStore):
+    """A reserve that times out and lands only after the first withdraw found nothing (it
+    waited in the input buffer of a Redis that was frozen)."""
+
+    queued: ReserveCommand | None = None
+
+    async def reserve(self, command: ReserveCommand) -> ReserveResult:
+        if self.queued is None and command.request_id == "late":
+            self.queued = command
+            raise StoreUnavailable("timed out")
+        return await super().reserve(command)
+
+    async def withdraw(self, reservation_id: str, request_id: str, now_ms: int) -> bool:
+        withdrawn = await super().withdraw(reservation_id, request_id, now_ms)
+        if self.calls["withdraw"] == 1 and self.queued is not None:
+            await super().reserve(self.queued)  # lands now
+        return withdrawn
+
+
+async def test_a_reserve_landing_after_the_first_withdraw_is_still_withdrawn(
+    clock: ManualClock, policy_file: Path
+) -> None:
+    store = Late(timeout_seconds=5.0)
+    quotas = Quotas(policy=LivePolicy(policy_file, clock=clock), store=store, clock=clock, withdraw_backoff=QUICK)
+    denied = await quotas.check_and_reserve(ask("slowpoke", request_id="late"))
+    assert denied.outcome.reason is Reason.STORE_UNAVAILABLE
+    await quotas.drain()
+    assert store.calls["withdraw"] == 2 and held(store, "slowpoke") == 0
+    again = await quotas.check_and_reserve(ask("slowpoke", request_id="late"))
+    assert again.outcome.decision is Decision.ALLOW and not again.replayed  # its request_id was forgotten too
+
+
 def test_the_backoff_is_exponential_with_full_jitter() -> None:
     backoff = Backoff(base=0.1, cap=1.0, attempts=6)
     rng = random.Random(1)
@@ -287,7 +321,7 @@ class Shifting(MemoryCounterStore):
 
 async def test_a_config_that_keeps_changing_ends_in_on_store_error(clock: ManualClock, policy_file: Path) -> None:
     store = Shifting(timeout_seconds=5.0)
-    quotas = Quotas(policy=LivePolicy(policy_file, clock=clock), store=store, clock=clock)
+    quotas = Quotas(policy=LivePolicy(policy_file, clock=clock), store=store, clock=clock, withdraw_backoff=QUICK)
     answer = await quotas.check_and_reserve(ask("busy"))
     assert (answer.outcome.decision, answer.outcome.reason) == (Decision.DENY, Reason.STORE_UNAVAILABLE)
     assert store.calls["reserve"] == STALE_RETRIES and quotas.pending_withdraws == 1
