@@ -16,7 +16,9 @@
 4. a replay (the store recognised the request_id) is answered from what the first decision
    was made on, recorded with it (:mod:`quota_service.policy.replay`): the first answer,
    whatever the policy, tier or overrides say now; a replay never changes or releases the
-   reservation;
+   reservation. (A denial made before any counter is answered without asking the store, so
+   an emergency stop, or a feature taken out of the tier, wins over a replay: that answer is
+   DENY, and the reservation stays as it was, committable by whoever holds its id.);
 5. on :class:`StoreUnavailable` (an outage, or the request's deadline passing), answer with
    the tier's ``on_store_error`` (after the emergency stops, which are in memory and apply
    whatever the store does); on :class:`StoreDataError` (damaged data, a script error),
