@@ -12,9 +12,10 @@ Guarantees:
   The change is made first; an audit entry that cannot be written is logged as an error
   with the whole entry (and every entry is also written to the server log), the change stands.
 * After every write to a subject's config, this replica's config cache forgets the subject,
-  so its next request sees the change; other replicas learn it through the config version
-  checked atomically by the reserve script (a stale cache costs one retry, never a wrong
-  decision).
+  so its next request sees the change; every other replica forgets it when the write's
+  notice reaches it (``config_write.lua`` publishes it; the stop watcher follows the
+  channel), and in any case a plan built from a stale config is caught by the config version
+  the reserve script checks atomically (one retry, never a wrong decision).
 * Every ``reason`` is checked before anything is written (:func:`validate_reason`): at most
   :data:`MAX_REASON_BYTES` bytes of UTF-8, newlines allowed, no other control character
   (NUL, ESC, tab, CR, DEL, C1). Format characters (right-to-left marks, bidi isolates) stay

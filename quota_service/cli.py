@@ -62,6 +62,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="seconds a Redis call may take before on_store_error answers (env QUOTA_STORE_TIMEOUT)",
     )
     serve.add_argument(
+        "--request-budget",
+        type=float,
+        default=float(os.environ.get("QUOTA_REQUEST_BUDGET", "0.4")),
+        help="the most seconds one request may take, every Redis call included, whatever the caller's "
+        "deadline (env QUOTA_REQUEST_BUDGET; default 0.4, below the client's 0.5 s attempt timeout)",
+    )
+    serve.add_argument(
         "--grace-seconds",
         type=int,
         default=int(os.environ.get("QUOTA_GRACE_SECONDS", "60")),

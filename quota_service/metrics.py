@@ -20,6 +20,14 @@ STORE_DATA_ERRORS = Counter(
     "Redis calls that found damaged data or were refused (StoreDataError)",
     ["operation"],
 )
+GROUP_COMMIT_SHED = Counter(
+    "quota_group_commit_shed_total", "Store calls refused at once because the group-commit queue was full"
+)
+WITHDRAWS = Counter(
+    "quota_withdraws_total",
+    "Background withdraws of a denied request's reservation after a store failure, by outcome",
+    ["outcome"],
+)
 POLICY_RELOAD_FAILURES = Counter("quota_policy_reload_failures_total", "Policy reloads that failed validation")
 POLICY_RELOADS = Counter("quota_policy_reloads_total", "Policy reloads that swapped in a new version")
 EMERGENCY_STOPS_ACTIVE = Gauge("quota_emergency_stops_active", "Emergency stops currently in force")

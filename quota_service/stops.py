@@ -14,6 +14,14 @@ So a stop is in force on every replica within ``poll_interval`` plus a round tri
 under 1 s), and usually within milliseconds. Re-reads are serialized, so an older read
 never overwrites a newer one.
 
+Config changes ride along. Every write of a subject's config (tier, overrides) publishes
+the subject on a channel of its own; when its store has that feed (``config_changes``) and
+someone follows it (:meth:`StopWatcher.follow_configs`, which ``Quotas`` does with its
+config cache), a third loop hands each notice to the followers: (re)subscribed (forget
+everything: notices may have been missed), a subject changed (forget it), a heartbeat
+(the subscription still answers), broken (stop trusting old entries). The followers decide
+how much to trust what they cached (see :class:`quota_service.quotas.SubjectConfigCache`).
+
 Start-up and an unreachable store. :meth:`StopWatcher.start` loads the stops before the
 replica serves. If the store cannot be read then, the replica does not know whether a stop
 is in force, and it **fails closed**: until the first successful load, :meth:`active`
@@ -32,7 +40,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from quota_service.errors import QuotaServiceError, StoreDataError, StoreUnavailable
 from quota_service.metrics import EMERGENCY_STOPS_ACTIVE
@@ -41,6 +49,9 @@ from quota_service.policy.stops import EmergencyStop, StopScope
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_SECONDS = 0.5
+#: close(): how many times a loop is cancelled, and how long each time it gets to end.
+CLOSE_ATTEMPTS = 5
+CLOSE_WAIT_SECONDS = 0.5
 
 #: In force until the stops were read once: every request is denied (see the module docstring).
 NOT_LOADED = EmergencyStop(
@@ -60,6 +71,30 @@ class StopStore(Protocol):
         """Yields once subscribed, then once per change notice; raises :class:`StoreUnavailable`
         when the subscription breaks."""
         ...
+
+
+@runtime_checkable
+class ConfigChangeStore(Protocol):
+    def config_changes(self) -> AsyncGenerator[str | None, None]:
+        """Yields ``None`` once subscribed, then a subject per config write and ``None`` per
+        heartbeat; raises :class:`StoreUnavailable` when the subscription breaks."""
+        ...
+
+
+class ConfigListener(Protocol):
+    """Who follows config changes (``SubjectConfigCache``). Called on the watcher's loop."""
+
+    def feed_up(self) -> None:
+        """(Re)subscribed: notices may have been missed before."""
+
+    def feed_alive(self) -> None:
+        """A heartbeat: the subscription still answers."""
+
+    def feed_changed(self, subject: str) -> None:
+        """``subject``'s config was written."""
+
+    def feed_down(self) -> None:
+        """The subscription broke; a new one is being made."""
 
 
 class StopWatcher:
@@ -93,6 +128,11 @@ class StopWatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._failing_since: float | None = None
         self._last_failure_log = float("-inf")
+        # Set by close(): the loops end even if a Redis client swallowed their cancellation
+        # (redis-py may turn a CancelledError that meets a dying connection into a ConnectionError).
+        self._closing = False
+        self._config_listeners: list[ConfigListener] = []
+        self._config_task: asyncio.Task[None] | None = None
         self.refreshes = 0  # successful re-reads (for tests and debugging)
 
     # -- the request path ------------------------------------------------------------------
@@ -106,6 +146,49 @@ class StopWatcher:
     def loaded(self) -> bool:
         """True once the stops were read from the store at least once."""
         return self._loaded
+
+    # -- config changes -----------------------------------------------------------------------
+
+    def follow_configs(self, listener: ConfigListener) -> None:
+        """Hand every config-change notice to ``listener`` (from :meth:`start` on, or at once
+        if started). Nothing happens when the store has no config feed: the listener then
+        never hears that the feed is up, and trusts its entries only briefly."""
+        self._config_listeners.append(listener)
+        if self._tasks and self._config_task is None:
+            self._start_config_loop()
+
+    def _start_config_loop(self) -> None:
+        if not isinstance(self._store, ConfigChangeStore) or not self._config_listeners:
+            return
+        self._config_task = asyncio.create_task(self._config_loop(self._store), name="config-subscription")
+        self._tasks.append(self._config_task)
+
+    async def _config_loop(self, store: ConfigChangeStore) -> None:
+        while not self._closing:
+            changes = store.config_changes()
+            subscribed = False
+            try:
+                async for subject in changes:
+                    if self._closing:
+                        break
+                    for listener in self._config_listeners:
+                        if not subscribed:
+                            listener.feed_up()
+                        elif subject is None:
+                            listener.feed_alive()
+                        else:
+                            listener.feed_changed(subject)
+                    subscribed = True
+            except StoreUnavailable as exc:
+                log.debug("config subscription lost (%s); subscribing again", exc)
+            except Exception:  # a bug must not end the subscription for good
+                log.exception("config subscription failed; subscribing again")
+            finally:
+                for listener in self._config_listeners:
+                    listener.feed_down()
+                with contextlib.suppress(Exception):
+                    await changes.aclose()
+            await asyncio.sleep(self._resubscribe_delay)
 
     # -- keeping it fresh ---------------------------------------------------------------------
 
@@ -131,6 +214,7 @@ class StopWatcher:
         """Load the stops (up to ``attempts`` tries, ``poll_interval`` apart), then start the
         subscription and the polling loop. Returns whether the stops are loaded; when not,
         the replica fails closed (see the module docstring) until the polling loop succeeds."""
+        self._closing = False
         for attempt in range(max(1, attempts)):
             try:
                 await self.refresh()
@@ -149,16 +233,29 @@ class StopWatcher:
             asyncio.create_task(self._poll_loop(), name="stops-poll"),
             asyncio.create_task(self._subscription_loop(), name="stops-subscription"),
         ]
+        self._start_config_loop()
         return self._loaded
 
     async def close(self) -> None:
-        """Stop both loops (the subscription's connection is closed)."""
+        """Stop the loops (the subscriptions' connections are closed)."""
+        self._closing = True
         tasks, self._tasks = self._tasks, []
+        self._config_task = None
+        pending = set(tasks)
+        # redis-py's pubsub can swallow a cancellation that lands while it reads (it then
+        # polls on): cancel again until every loop has ended, within a bound; a loop that
+        # still will not end is left behind (the process is shutting down) and said so.
+        for _ in range(CLOSE_ATTEMPTS):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _done, pending = await asyncio.wait(pending, timeout=CLOSE_WAIT_SECONDS)
         for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("stop watcher loop %s ended with %r", task.get_name(), task.exception())
+        if pending:
+            log.warning("stop watcher loops did not end on cancellation: %s", ", ".join(t.get_name() for t in pending))
 
     async def _refresh_quietly(self) -> None:
         try:
@@ -167,15 +264,17 @@ class StopWatcher:
             self._failed(exc)
 
     async def _poll_loop(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self._poll_interval)
             await self._refresh_quietly()
 
     async def _subscription_loop(self) -> None:
-        while True:
+        while not self._closing:
             changes = self._store.stop_changes()
             try:
                 async for _ in changes:
+                    if self._closing:
+                        break
                     await self._refresh_quietly()
             except (StoreUnavailable, StoreDataError) as exc:
                 log.debug("stop subscription lost (%s); subscribing again", exc)

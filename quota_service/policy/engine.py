@@ -13,8 +13,8 @@ with ``uh = used + held`` before this request:
 Hard stops and global caps have no thresholds (deny only past ``max``). The request's
 decision is the worst over all its limits. This module is the one place the rule lives:
 the store applies its DENY half atomically from the caps and block lines the plan hands it
-(:meth:`CounterPlan.charge`), and :func:`decide` explains the result (reason, message, the
-deciding limit) from the values the store saw.
+(:meth:`CounterPlan.charge`), and :func:`decide` explains the store's verdict (reason,
+message, the deciding limit) from the values the store saw; it never overrules it.
 """
 
 from __future__ import annotations
@@ -254,16 +254,26 @@ def _describe(report: LimitReport, ask: int) -> str:
     return messages.within(report.limit, uh, report.ratio)
 
 
-def decide(plan: Plan, values: Mapping[CounterRef, CounterValue], *, reserved: bool) -> Outcome:
+def decide(
+    plan: Plan, values: Mapping[CounterRef, CounterValue], *, reserved: bool, store_denied: bool = False
+) -> Outcome:
     """The decision for ``plan`` given each counter's value *before* this request.
 
-    ``reserved``: the store held the request's asks, so the reported ``held`` includes them.
+    The store's verdict, when there was one, is the decision's DENY half (its atomic gate
+    applies the rule): ``reserved``: the store held every ask (the reported ``held``
+    includes them), so the answer is ALLOW or WARN; ``store_denied``: the gate refused,
+    so the answer is DENY. Neither (a dry run, a simulation): the rule alone decides.
+    This function only explains the verdict: the reason, the message and the deciding
+    limit, from the values the store saw. A verdict no limit explains (a bug, or values
+    that moved under a non-atomic read) is said so in the message, never overruled.
     A missing value counts as zero.
 
     The deciding limit of a DENY is one the request can never pass (its ask alone is above
     the cap: no ``retry_after``), else the one that blocks longest (``retry_after`` is when
     it resets). Of a WARN: the limit nearest its cap.
     """
+    if reserved and store_denied:
+        raise ValueError("the store either held the request or denied it, not both")
     if plan.denial is not None:
         return plan.denial
     reports: list[tuple[LimitReport, int]] = []
@@ -274,9 +284,24 @@ def decide(plan: Plan, values: Mapping[CounterRef, CounterValue], *, reserved: b
             decision, reason = judge(limit, value.used, value.held, counter.ask)
             reports.append((LimitReport(limit, counter.ref, value.used, held_after, decision, reason), counter.ask))
     limits = tuple(r for r, _ in reports)
+    worst = max((r.decision for r in limits), default=Decision.ALLOW)
+    if store_denied and worst is not Decision.DENY:
+        return Outcome(
+            Decision.DENY,
+            Reason.LIMIT_EXCEEDED,
+            "denied by the quota store's atomic check, although no limit of this request explains it "
+            "from the values it reported",
+            limits,
+        )
+    if reserved and worst is Decision.DENY:
+        # The store's gate held it: the request is within every cap as the store saw it. Its
+        # values moved past a line meanwhile (or disagree): explain it as a WARN, never deny.
+        candidates = [(r, ask) for r, ask in reports if r.decision is not Decision.ALLOW]
+        deciding, _ = max(candidates, key=lambda item: item[0].ratio)
+        message = messages.within(deciding.limit, deciding.used + deciding.held, deciding.ratio)
+        return Outcome(Decision.WARN, Reason.WARN_THRESHOLD, message, limits, deciding)
     if not reports:
         return Outcome(Decision.ALLOW, Reason.WITHIN_LIMITS, "no limit applies", ())
-    worst = max(r.decision for r in limits)
     if worst is Decision.ALLOW:
         return Outcome(Decision.ALLOW, Reason.WITHIN_LIMITS, "within limits", limits)
     candidates = [(r, ask) for r, ask in reports if r.decision is worst]

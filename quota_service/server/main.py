@@ -98,7 +98,7 @@ async def serve(args: argparse.Namespace) -> int:
     store = RedisCounterStore.from_url(redis_url, timeout_seconds=args.store_timeout, grace_seconds=args.grace_seconds)
     admin_store = RedisAdminStore(counters=store)
     stops = StopWatcher(store=admin_store)
-    quotas = Quotas(policy=policy, store=store, stops=stops)
+    quotas = Quotas(policy=policy, store=store, stops=stops, request_budget_seconds=args.request_budget)
     try:
         await _check_eviction(store, allow=args.allow_eviction)
         # Before serving: a replica never answers without knowing the emergency stops.
@@ -152,7 +152,7 @@ async def serve(args: argparse.Namespace) -> int:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        await quotas.drain(1.0)
+        await quotas.drain()  # for as long as the withdraw retries can last (about 10 s)
         await _close_ledger(ledger, ledger_ready)
         await stops.close()
         await store.close()

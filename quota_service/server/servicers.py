@@ -1,4 +1,10 @@
-"""Thin typed adapters: convert the request, call the core, convert the result."""
+"""Thin typed adapters: convert the request, call the core, convert the result.
+
+Each call to the core runs under one deadline (:func:`quota_service.deadline.request_deadline`):
+the caller's gRPC deadline less a margin for the answer, capped by the server's request
+budget (:meth:`Quotas.request_seconds`), so every store call of the request, queue waits
+included, ends in time for the answer to reach the caller.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Any
 import grpc
 
 from quota.v1 import quota_pb2, quota_pb2_grpc
+from quota_service.deadline import request_deadline
 from quota_service.errors import InvalidRequest
 from quota_service.policy.validation import build_request, validate_subject
 from quota_service.quotas import Quotas
@@ -20,6 +27,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     def __init__(self, *, quotas: Quotas) -> None:
         self._quotas = quotas
+
+    def _deadline(self, context: Context) -> float:
+        """Seconds this request may take (see the module docstring)."""
+        return self._quotas.request_seconds(context.time_remaining())
 
     @grpc_errors
     async def CheckAndReserve(
@@ -35,12 +46,15 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
             dry_run=request.dry_run,
             ttl_seconds=request.reservation_ttl_seconds,
         )
-        return convert.reserve_response(await self._quotas.check_and_reserve(quota_request))
+        with request_deadline(self._deadline(context)):
+            answer = await self._quotas.check_and_reserve(quota_request)
+        return convert.reserve_response(answer)
 
     @grpc_errors
     async def Commit(self, request: quota_pb2.CommitRequest, context: Context) -> quota_pb2.CommitResponse:
         _require_reservation(request.reservation_id)
-        answer = await self._quotas.commit(request.reservation_id, dict(request.usage))
+        with request_deadline(self._deadline(context)):
+            answer = await self._quotas.commit(request.reservation_id, dict(request.usage))
         return quota_pb2.CommitResponse(
             limits=[convert.limit_status(r) for r in answer.limits], already_settled=answer.already_settled
         )
@@ -48,12 +62,15 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     @grpc_errors
     async def Release(self, request: quota_pb2.ReleaseRequest, context: Context) -> quota_pb2.ReleaseResponse:
         _require_reservation(request.reservation_id)
-        return quota_pb2.ReleaseResponse(already_settled=await self._quotas.release(request.reservation_id))
+        with request_deadline(self._deadline(context)):
+            already_settled = await self._quotas.release(request.reservation_id)
+        return quota_pb2.ReleaseResponse(already_settled=already_settled)
 
     @grpc_errors
     async def GetUsage(self, request: quota_pb2.GetUsageRequest, context: Context) -> quota_pb2.GetUsageResponse:
         validate_subject(request.subject)
-        answer = await self._quotas.usage(request.subject)
+        with request_deadline(self._deadline(context)):
+            answer = await self._quotas.usage(request.subject)
         return quota_pb2.GetUsageResponse(
             tier=answer.tier,
             limits=[convert.limit_status(r) for r in answer.limits],

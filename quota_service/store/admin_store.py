@@ -11,6 +11,9 @@ key                          holds
 ``s:{__stops__}``            hash: emergency stops, field ``GLOBAL`` or ``<SCOPE>:<target>`` -> JSON
                              ``{"scope", "target", "reason", "created_at" (unix s), "created_by"}``
 ``quota:stops:{__stops__}``  pub/sub channel (no key): ``"<put|delete> <field>"`` after every stop change
+``quota:config:{__config__}`` pub/sub channel (no key): ``c:{S}`` (the subject's config key) after every
+                             write of a subject's config (``config_write.lua``, in the same step); each
+                             replica also hears its own heartbeats on ``<it>:heartbeat:<random>``
 ``x:{__overrides__}``        zset: subjects that have (or recently had) an override, scored by the unix
                              seconds of their last override write (ListOverrides of every subject)
 ``audit:{__audit__}``        stream (``MAXLEN ~ 100000``): one entry per admin change, fields ``at``
@@ -40,6 +43,7 @@ import heapq
 import importlib.resources
 import json
 import logging
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -58,6 +62,7 @@ from quota_service.store.redis_store import STORE_ERRORS, RedisCounterStore, bou
 __all__ = [
     "AUDIT_KEY",
     "AUDIT_MAXLEN",
+    "CONFIG_CHANNEL",
     "OVERRIDE_INDEX_KEY",
     "STOPS_CHANNEL",
     "STOPS_KEY",
@@ -71,6 +76,8 @@ T = TypeVar("T")
 
 STOPS_KEY: Final = "s:{__stops__}"
 STOPS_CHANNEL: Final = "quota:stops:{__stops__}"
+#: Written by ``config_write.lua`` (the same text there): the config key of each subject written.
+CONFIG_CHANNEL: Final = "quota:config:{__config__}"
 OVERRIDE_INDEX_KEY: Final = "x:{__overrides__}"
 AUDIT_KEY: Final = "audit:{__audit__}"
 #: The audit stream is trimmed to about this many entries (``XADD MAXLEN ~``).
@@ -81,6 +88,11 @@ SCAN_COUNT: Final = 1000
 AUDIT_PAGE: Final = 500
 #: How long the stop subscription waits for a message before looking again (seconds).
 SUBSCRIPTION_POLL_SECONDS: Final = 1.0
+#: The config subscription sends itself a heartbeat after this long without a message, and
+#: yields each one it hears as a sign of life (seconds) ...
+CONFIG_HEARTBEAT_SECONDS: Final = 0.2
+#: ... and gives the subscription up (raises) after this long without hearing anything.
+CONFIG_SILENCE_SECONDS: Final = 1.0
 
 _SCRIPTS: Final = ("admin_stop", "admin_reset", "admin_prune_index")
 _GLOB_SPECIAL: Final = frozenset("*?[]\\")
@@ -282,6 +294,47 @@ class RedisAdminStore:
                 async with asyncio.timeout(self._timeout):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    async def config_changes(self) -> AsyncGenerator[str | None, None]:
+        """Yields ``None`` once subscribed to the config channel, then the subject of every
+        config write, and ``None`` for every heartbeat: after
+        :data:`CONFIG_HEARTBEAT_SECONDS` without a message it PUBLISHes an empty message on
+        a heartbeat channel of its own (subscribed with the same connection) and yields when
+        that comes back, so a follower knows the feed still delivers (a half-open connection
+        that silently lost it does not). Raises :class:`StoreUnavailable` when the
+        subscription cannot be made, breaks, or hears nothing for
+        :data:`CONFIG_SILENCE_SECONDS`; the caller subscribes again. Closing the iterator
+        closes the subscription's connection."""
+        client = self._client
+        heartbeat = f"{CONFIG_CHANNEL}:heartbeat:{secrets.token_hex(8)}"
+        pubsub = client.pubsub()
+        loop = asyncio.get_running_loop()
+        try:
+            await self._call("subscribe", lambda: pubsub.subscribe(CONFIG_CHANNEL, heartbeat))
+            yield None
+            heard = loop.time()
+            while True:
+                try:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=CONFIG_HEARTBEAT_SECONDS)
+                except STORE_ERRORS as exc:
+                    raise StoreUnavailable(f"redis config subscription broke: {type(exc).__name__}: {exc}") from exc
+                now = loop.time()
+                if message is None or message.get("type") != "message":
+                    if now - heard > CONFIG_SILENCE_SECONDS:
+                        raise StoreUnavailable(f"redis config subscription heard nothing for {now - heard:.1f}s")
+                    await self._call("publish", lambda: client.publish(heartbeat, ""))
+                    continue
+                heard = now
+                if message.get("channel") == heartbeat:
+                    yield None
+                    continue
+                subject = _subject_of_config_key(str(message.get("data", "")))
+                if subject is not None:
+                    yield subject
+        finally:
+            with contextlib.suppress(*STORE_ERRORS, TimeoutError):
+                async with asyncio.timeout(self._timeout):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
     # -- audit ----------------------------------------------------------------------------------
 
     async def append_audit(self, record: AuditRecord) -> str:
@@ -394,6 +447,16 @@ class RedisAdminStore:
                 )
                 best = heapq.nsmallest(n, best, key=_rank)
         return sorted(best, key=_rank)
+
+
+def _subject_of_config_key(key: str) -> str | None:
+    """The subject of ``c:{S}`` (:func:`quota_service.store.keys.config_key`), else ``None``."""
+    prefix, suffix = "c:{", "}"
+    if not key.startswith(prefix) or not key.endswith(suffix) or len(key) <= len(prefix) + len(suffix):
+        log.warning("ignoring config change notice %r: not a subject's config key", key[:200])
+        return None
+    subject = key[len(prefix) : -len(suffix)]
+    return subject if keys.config_key(subject) == key else None
 
 
 def _rank(row: UsageRow) -> tuple[int, int, str]:

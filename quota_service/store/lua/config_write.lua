@@ -8,8 +8,10 @@
 -- ARGV[3]  override JSON (set_override)
 -- ARGV[4]  now_s   unix seconds (delete_override: an already expired override counts as absent)
 --
--- Every op that changes something runs HINCRBY c:{S} version 1; delete_override of a
--- missing override changes nothing.
+-- Every op that changes something runs HINCRBY c:{S} version 1 and PUBLISHes KEYS[1] (the
+-- subject's config key, "c:{S}") on the channel "quota:config:{__config__}" (CONFIG_CHANNEL
+-- in quota_service/store/admin_store.py): every replica forgets its cached copy of that
+-- subject's config. delete_override of a missing override changes nothing (no message).
 -- Returns {previous, changed, version}:
 --   set_tier / clear_tier: previous = the tier before ("" = none), changed "1"
 --   set_override: previous "", changed "1"
@@ -41,5 +43,5 @@ else
   return redis.error_reply('config_write.lua: unknown op ' .. tostring(op))
 end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-local changed = '1'
-return {previous, changed, tostring(version)}
+redis.call('PUBLISH', 'quota:config:{__config__}', KEYS[1])
+return {previous, '1', tostring(version)}

@@ -20,7 +20,7 @@ from support.redis_cluster import LocalRedisCluster
 
 from quota_service.policy.domain import GLOBAL_SCOPE, Decision, Reason
 from quota_service.policy.validation import build_request
-from quota_service.quotas import Quotas
+from quota_service.quotas import Backoff, Quotas
 from quota_service.reload import LivePolicy
 from quota_service.store import keys
 from quota_service.store.redis_store import RedisCounterStore
@@ -85,7 +85,7 @@ async def test_on_a_cluster_with_the_global_master_down(tmp_path: Path, monkeypa
     # Quick retries: the client's first call after losing a master may still fail while it
     # rediscovers the cluster; the global part (which holds nothing) keeps failing while its
     # master is down, and the test waits for the retries to end rather than cancel them.
-    monkeypatch.setattr("quota_service.quotas.RELEASE_RETRY_DELAYS", (0.0, 0.2, 0.2, 0.2, 0.2))
+    monkeypatch.setattr("quota_service.quotas.WITHDRAW_BACKOFF", Backoff(base=0.2, cap=0.2, attempts=5))
     cluster = LocalRedisCluster(tmp_path / "cluster").start()
     try:
         await _deny_with_the_global_master_down(cluster)
