@@ -1,7 +1,9 @@
 """A DENY answered because the store failed after the subject's step reserved gives the
-reservation back (Quotas releases it in the background), so the denied caller is never
-charged the estimate at expiry. The global step is made to fail for real: a wrong-typed key
-in the global slot on one Redis, and the global slot's master stopped on a real cluster."""
+reservation back (Quotas withdraws it in the background), so the denied caller is never
+charged the estimate at expiry. The global step is made to fail for real: damaged data in
+the global slot on one Redis (a wrong-typed key: DENY STORE_ERROR, whatever the tier's
+on_store_error says), and the global slot's master stopped on a real cluster (an outage:
+DENY STORE_UNAVAILABLE by on_store_error)."""
 
 from __future__ import annotations
 
@@ -53,29 +55,28 @@ async def test_a_failed_global_step_denies_and_gives_the_subject_part_back(quota
         assert ok.outcome.decision is Decision.ALLOW
         await raw.set(keys.open_set_key(GLOBAL_SCOPE), "not a zset")  # ... and now every global step fails
 
-        answer = await quotas.check_and_reserve(tokens("victim"))  # free_alpha: on_store_error deny
-        assert (answer.outcome.decision, answer.outcome.reason) == (Decision.DENY, Reason.STORE_UNAVAILABLE)
+        answer = await quotas.check_and_reserve(tokens("victim"))
+        assert (answer.outcome.decision, answer.outcome.reason) == (Decision.DENY, Reason.STORE_ERROR)
         assert not answer.reservation_id
         await quotas.drain(5.0)
         counter = await raw.hgetall(f"q:{{victim}}:tokens:day:{DAY}")
         assert counter.get("held") == "0" and counter.get("used", "0") == "0", counter
-        (record_key,) = await raw.keys("r:{victim}:*")
-        assert await raw.hget(record_key, "state") == "released"
+        assert await raw.keys("r:{victim}:*") == []  # withdrawn: the record is gone with its hold
     finally:
         await raw.aclose()
 
 
-async def test_an_allow_by_on_store_error_keeps_the_hold(quotas: Quotas, redis_url: str) -> None:
+async def test_damaged_data_denies_even_an_allow_tier_and_gives_the_hold_back(quotas: Quotas, redis_url: str) -> None:
+    """pro_alpha says on_store_error: allow; damaged data is no outage, so it never applies."""
     raw = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
     try:
         await quotas.store.set_tier("payer", "pro_alpha")  # type: ignore[attr-defined]
         await quotas.subject_config("payer", fresh=True)
         await raw.set(keys.open_set_key(GLOBAL_SCOPE), "not a zset")
         answer = await quotas.check_and_reserve(tokens("payer"))
-        assert (answer.outcome.decision, answer.outcome.reason) == (Decision.ALLOW, Reason.STORE_UNAVAILABLE)
+        assert (answer.outcome.decision, answer.outcome.reason) == (Decision.DENY, Reason.STORE_ERROR)
         await quotas.drain(5.0)
-        # The call goes ahead unverified: its estimate stays held and settles at expiry (conservative).
-        assert await raw.hget(f"q:{{payer}}:tokens:day:{DAY}", "held") == "100"
+        assert await raw.hget(f"q:{{payer}}:tokens:day:{DAY}", "held") == "0"
     finally:
         await raw.aclose()
 
@@ -117,15 +118,14 @@ async def _deny_with_the_global_master_down(cluster: LocalRedisCluster) -> None:
 
         answer = await quotas.check_and_reserve(tokens(victim))
         assert (answer.outcome.decision, answer.outcome.reason) == (Decision.DENY, Reason.STORE_UNAVAILABLE)
-        # The subject's part is released within a retry or two (the retries that follow are for
+        # The subject's part is withdrawn within a retry or two (the retries that follow are for
         # the global part, which holds nothing); checked well within the cluster's node timeout.
         with redis.Redis(port=subject_port, decode_responses=True) as raw:
             deadline = time.monotonic() + 3
             while raw.hget(f"q:{{{victim}}}:tokens:day:{DAY}", "held") != "0":
                 assert time.monotonic() < deadline, raw.hgetall(f"q:{{{victim}}}:tokens:day:{DAY}")
                 await asyncio.sleep(0.05)
-            (record_key,) = raw.keys(f"r:{{{victim}}}:*")
-            assert raw.hget(record_key, "state") == "released"
+            assert raw.keys(f"r:{{{victim}}}:*") == []
         await quotas.drain(5.0)
     finally:
         await store.close()
@@ -157,7 +157,7 @@ async def test_the_same_request_id_after_the_withdraw_is_decided_afresh(quotas: 
         await quotas.check_and_reserve(tokens("warm"))
         await raw.set(keys.open_set_key(GLOBAL_SCOPE), "not a zset")
         denied = await quotas.check_and_reserve(request)
-        assert denied.outcome.reason is Reason.STORE_UNAVAILABLE
+        assert denied.outcome.reason is Reason.STORE_ERROR
         await quotas.drain(5.0)
         await raw.delete(keys.open_set_key(GLOBAL_SCOPE))  # the store is healthy again
 
