@@ -6,6 +6,7 @@
     ├── InvalidRequest          a malformed request: nothing was counted   -> INVALID_ARGUMENT
     ├── NotFound                an unknown reservation, tier, override     -> NOT_FOUND
     ├── PolicyError             a policy file that cannot be loaded        -> FAILED_PRECONDITION
+    ├── CommitRefused           a Commit past commit_max_ratio x estimate   -> FAILED_PRECONDITION
     ├── StoreUnavailable        Redis unreachable or timing out (an outage) -> (decided by on_store_error)
     ├── StoreDataError          damaged data or a script error (a bug)      -> DENY STORE_ERROR / INTERNAL
     ├── Unauthenticated         admin call without credentials             -> UNAUTHENTICATED
@@ -69,6 +70,11 @@ class PolicyError(QuotaServiceError):
     def __init__(self, issues: list[PolicyIssue]) -> None:
         self.issues = list(issues)
         super().__init__("\n".join(str(i) for i in self.issues))
+
+
+class CommitRefused(QuotaServiceError):
+    """A Commit reported more than the policy's ``commit_max_ratio`` times its estimate of a
+    metric: refused and recorded for review, nothing settled (the reservation stays as it was)."""
 
 
 class StoreUnavailable(QuotaServiceError):

@@ -52,8 +52,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from quota_service import deadline
 from quota_service.clock import Clock, SystemClock, to_ms
-from quota_service.errors import InvalidRequest, NotFound, StoreDataError, StoreUnavailable
-from quota_service.metrics import DECISIONS, STORE_DATA_ERRORS, STORE_ERRORS, WITHDRAWS
+from quota_service.errors import CommitRefused, InvalidRequest, NotFound, StoreDataError, StoreUnavailable
+from quota_service.metrics import COMMITS_REFUSED, DECISIONS, STORE_DATA_ERRORS, STORE_ERRORS, WITHDRAWS
 from quota_service.policy import replay
 from quota_service.policy.compiled import CompiledPolicy, StoreErrorMode, Tier
 from quota_service.policy.domain import GLOBAL_SCOPE, CounterRef, CounterValue, Decision, Reason, SubjectConfig
@@ -68,10 +68,18 @@ from quota_service.policy.engine import (
     usage_counters,
 )
 from quota_service.policy.stops import EmergencyStop, StopScope
+from quota_service.policy.units import COST_METRIC
 from quota_service.policy.validation import QuotaRequest
 from quota_service.reload import LivePolicy
 from quota_service.stops import ConfigListener
-from quota_service.store.base import CounterStore, ReserveCommand, ReserveResult, ReserveStatus
+from quota_service.store.base import (
+    CounterStore,
+    Reservation,
+    ReserveCommand,
+    ReserveResult,
+    ReserveStatus,
+    SettledCounter,
+)
 from quota_service.store.keys import new_reservation_id, subject_of
 
 log = logging.getLogger(__name__)
@@ -152,8 +160,14 @@ class ReserveAnswer:
 
 @dataclass(frozen=True, slots=True)
 class SettleAnswer:
+    """``windows``: every counter window the settlement landed on (or could not: ``lost``),
+    in the window the reservation was made in; ``now`` (unix seconds) tells which of them
+    is still the current one."""
+
     already_settled: bool
     limits: tuple[LimitReport, ...]
+    windows: tuple[SettledCounter, ...] = ()
+    now: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -706,8 +720,49 @@ class Quotas:
             if reservation is None:
                 raise NotFound(f"reservation {reservation_id!r} not found (unknown, or settled long ago)")
             actual = settlement(reservation.estimate, {m: Decimal(r) for m, r in reservation.rates.items()}, usage)
-            result = await self.store.commit(reservation_id, actual, to_ms(self.clock.now()))
-            return SettleAnswer(result.already_settled, await self._reports_for(subject, result.values))
+            self._check_commit_bound(reservation, actual)
+            now = self.clock.now()
+            result = await self.store.commit(reservation_id, actual, to_ms(now))
+            return SettleAnswer(
+                result.already_settled,
+                await self._reports_for(subject, result.values),
+                tuple(result.windows),
+                int(now.timestamp()),
+            )
+
+    def _check_commit_bound(self, reservation: Reservation, actual: Mapping[str, int]) -> None:
+        """Refuse (for review) a Commit reporting more than ``commit_max_ratio`` times the
+        estimate of a metric: one buggy caller must not charge the company-wide counters past
+        every cap. The reservation is left as it is (it settles at its estimate when it
+        expires, or a corrected Commit or a Release settles it)."""
+        policy = self.policy.current
+        tier = policy.tier_for(reservation.meta.get("tier") or None)
+        if tier is None:
+            return
+        for metric, units in sorted(actual.items()):
+            if metric == COST_METRIC:
+                continue  # bounded through the metrics it is priced from
+            estimate = reservation.estimate.get(metric, 0)
+            bound = tier.commit_bound(estimate)
+            if units > bound:
+                COMMITS_REFUSED.labels(tier.name).inc()
+                log.warning(
+                    "commit refused for review: %s reports %s %s against an estimate of %s (more than %sx); "
+                    "subject %s, tier %s",
+                    reservation.reservation_id,
+                    units,
+                    metric,
+                    estimate,
+                    tier.commit_max_ratio,
+                    reservation.subject,
+                    tier.name,
+                )
+                raise CommitRefused(
+                    f"commit reports {units:,} {metric} against an estimate of {estimate:,}: more than "
+                    f"{tier.commit_max_ratio}x the estimate (commit_max_ratio of tier {tier.name!r}); refused "
+                    "and recorded for review. Commit the real figure, or Release; left alone, the reservation "
+                    "settles at its estimate when it expires"
+                )
 
     async def release(self, reservation_id: str) -> bool:
         """Returns ``already_settled``."""

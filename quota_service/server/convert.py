@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, tzinfo
+
 from quota.v1 import admin_pb2, quota_pb2
 from quota_service.policy.compiled import LimitKind
-from quota_service.policy.domain import Decision, Reason
+from quota_service.policy.domain import GLOBAL_SCOPE, Decision, Reason
 from quota_service.policy.engine import LimitReport
 from quota_service.policy.units import from_units
+from quota_service.policy.windows import window_span
 from quota_service.quotas import ReserveAnswer
 from quota_service.reload import PolicyStatus
+from quota_service.store.base import SettledCounter
 
 DECISION = {
     Decision.ALLOW: quota_pb2.ALLOW,
@@ -42,6 +46,23 @@ def limit_status(report: LimitReport) -> quota_pb2.LimitStatus:
         decision=DECISION[report.decision],
         warn_at=float(thresholds.warn_at) if thresholds else 0.0,
         block_at=float(thresholds.block_at) if thresholds else 1.0,
+    )
+
+
+def settled_window(settled: SettledCounter, *, now: int, tz: tzinfo) -> quota_pb2.SettledWindow:
+    """One window a Commit settled on: ``amount`` is what it added to ``used`` there (the
+    correction, for a late commit after expiry), in the metric's own measure."""
+    ref = settled.counter
+    start = window_span(ref.window, datetime.fromtimestamp(ref.resets_at - 1, UTC), tz).start
+    return quota_pb2.SettledWindow(
+        metric=ref.metric,
+        window=ref.window.value,
+        window_start=start,
+        resets_at=ref.resets_at,
+        current=ref.resets_at > now,
+        lost=settled.lost,
+        amount=from_units(ref.metric, settled.used_delta),
+        company_wide=ref.scope == GLOBAL_SCOPE,
     )
 
 

@@ -56,7 +56,12 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         with request_deadline(self._deadline(context)):
             answer = await self._quotas.commit(request.reservation_id, dict(request.usage))
         return quota_pb2.CommitResponse(
-            limits=[convert.limit_status(r) for r in answer.limits], already_settled=answer.already_settled
+            limits=[convert.limit_status(r) for r in answer.limits],
+            already_settled=answer.already_settled,
+            settled=[
+                convert.settled_window(w, now=answer.now, tz=self._quotas.policy.current.timezone)
+                for w in answer.windows
+            ],
         )
 
     @grpc_errors

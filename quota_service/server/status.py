@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import grpc
 
 from quota_service.errors import (
+    CommitRefused,
     InvalidRequest,
     NotFound,
     PermissionDenied,
@@ -54,6 +55,7 @@ STATUS_OF: dict[type[QuotaServiceError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     PolicyError: grpc.StatusCode.FAILED_PRECONDITION,
+    CommitRefused: grpc.StatusCode.FAILED_PRECONDITION,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,

@@ -116,3 +116,25 @@ async def test_a_reservation_left_alone_is_settled_at_its_estimate_and_a_late_co
     assert day_tokens(await core.usage("erin")) == (80, 0)  # the late commit corrects it
     again = await core.commit(answer.reservation_id, {"tokens": 80})
     assert again.already_settled and day_tokens(await core.usage("erin")) == (80, 0)
+
+
+async def test_a_commit_after_the_window_rolled_over_reports_the_windows_it_settled(
+    quotas: tuple[Quotas, ManualClock],
+) -> None:
+    """Issue 7 #9: reserved at 23:59 Berlin on Nov 30, committed after midnight: the commit lands
+    on Nov 30 and November (the reservation's windows) and says they are no longer current."""
+    core, clock = quotas
+    answer = await core.check_and_reserve(tokens("frank", 100))  # type: ignore[arg-type]
+    clock.advance(120)  # 00:01 on Dec 1 in Berlin: the day and the month rolled over
+    settled = await core.commit(answer.reservation_id, {"tokens": 120})
+    by_window = {(w.counter.scope, w.counter.metric, w.counter.window.value): w for w in settled.windows}
+    day = by_window[("frank", "tokens", "day")]
+    assert (day.counter.window_id, day.used_delta, day.held_delta, day.lost) == ("2026-11-30", 120, -100, False)
+    assert day.counter.resets_at <= settled.now  # no longer the current window
+    month = by_window[("frank", "cost_usd", "month")]
+    assert month.counter.window_id == "2026-11"
+    assert month.used_delta == 72  # 120 tokens at $0.0000006, at the reservation's own rates
+    # Today's counters are untouched by yesterday's reservation.
+    usage = await core.usage("frank")
+    today = next(r for r in usage.limits if r.limit.metric == "tokens" and r.limit.window.value == "day")
+    assert (today.ref.window_id, today.used, today.held) == ("2026-12-01", 0, 0)

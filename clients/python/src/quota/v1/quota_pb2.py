@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14quota/v1/quota.proto\x12\x08quota.v1\"\xf7\x01\n\x0bLimitStatus\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\x0c\n\x04used\x18\x03 \x01(\x01\x12\x0c\n\x04held\x18\x04 \x01(\x01\x12\x0b\n\x03max\x18\x05 \x01(\x01\x12\x11\n\tremaining\x18\x06 \x01(\x01\x12\r\n\x05ratio\x18\x07 \x01(\x01\x12\x11\n\tresets_at\x18\x08 \x01(\x03\x12!\n\x04kind\x18\t \x01(\x0e\x32\x13.quota.v1.LimitKind\x12$\n\x08\x64\x65\x63ision\x18\n \x01(\x0e\x32\x12.quota.v1.Decision\x12\x0f\n\x07warn_at\x18\x0b \x01(\x01\x12\x10\n\x08\x62lock_at\x18\x0c \x01(\x01\"\x8b\x02\n\x16\x43heckAndReserveRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12:\n\x05usage\x18\x05 \x03(\x0b\x32+.quota.v1.CheckAndReserveRequest.UsageEntry\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x07 \x01(\x08\x12\x1f\n\x17reservation_ttl_seconds\x18\x08 \x01(\r\x1a,\n\nUsageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xcc\x02\n\x17\x43heckAndReserveResponse\x12$\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x12.quota.v1.Decision\x12 \n\x06reason\x18\x02 \x01(\x0e\x32\x10.quota.v1.Reason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x16\n\x0ereservation_id\x18\x04 \x01(\t\x12\x0c\n\x04tier\x18\x05 \x01(\t\x12%\n\x06limits\x18\x06 \x03(\x0b\x32\x15.quota.v1.LimitStatus\x12\x16\n\x0epolicy_version\x18\x07 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x08 \x01(\x03\x12$\n\x05limit\x18\t \x01(\x0b\x32\x15.quota.v1.LimitStatus\x12\x1e\n\x16reservation_expires_at\x18\n \x01(\x03\x12\x10\n\x08replayed\x18\x0b \x01(\x08\"\x88\x01\n\rCommitRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x31\n\x05usage\x18\x02 \x03(\x0b\x32\".quota.v1.CommitRequest.UsageEntry\x1a,\n\nUsageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x87\x01\n\rSettledWindow\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\x14\n\x0cwindow_start\x18\x03 \x01(\x03\x12\x11\n\tresets_at\x18\x04 \x01(\x03\x12\x0f\n\x07\x63urrent\x18\x05 \x01(\x08\x12\x0c\n\x04lost\x18\x06 \x01(\x08\x12\x0e\n\x06\x61mount\x18\x07 \x01(\x01\"z\n\x0e\x43ommitResponse\x12%\n\x06limits\x18\x01 \x03(\x0b\x32\x15.quota.v1.LimitStatus\x12\x17\n\x0f\x61lready_settled\x18\x02 \x01(\x08\x12(\n\x07settled\x18\x03 \x03(\x0b\x32\x17.quota.v1.SettledWindow\"(\n\x0eReleaseRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"*\n\x0fReleaseResponse\x12\x17\n\x0f\x61lready_settled\x18\x01 \x01(\x08\"\"\n\x0fGetUsageRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\"_\n\x10GetUsageResponse\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12%\n\x06limits\x18\x02 \x03(\x0b\x32\x15.quota.v1.LimitStatus\x12\x16\n\x0epolicy_version\x18\x03 \x01(\t*C\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\t\n\x05\x41LLOW\x10\x01\x12\x08\n\x04WARN\x10\x02\x12\x08\n\x04\x44\x45NY\x10\x03*\x8c\x02\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x11\n\rWITHIN_LIMITS\x10\x01\x12\x12\n\x0eWARN_THRESHOLD\x10\x02\x12\x13\n\x0f\x42LOCK_THRESHOLD\x10\x03\x12\x12\n\x0eLIMIT_EXCEEDED\x10\x04\x12\r\n\tHARD_STOP\x10\x05\x12\x10\n\x0cGLOBAL_LIMIT\x10\x06\x12\x12\n\x0e\x45MERGENCY_STOP\x10\x07\x12\x17\n\x13\x46\x45\x41TURE_NOT_ALLOWED\x10\x08\x12\x12\n\x0eUNPRICED_MODEL\x10\t\x12\x10\n\x0cUNKNOWN_TIER\x10\n\x12\x15\n\x11STORE_UNAVAILABLE\x10\x0b\x12\x0f\n\x0bSTORE_ERROR\x10\x0c*\x86\x01\n\tLimitKind\x12\x1a\n\x16LIMIT_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fLIMIT_KIND_TIER\x10\x01\x12\x17\n\x13LIMIT_KIND_OVERRIDE\x10\x02\x12\x18\n\x14LIMIT_KIND_HARD_STOP\x10\x03\x12\x15\n\x11LIMIT_KIND_GLOBAL\x10\x04\x32\xa6\x02\n\x0cQuotaService\x12V\n\x0f\x43heckAndReserve\x12 .quota.v1.CheckAndReserveRequest\x1a!.quota.v1.CheckAndReserveResponse\x12;\n\x06\x43ommit\x12\x17.quota.v1.CommitRequest\x1a\x18.quota.v1.CommitResponse\x12>\n\x07Release\x12\x18.quota.v1.ReleaseRequest\x1a\x19.quota.v1.ReleaseResponse\x12\x41\n\x08GetUsage\x12\x19.quota.v1.GetUsageRequest\x1a\x1a.quota.v1.GetUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14quota/v1/quota.proto\x12\x08quota.v1\"\xf7\x01\n\x0bLimitStatus\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\x0c\n\x04used\x18\x03 \x01(\x01\x12\x0c\n\x04held\x18\x04 \x01(\x01\x12\x0b\n\x03max\x18\x05 \x01(\x01\x12\x11\n\tremaining\x18\x06 \x01(\x01\x12\r\n\x05ratio\x18\x07 \x01(\x01\x12\x11\n\tresets_at\x18\x08 \x01(\x03\x12!\n\x04kind\x18\t \x01(\x0e\x32\x13.quota.v1.LimitKind\x12$\n\x08\x64\x65\x63ision\x18\n \x01(\x0e\x32\x12.quota.v1.Decision\x12\x0f\n\x07warn_at\x18\x0b \x01(\x01\x12\x10\n\x08\x62lock_at\x18\x0c \x01(\x01\"\x8b\x02\n\x16\x43heckAndReserveRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12:\n\x05usage\x18\x05 \x03(\x0b\x32+.quota.v1.CheckAndReserveRequest.UsageEntry\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x07 \x01(\x08\x12\x1f\n\x17reservation_ttl_seconds\x18\x08 \x01(\r\x1a,\n\nUsageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xcc\x02\n\x17\x43heckAndReserveResponse\x12$\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x12.quota.v1.Decision\x12 \n\x06reason\x18\x02 \x01(\x0e\x32\x10.quota.v1.Reason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x16\n\x0ereservation_id\x18\x04 \x01(\t\x12\x0c\n\x04tier\x18\x05 \x01(\t\x12%\n\x06limits\x18\x06 \x03(\x0b\x32\x15.quota.v1.LimitStatus\x12\x16\n\x0epolicy_version\x18\x07 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x08 \x01(\x03\x12$\n\x05limit\x18\t \x01(\x0b\x32\x15.quota.v1.LimitStatus\x12\x1e\n\x16reservation_expires_at\x18\n \x01(\x03\x12\x10\n\x08replayed\x18\x0b \x01(\x08\"\x88\x01\n\rCommitRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x31\n\x05usage\x18\x02 \x03(\x0b\x32\".quota.v1.CommitRequest.UsageEntry\x1a,\n\nUsageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x9d\x01\n\rSettledWindow\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\x14\n\x0cwindow_start\x18\x03 \x01(\x03\x12\x11\n\tresets_at\x18\x04 \x01(\x03\x12\x0f\n\x07\x63urrent\x18\x05 \x01(\x08\x12\x0c\n\x04lost\x18\x06 \x01(\x08\x12\x0e\n\x06\x61mount\x18\x07 \x01(\x01\x12\x14\n\x0c\x63ompany_wide\x18\x08 \x01(\x08\"z\n\x0e\x43ommitResponse\x12%\n\x06limits\x18\x01 \x03(\x0b\x32\x15.quota.v1.LimitStatus\x12\x17\n\x0f\x61lready_settled\x18\x02 \x01(\x08\x12(\n\x07settled\x18\x03 \x03(\x0b\x32\x17.quota.v1.SettledWindow\"(\n\x0eReleaseRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"*\n\x0fReleaseResponse\x12\x17\n\x0f\x61lready_settled\x18\x01 \x01(\x08\"\"\n\x0fGetUsageRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\"_\n\x10GetUsageResponse\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12%\n\x06limits\x18\x02 \x03(\x0b\x32\x15.quota.v1.LimitStatus\x12\x16\n\x0epolicy_version\x18\x03 \x01(\t*C\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\t\n\x05\x41LLOW\x10\x01\x12\x08\n\x04WARN\x10\x02\x12\x08\n\x04\x44\x45NY\x10\x03*\x8c\x02\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x11\n\rWITHIN_LIMITS\x10\x01\x12\x12\n\x0eWARN_THRESHOLD\x10\x02\x12\x13\n\x0f\x42LOCK_THRESHOLD\x10\x03\x12\x12\n\x0eLIMIT_EXCEEDED\x10\x04\x12\r\n\tHARD_STOP\x10\x05\x12\x10\n\x0cGLOBAL_LIMIT\x10\x06\x12\x12\n\x0e\x45MERGENCY_STOP\x10\x07\x12\x17\n\x13\x46\x45\x41TURE_NOT_ALLOWED\x10\x08\x12\x12\n\x0eUNPRICED_MODEL\x10\t\x12\x10\n\x0cUNKNOWN_TIER\x10\n\x12\x15\n\x11STORE_UNAVAILABLE\x10\x0b\x12\x0f\n\x0bSTORE_ERROR\x10\x0c*\x86\x01\n\tLimitKind\x12\x1a\n\x16LIMIT_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fLIMIT_KIND_TIER\x10\x01\x12\x17\n\x13LIMIT_KIND_OVERRIDE\x10\x02\x12\x18\n\x14LIMIT_KIND_HARD_STOP\x10\x03\x12\x15\n\x11LIMIT_KIND_GLOBAL\x10\x04\x32\xa6\x02\n\x0cQuotaService\x12V\n\x0f\x43heckAndReserve\x12 .quota.v1.CheckAndReserveRequest\x1a!.quota.v1.CheckAndReserveResponse\x12;\n\x06\x43ommit\x12\x17.quota.v1.CommitRequest\x1a\x18.quota.v1.CommitResponse\x12>\n\x07Release\x12\x18.quota.v1.ReleaseRequest\x1a\x19.quota.v1.ReleaseResponse\x12\x41\n\x08GetUsage\x12\x19.quota.v1.GetUsageRequest\x1a\x1a.quota.v1.GetUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKANDRESERVEREQUEST_USAGEENTRY']._serialized_options = b'8\001'
   _globals['_COMMITREQUEST_USAGEENTRY']._loaded_options = None
   _globals['_COMMITREQUEST_USAGEENTRY']._serialized_options = b'8\001'
-  _globals['_DECISION']._serialized_start=1509
-  _globals['_DECISION']._serialized_end=1576
-  _globals['_REASON']._serialized_start=1579
-  _globals['_REASON']._serialized_end=1847
-  _globals['_LIMITKIND']._serialized_start=1850
-  _globals['_LIMITKIND']._serialized_end=1984
+  _globals['_DECISION']._serialized_start=1531
+  _globals['_DECISION']._serialized_end=1598
+  _globals['_REASON']._serialized_start=1601
+  _globals['_REASON']._serialized_end=1869
+  _globals['_LIMITKIND']._serialized_start=1872
+  _globals['_LIMITKIND']._serialized_end=2006
   _globals['_LIMITSTATUS']._serialized_start=35
   _globals['_LIMITSTATUS']._serialized_end=282
   _globals['_CHECKANDRESERVEREQUEST']._serialized_start=285
@@ -54,17 +54,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMITREQUEST_USAGEENTRY']._serialized_start=508
   _globals['_COMMITREQUEST_USAGEENTRY']._serialized_end=552
   _globals['_SETTLEDWINDOW']._serialized_start=1029
-  _globals['_SETTLEDWINDOW']._serialized_end=1164
-  _globals['_COMMITRESPONSE']._serialized_start=1166
-  _globals['_COMMITRESPONSE']._serialized_end=1288
-  _globals['_RELEASEREQUEST']._serialized_start=1290
-  _globals['_RELEASEREQUEST']._serialized_end=1330
-  _globals['_RELEASERESPONSE']._serialized_start=1332
-  _globals['_RELEASERESPONSE']._serialized_end=1374
-  _globals['_GETUSAGEREQUEST']._serialized_start=1376
-  _globals['_GETUSAGEREQUEST']._serialized_end=1410
-  _globals['_GETUSAGERESPONSE']._serialized_start=1412
-  _globals['_GETUSAGERESPONSE']._serialized_end=1507
-  _globals['_QUOTASERVICE']._serialized_start=1987
-  _globals['_QUOTASERVICE']._serialized_end=2281
+  _globals['_SETTLEDWINDOW']._serialized_end=1186
+  _globals['_COMMITRESPONSE']._serialized_start=1188
+  _globals['_COMMITRESPONSE']._serialized_end=1310
+  _globals['_RELEASEREQUEST']._serialized_start=1312
+  _globals['_RELEASEREQUEST']._serialized_end=1352
+  _globals['_RELEASERESPONSE']._serialized_start=1354
+  _globals['_RELEASERESPONSE']._serialized_end=1396
+  _globals['_GETUSAGEREQUEST']._serialized_start=1398
+  _globals['_GETUSAGEREQUEST']._serialized_end=1432
+  _globals['_GETUSAGERESPONSE']._serialized_start=1434
+  _globals['_GETUSAGERESPONSE']._serialized_end=1529
+  _globals['_QUOTASERVICE']._serialized_start=2009
+  _globals['_QUOTASERVICE']._serialized_end=2303
 # @@protoc_insertion_point(module_scope)

@@ -157,7 +157,7 @@ class CommitRequest(_message.Message):
     def __init__(self, reservation_id: _Optional[str] = ..., usage: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class SettledWindow(_message.Message):
-    __slots__ = ("metric", "window", "window_start", "resets_at", "current", "lost", "amount")
+    __slots__ = ("metric", "window", "window_start", "resets_at", "current", "lost", "amount", "company_wide")
     METRIC_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     WINDOW_START_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,7 @@ class SettledWindow(_message.Message):
     CURRENT_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    COMPANY_WIDE_FIELD_NUMBER: _ClassVar[int]
     metric: str
     window: str
     window_start: int
@@ -172,7 +173,8 @@ class SettledWindow(_message.Message):
     current: bool
     lost: bool
     amount: float
-    def __init__(self, metric: _Optional[str] = ..., window: _Optional[str] = ..., window_start: _Optional[int] = ..., resets_at: _Optional[int] = ..., current: _Optional[bool] = ..., lost: _Optional[bool] = ..., amount: _Optional[float] = ...) -> None: ...
+    company_wide: bool
+    def __init__(self, metric: _Optional[str] = ..., window: _Optional[str] = ..., window_start: _Optional[int] = ..., resets_at: _Optional[int] = ..., current: _Optional[bool] = ..., lost: _Optional[bool] = ..., amount: _Optional[float] = ..., company_wide: _Optional[bool] = ...) -> None: ...
 
 class CommitResponse(_message.Message):
     __slots__ = ("limits", "already_settled", "settled")
