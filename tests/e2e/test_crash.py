@@ -27,7 +27,9 @@ pytestmark = pytest.mark.e2e
 SUBJECTS = [f"crash-{i}" for i in range(8)]
 
 
-async def burst(target: str, calls: int) -> list[object]:
+async def burst(target: str, calls: int, answered: asyncio.Event | None = None) -> list[object]:
+    """``calls`` concurrent reservations; ``answered`` is set once a tenth of them are answered."""
+    done = 0
     async with grpc.aio.insecure_channel(target) as channel:
         stub = quota_pb2_grpc.QuotaServiceStub(channel)
 
@@ -41,10 +43,15 @@ async def burst(target: str, calls: int) -> list[object]:
                 request_id=f"req-{i}",
                 reservation_ttl_seconds=2,
             )
+            nonlocal done
             try:
-                return await stub.CheckAndReserve(request, timeout=5)
+                reply = await stub.CheckAndReserve(request, timeout=5)
             except grpc.aio.AioRpcError as exc:
                 return exc.code()
+            done += 1
+            if answered is not None and done >= calls // 10:
+                answered.set()
+            return reply
 
         return list(await asyncio.gather(*(one(i) for i in range(calls))))
 
@@ -74,8 +81,10 @@ def test_sigkill_mid_burst_leaves_whole_reservations_that_expire_at_their_estima
     server.start()
 
     async def kill_during_burst() -> list[object]:
-        calls = asyncio.create_task(burst(server.target, 400))
-        await asyncio.sleep(0.15)  # the burst is under way
+        answered = asyncio.Event()
+        calls = asyncio.create_task(burst(server.target, 400, answered))
+        async with asyncio.timeout(10):  # the burst is under way: a tenth of it answered
+            await answered.wait()
         assert server.process is not None
         server.process.send_signal(signal.SIGKILL)
         return await calls
@@ -99,13 +108,18 @@ def test_sigkill_mid_burst_leaves_whole_reservations_that_expire_at_their_estima
         granted_records = {keys.record_key(n.subject, n.name) for n in (keys.parse(a.reservation_id) for a in granted)}
         assert granted_records <= records
 
-        # The service comes back; the orphans expire (TTL 2 s) and are settled at their estimate.
-        time.sleep(2.2)
+        # The service comes back; the orphans expire (TTL 2 s) and are settled at their estimate
+        # by the first read after their expiry: read until nothing is held any more.
         server.start()
         with grpc.insecure_channel(server.target) as channel:
             stub = quota_pb2_grpc.QuotaServiceStub(channel)
-            for who in SUBJECTS:
-                stub.GetUsage(quota_pb2.GetUsageRequest(subject=who), timeout=5)
+            deadline = time.monotonic() + 15
+            while True:
+                usages = [stub.GetUsage(quota_pb2.GetUsageRequest(subject=who), timeout=5) for who in SUBJECTS]
+                if all(limit.held == 0 for usage in usages for limit in usage.limits):
+                    break
+                assert time.monotonic() < deadline, "the orphans were not settled within 15 s"
+                time.sleep(0.1)
         subject_counters = {k: v for k, v in counters.items() if "{crash-" in k}
         settled, _ = counters_and_open_records(client)
         for key, (_, held_before) in subject_counters.items():

@@ -139,9 +139,13 @@ def test_the_largest_file_of_the_most_nodes_is_checked_in_bounded_memory(tmp_pat
 
     path = tmp_path / "wide.yaml"
     path.write_text("version:\n" + "".join(f"- {i}\n" for i in range(MAX_NODES - 10)))
+    # VmHWM (the peak RSS of this process's own address space), not getrusage's ru_maxrss:
+    # Linux carries the forking parent's peak over exec into ru_maxrss, so a large pytest
+    # process would be measured instead of check-policy.
     probe = (
-        "import resource, sys; from quota_service.cli import main; code = main(['check-policy', sys.argv[1]]); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)"
+        "import sys; from quota_service.cli import main; code = main(['check-policy', sys.argv[1]]); "
+        "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:')); "
+        "print(hwm.split()[1], file=sys.stderr); sys.exit(code)"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60, check=False

@@ -78,7 +78,8 @@ async def test_the_subscription_alone_carries_a_stop_to_another_replica_fast(
     writer = replicas()
     reader = replicas(poll_interval=3600)  # no polling: only the channel can tell it
     assert await reader.watcher.start() and reader.watcher.active() == ()
-    await asyncio.sleep(0.2)  # let the subscription settle
+    # Subscribed: the subscription re-reads the stops once it is in place (no polling here).
+    await wait_until(lambda: reader.watcher.refreshes >= 2, 2.0)
 
     started = time.monotonic()  # measured from the admin call, which also writes the audit log
     await writer.admin.emergency_stop(StopScope.PROVIDER, "openai", actor=ACTOR, reason="incident")
@@ -173,7 +174,7 @@ async def test_a_stop_reaches_a_replica_subscribed_through_another_cluster_node(
     writer = replicas(redis_cluster_url)
     reader = replicas(redis_cluster_url, poll_interval=3600)
     await reader.watcher.start()
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: reader.watcher.refreshes >= 2, 2.0)  # subscribed (no polling here)
     await writer.admin.emergency_stop(StopScope.TIER, "free_alpha", actor=ACTOR, reason="cluster")
     took = await wait_until(lambda: has(reader.watcher, StopScope.TIER, "free_alpha"), 1.0)
     assert took < 0.5
