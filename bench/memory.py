@@ -11,6 +11,11 @@ one), and reports Redis' ``used_memory`` growth:
   ``--settle-seconds`` (default 10 s), i.e. what a request costs for as long as its
   answer is kept for replays (its reservation's lifetime plus the store's grace).
 
+Every request estimates ``TOKENS_PER_REQUEST`` tokens; with ``--vary-asks`` request ``i``
+estimates ``10 + i % 97`` (as real token estimates vary from call to call: what is
+shared between requests must not depend on it). Give it enough ``--subjects`` to stay
+below free_alpha's 1,000 tokens a day (300 subjects for 3,000 requests).
+
 A warm-up request per subject is made and settled first, so the baseline already holds the
 per-subject keys every later request shares (counters, the subject's shared texts): what
 is measured is what each further request adds.
@@ -61,6 +66,7 @@ class MemoryReport:
     bytes_per_settled_request: float
     keys_per_settled_request: float
     denied: int
+    vary_asks: bool = False
 
 
 async def retained_memory(client: redis.asyncio.Redis) -> int:
@@ -72,10 +78,17 @@ async def retained_memory(client: redis.asyncio.Redis) -> int:
 
 
 async def measure(
-    url: str, *, requests: int, subjects: int, settle_seconds: float, policies: Path = POLICIES
+    url: str,
+    *,
+    requests: int,
+    subjects: int,
+    settle_seconds: float,
+    policies: Path = POLICIES,
+    vary_asks: bool = False,
 ) -> MemoryReport:
     """Reserve ``requests`` (with request ids) round robin over ``subjects``, commit them all,
     and report the ``used_memory`` growth per open reservation and per settled request.
+    ``vary_asks``: request ``i`` estimates :func:`tokens_of` ``i`` tokens, not a constant.
 
     Each phase runs on its own store (its connections closed before Redis is measured)."""
     raw = redis.asyncio.Redis.from_url(url, decode_responses=True)
@@ -90,28 +103,29 @@ async def measure(
         finally:
             await store.close()
 
-    async def reserve(quotas: Quotas, index: int) -> str:
+    async def reserve(quotas: Quotas, index: int) -> tuple[str, int]:
+        tokens = tokens_of(index) if vary_asks and index >= 0 else TOKENS_PER_REQUEST
         request = build_request(
             subject=names[index % subjects],
             feature="blog_writer",
             provider="openai",
             model="gpt-4o-mini",
-            usage={"tokens": TOKENS_PER_REQUEST},
+            usage={"tokens": tokens},
             request_id=f"{run}-{index}",
         )
         answer = await quotas.check_and_reserve(request)
-        return answer.reservation_id if answer.outcome.decision is not Decision.DENY else ""
+        return (answer.reservation_id if answer.outcome.decision is not Decision.DENY else "", tokens)
 
-    async def reserve_all(quotas: Quotas, indexes: Sequence[int]) -> list[str]:
-        reserved: list[str] = []
+    async def reserve_all(quotas: Quotas, indexes: Sequence[int]) -> list[tuple[str, int]]:
+        reserved: list[tuple[str, int]] = []
         for start in range(0, len(indexes), BURST):
             reserved += await asyncio.gather(*(reserve(quotas, i) for i in indexes[start : start + BURST]))
         return reserved
 
-    async def commit_all(quotas: Quotas, reservation_ids: Sequence[str]) -> None:
-        for start in range(0, len(reservation_ids), BURST):
-            chunk = [rid for rid in reservation_ids[start : start + BURST] if rid]
-            await asyncio.gather(*(quotas.commit(rid, {"tokens": TOKENS_PER_REQUEST}) for rid in chunk))
+    async def commit_all(quotas: Quotas, reserved: Sequence[tuple[str, int]]) -> None:
+        for start in range(0, len(reserved), BURST):
+            chunk = [(rid, used) for rid, used in reserved[start : start + BURST] if rid]
+            await asyncio.gather(*(quotas.commit(rid, {"tokens": used}) for rid, used in chunk))
 
     async def warm_up(quotas: Quotas) -> None:  # one request per subject, settled
         await commit_all(quotas, await reserve_all(quotas, [-1 - i for i in range(subjects)]))
@@ -129,7 +143,7 @@ async def measure(
             await asyncio.sleep(settle_seconds)
         settled = await retained_memory(raw)
         keys_after = int(await raw.dbsize())
-        granted = sum(1 for rid in reserved if rid)
+        granted = sum(1 for rid, _ in reserved if rid)
         return MemoryReport(
             requests=requests,
             subjects=subjects,
@@ -138,9 +152,15 @@ async def measure(
             bytes_per_settled_request=(settled - baseline) / requests,
             keys_per_settled_request=(keys_after - keys_before) / requests,
             denied=requests - granted,
+            vary_asks=vary_asks,
         )
     finally:
         await raw.aclose()
+
+
+def tokens_of(index: int) -> int:
+    """The token estimate of request ``index`` with ``--vary-asks``."""
+    return 10 + index % 97
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--subjects", type=int, default=30)
     parser.add_argument("--settle-seconds", type=float, default=10.0, help="wait after the last commit (seconds)")
+    parser.add_argument(
+        "--vary-asks", action="store_true", help="each request a different token estimate (10 + i %% 97)"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="quota-bench-memory-") as directory:
@@ -155,7 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.start()
         try:
             report = asyncio.run(
-                measure(server.url, requests=args.requests, subjects=args.subjects, settle_seconds=args.settle_seconds)
+                measure(
+                    server.url,
+                    requests=args.requests,
+                    subjects=args.subjects,
+                    settle_seconds=args.settle_seconds,
+                    vary_asks=args.vary_asks,
+                )
             )
         finally:
             server.stop()
@@ -163,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(asdict(report), indent=2))
     else:
         print(
-            f"{report.requests} requests over {report.subjects} subjects "
+            f"{report.requests} requests over {report.subjects} subjects"
+            f"{' (varying asks)' if report.vary_asks else ''} "
             f"(used_memory, {report.settle_seconds:g} s after the last commit):\n"
             f"  per open reservation: {report.bytes_per_open_reservation:8.0f} bytes\n"
             f"  per settled request:  {report.bytes_per_settled_request:8.0f} bytes "

@@ -14,11 +14,14 @@
    :func:`~quota_service.policy.engine.decide` only says WARN or ALLOW, why, and which
    limit; nothing here ever overrules or releases what the store decided;
 4. a replay (the store recognised the request_id) is answered from what the first decision
-   was made on, recorded with it (:mod:`quota_service.policy.replay`): the first answer,
-   whatever the policy, tier or overrides say now; a replay never changes or releases the
-   reservation. (A denial made before any counter is answered without asking the store, so
-   an emergency stop, or a feature taken out of the tier, wins over a replay: that answer is
-   DENY, and the reservation stays as it was, committable by whoever holds its id.);
+   was made on, recorded with it (:mod:`quota_service.policy.replay`: the plan-level text,
+   with the request's own recorded estimate and rates, which give every ask exactly as the
+   first call computed it): the first answer, whatever the policy, prices, tier, overrides
+   or this call's estimate say now (a DENY's ``retry_after_seconds`` counts from now); a
+   replay never changes or releases the reservation. (A denial made before any counter is
+   answered without asking the store, so an emergency stop, or a feature taken out of the
+   tier, wins over a replay: that answer is DENY, and the reservation stays as it was,
+   committable by whoever holds its id.);
 5. on :class:`StoreUnavailable` (an outage, or the request's deadline passing), answer with
    the tier's ``on_store_error`` (after the emergency stops, which are in memory and apply
    whatever the store does); on :class:`StoreDataError` (damaged data, a script error),
@@ -479,7 +482,7 @@ class Quotas:
         reserved = result.status is ReserveStatus.RESERVED
         reservation_id = result.reservation_id if reserved else ""
         expires_at = result.expires_at if reserved else 0
-        recorded = self._recorded(result.answer, the_plan.request.subject)
+        recorded = self._recorded(result, the_plan.request.subject)
         if recorded is None:
             # Nothing recorded to explain it with (a record from before recorded answers):
             # the store's verdict stands, explained by this request's plan.
@@ -496,13 +499,25 @@ class Quotas:
         )
 
     @staticmethod
-    def _recorded(answer: str, subject: str) -> replay.RecordedPlan | None:
-        if not answer:
+    def _recorded(result: ReserveResult, subject: str) -> replay.RecordedPlan | None:
+        """The first decision's plan: the recorded (plan-level) answer text with the
+        request's own recorded estimate and rates, which give every counter's ask exactly
+        as the first call computed it (prices changed since or not)."""
+        if not result.answer:
             return None
         try:
-            return replay.decode(answer, subject=subject)
+            return replay.decode(
+                result.answer, subject=subject, estimate=result.recorded_estimate, rates=result.recorded_rates
+            )
         except replay.ReplayFormatError as exc:
-            log.error("the recorded answer of a replayed request of %s cannot be read (%s): %r", subject, exc, answer)
+            log.error(
+                "the recorded answer of a replayed request of %s cannot be read (%s): %r (estimate %r, rates %r)",
+                subject,
+                exc,
+                result.answer,
+                dict(result.recorded_estimate),
+                dict(result.recorded_rates),
+            )
             return None
 
     async def _recorded_values(
@@ -521,6 +536,8 @@ class Quotas:
             now_ms=to_ms(self.clock.now()),
             ttl_seconds=max(1, the_plan.ttl_seconds),
             config_version=REPLAY_ONLY_VERSION,
+            estimate=recorded.estimate,
+            rates={metric: str(rate) for metric, rate in recorded.rates.items()},
             answer=result.answer,
         )
         try:

@@ -13,8 +13,8 @@ Concurrency guarantees every implementation must give:
   company-wide (global) charges second, in their own slot; if the global step denies, the
   subject's part is released before ``reserve`` returns (compensation).
 * A repeated ``request_id`` (within the reservation's lifetime plus the store's grace
-  period) returns the first outcome, marked ``replayed``, with the values and the
-  ``answer`` text recorded then, and counts nothing again: it is never re-judged, and never
+  period) returns the first outcome, marked ``replayed``, with the values, the ``answer``
+  text, the estimate and the rates recorded then, and counts nothing again: it is never re-judged, and never
   changes, settles or releases the reservation. After that it is decided afresh.
 * ``commit`` and ``release`` of a settled reservation change nothing and say so.
 * A reservation neither committed nor released by ``expires_at`` is settled at its
@@ -66,7 +66,7 @@ class ReserveCommand:
     #: answered from the first decision, never re-judged under a later policy or config).
     #: The store keeps one copy per subject and distinct text (content-addressed), so it
     #: should hold what many requests share (the plan), not per-request values: those come
-    #: back in ``ReserveResult.values``.
+    #: back in ``ReserveResult.values``, ``recorded_estimate`` and ``recorded_rates``.
     answer: str = ""
 
 
@@ -94,6 +94,13 @@ class ReserveResult:
     replayed: bool = False
     #: On a replay: the ``answer`` of the command that was first decided ("" otherwise).
     answer: str = ""
+    #: On a replay: the ``estimate`` of the command that was first decided (units per
+    #: metric, as its record keeps it, also once settled or denied); empty otherwise.
+    recorded_estimate: Mapping[str, int] = field(default_factory=dict)
+    #: On a replay: the ``rates`` of the command that was first decided (exact decimal
+    #: strings); empty otherwise. With ``recorded_estimate`` they give every ask of the
+    #: first decision again (the ``answer`` holds only what many requests share).
+    recorded_rates: Mapping[str, str] = field(default_factory=dict)
 
 
 class ReservationState(enum.Enum):

@@ -10,7 +10,8 @@ behaviour suite runs over both, ``tests/integration/store/test_behaviour.py``):
   request's answer (``DENIED_GLOBAL``).
 * Each step runs in this order, as ``reserve.lua``: settle the scope's expired
   reservations (at most ``sweep_limit``), replay a recorded request_id (its first status,
-  reservation id, the counter values recorded then, and ``ReserveCommand.answer``),
+  reservation id, the counter values recorded then, ``ReserveCommand.answer``, and the
+  first command's estimate and rates),
   check the config version (``STALE_CONFIG``: nothing written), apply the gate, write.
   So a replay is answered whatever config version the command carries.
 * A reservation neither committed nor released by its expiry is settled at its estimate
@@ -114,6 +115,8 @@ class _Answer:
     forget_at_ms: int
     global_snapshot: dict[str, CounterValue] | None = None
     answer: str = ""
+    #: The request's estimate and rates (the Redis record's ``estimate``, its plan text's rates).
+    details: _Details | None = None
 
 
 @dataclass
@@ -147,6 +150,7 @@ class _Step:
     values: dict[CounterRef, CounterValue]
     global_snapshot: dict[str, CounterValue] | None = None
     answer: str = ""
+    details: _Details | None = None
 
 
 def _check_subject(subject: str) -> None:
@@ -385,6 +389,7 @@ class MemoryCounterStore:
                     values,
                     prior.global_snapshot,
                     prior.answer,
+                    prior.details,
                 )
 
         if config_version is not None:
@@ -408,7 +413,9 @@ class MemoryCounterStore:
         answer_expiry = max(expires_ms + self._grace_ms, floor_ms)
         if denied:
             if request_id:
-                scope.answers[request_id] = _Answer("denied", "", expires_ms, snapshot, answer_expiry, answer=answer)
+                scope.answers[request_id] = _Answer(
+                    "denied", "", expires_ms, snapshot, answer_expiry, answer=answer, details=details
+                )
             return _Step("denied", "", expires_ms, False, current)
         if self._record(scope, reservation_id) is not None:
             return _Step("duplicate", reservation_id, expires_ms, False, current)
@@ -437,7 +444,7 @@ class MemoryCounterStore:
         scope.open[reservation_id] = expires_ms
         if request_id:
             scope.answers[request_id] = _Answer(
-                "reserved", reservation_id, expires_ms, snapshot, answer_expiry, answer=answer
+                "reserved", reservation_id, expires_ms, snapshot, answer_expiry, answer=answer, details=details
             )
         return _Step("reserved", reservation_id, expires_ms, False, current)
 
@@ -489,21 +496,24 @@ class MemoryCounterStore:
             return self._left("reserve", ReserveResult(ReserveStatus.CHECKED, "", values))
         if subject.status == "duplicate":
             raise InvalidRequest(f"reservation id {command.reservation_id!r} is already in use")
-        replayed, answer = subject.replayed, subject.answer
+        replayed = subject.replayed
+        first = subject.details if replayed else None
+        # replayed, answer, recorded_estimate, recorded_rates (the last three: set on replays)
+        kept = (replayed, subject.answer, dict(first.estimate) if first else {}, dict(first.rates) if first else {})
         if subject.status == "denied":
-            return self._left("reserve", ReserveResult(ReserveStatus.DENIED, "", values, 0, replayed, answer))
+            return self._left("reserve", ReserveResult(ReserveStatus.DENIED, "", values, 0, *kept))
         if subject.status == "denied_global":
             recorded = subject.global_snapshot or {}
             scope = self._scopes[GLOBAL_SCOPE]
             for charge in command.global_charges:
                 ref = charge.counter
                 values[ref] = recorded.get(keys.counter_key(ref)) or self._value(scope, ref)
-            return self._left("reserve", ReserveResult(ReserveStatus.DENIED_GLOBAL, "", values, 0, replayed, answer))
+            return self._left("reserve", ReserveResult(ReserveStatus.DENIED_GLOBAL, "", values, 0, *kept))
 
         reservation_id = subject.reservation_id
         expires_at = _seconds_ceil(subject.expires_ms)
         if not command.global_charges:
-            result = ReserveResult(ReserveStatus.RESERVED, reservation_id, values, expires_at, replayed, answer)
+            result = ReserveResult(ReserveStatus.RESERVED, reservation_id, values, expires_at, *kept)
             return self._left("reserve", result)
 
         await self._enter("global_step")
@@ -522,7 +532,7 @@ class MemoryCounterStore:
         values.update(company.values)
         if company.status == "reserved":
             self._leave("global_step")
-            result = ReserveResult(ReserveStatus.RESERVED, reservation_id, values, expires_at, replayed, answer)
+            result = ReserveResult(ReserveStatus.RESERVED, reservation_id, values, expires_at, *kept)
             return self._left("reserve", result)
         snapshot = {keys.counter_key(ref): value for ref, value in company.values.items()}
         self._settle_step(
@@ -535,7 +545,7 @@ class MemoryCounterStore:
             global_snapshot=snapshot,
         )
         self._leave("global_step")
-        return self._left("reserve", ReserveResult(ReserveStatus.DENIED_GLOBAL, "", values, 0, replayed, answer))
+        return self._left("reserve", ReserveResult(ReserveStatus.DENIED_GLOBAL, "", values, 0, *kept))
 
     def _left(self, operation: str, result: ReserveResult) -> ReserveResult:
         self._leave(operation)

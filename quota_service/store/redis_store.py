@@ -287,10 +287,11 @@ class _StepReply:
     layout: str
     state: State | None
     has_global: bool
+    estimate: str  # replays: the record's estimate (amounts, or a tombstone's units)
 
     @classmethod
     def parse(cls, scope: _Scope, reply: Sequence[Any]) -> _StepReply:
-        status, generation, expires_ms, replayed, flat, recorded, plan, layout, state, has_global = reply
+        status, generation, expires_ms, replayed, flat, recorded, plan, layout, state, has_global, estimate = reply
         return cls(
             scope=scope.scope,
             status=Status(status),
@@ -303,6 +304,7 @@ class _StepReply:
             layout=str(layout),
             state=State(state) if state else None,
             has_global=has_global == YES,
+            estimate=str(estimate),
         )
 
     def recorded_values(self) -> dict[str, CounterValue]:
@@ -323,6 +325,17 @@ class _StepReply:
 
     def answer(self) -> str:
         return protocol.Plan.parse(self.plan).answer if self.plan else ""
+
+    def recorded_estimate(self) -> dict[str, int]:
+        """A replay's recorded estimate by metric: an open or expired record keeps amounts,
+        a tombstone the units of its plan text's estimated metrics, in their order."""
+        if self.state in (State.OPEN, State.EXPIRED):
+            return protocol.parse_amounts(self.estimate)
+        return (protocol.Plan.parse(self.plan) if self.plan else protocol.EMPTY_PLAN).estimate(self.estimate)
+
+    def recorded_rates(self) -> dict[str, str]:
+        """A replay's recorded rates (its plan text's)."""
+        return protocol.Plan.parse(self.plan).rates if self.plan else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -669,7 +682,7 @@ class RedisCounterStore:
         ``reservation_id`` of the result is ``""`` unless the status is ``RESERVED``;
         ``expires_at`` (unix seconds, rounded up) likewise. A dry run neither reads nor
         records the ``request_id``'s answer. A replay returns the first answer (status, id,
-        expiry, values and ``answer`` as recorded), never re-judged: its company-wide step
+        expiry, values, ``answer``, estimate and rates as recorded), never re-judged: its company-wide step
         only completes a reservation whose first company-wide step never happened (the
         service died in between), and a global denial then gives the subject's part back
         only while that part is still open. If the global step fails with
@@ -695,19 +708,27 @@ class RedisCounterStore:
         record_key = keys.record_key(command.subject, prepared.name.name)
         recorded = parsed("reserve", record_key, _StepReply.recorded_values, first)
         answer = parsed("reserve", record_key, _StepReply.answer, first) if first.replayed else ""
+        estimate = parsed("reserve", record_key, _StepReply.recorded_estimate, first) if first.replayed else {}
+        rates = parsed("reserve", record_key, _StepReply.recorded_rates, first) if first.replayed else {}
+        recorded_kw: dict[str, Any] = {"answer": answer, "recorded_estimate": estimate, "recorded_rates": rates}
         values.update({ref: recorded[keys.counter_key(ref)] for ref in values if keys.counter_key(ref) in recorded})
         name = dataclasses.replace(prepared.name, generation=first.generation)
 
         if first.status is Status.DENIED:
-            return ReserveResult(ReserveStatus.DENIED, "", values, replayed=first.replayed, answer=answer)
+            return ReserveResult(ReserveStatus.DENIED, "", values, replayed=first.replayed, **recorded_kw)
         if first.status is Status.DENIED_GLOBAL:  # only a replay answers it
             values.update(await self._recorded_or_current(prepared.company.refs, recorded, command.now_ms))
-            return ReserveResult(ReserveStatus.DENIED_GLOBAL, "", values, replayed=True, answer=answer)
+            return ReserveResult(ReserveStatus.DENIED_GLOBAL, "", values, replayed=True, **recorded_kw)
         if first.status is not Status.RESERVED:
             raise StoreDataError(f"reserve.lua answered an unexpected status {first.status!r}", key=record_key)
 
         reserved = ReserveResult(
-            ReserveStatus.RESERVED, name.reservation_id, values, _seconds_ceil(first.expires_ms), first.replayed, answer
+            ReserveStatus.RESERVED,
+            name.reservation_id,
+            values,
+            _seconds_ceil(first.expires_ms),
+            first.replayed,
+            **recorded_kw,
         )
         if not prepared.company.refs:
             return reserved
@@ -750,7 +771,9 @@ class RedisCounterStore:
             elif company.status is Status.DENIED:
                 compensated = await self._compensate(name, company, now_ms)
                 if compensated.outcome is Outcome.SETTLED:
-                    return ReserveResult(ReserveStatus.DENIED_GLOBAL, "", values, replayed=True, answer=reserved.answer)
+                    return dataclasses.replace(
+                        reserved, status=ReserveStatus.DENIED_GLOBAL, reservation_id="", values=values, expires_at=0
+                    )
         else:
             company = await self._global_step(Step.GLOBAL_REPLAY, prepared, name.nonce, first.expires_ms)
             values.update(company.values)

@@ -38,7 +38,8 @@
 -- earlier than Redis' clock plus the grace period (lib.lua expiry_floor). Everything is
 -- checked before anything is written (Redis does not roll a script back).
 --
--- Returns {status, generation, expires_ms, replayed, values, recorded, plan, layout, state, has_global}:
+-- Returns {status, generation, expires_ms, replayed, values, recorded, plan, layout, state, has_global,
+--          estimate}:
 --   status      STATUS.*: RESERVED | DENIED | DENIED_GLOBAL (replays) | CHECKED | STALE_CONFIG |
 --               DUPLICATE | MISSING (STEP.GLOBAL_REPLAY without a record)
 --   generation  the reservation's generation (a replay: the recorded one)
@@ -49,5 +50,8 @@
 --   layout      replays: "<own layout>\n<company-wide layout>", naming the recorded values' counters
 --   state       replays: STATE.* of the record
 --   has_global  replays: "1" when the recorded reservation has (or may have) a company-wide part
+--   estimate    replays: the record's estimate: amounts "<metric>=<units> ..." (state open or
+--               expired), or a tombstone's units "<u>,<u>" in the order of the plan text's
+--               estimated metrics (any other state); "" if it kept none
 
 return reserve_one(KEYS, ARGV)

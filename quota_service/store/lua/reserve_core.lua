@@ -42,13 +42,15 @@ local function read_counters(a)
 end
 
 local function reply(a, status)
-  return {status, a.gen, int_text(a.expires_ms), NO, a.flat, '', '', '', '', NO}
+  return {status, a.gen, int_text(a.expires_ms), NO, a.flat, '', '', '', '', NO, ''}
 end
 
 -- The recorded answer of an existing record: never re-judged, never changes the
 -- reservation (an open one past its expiry is settled at its estimate first, as any
 -- touch of the scope would). A subject record handed out by a replay is marked, so that
--- a withdraw (after a store failure) leaves it alone.
+-- a withdraw (after a store failure) leaves it alone. The record's estimate comes back
+-- with it (an open or expired record's amounts, a tombstone's units): the asks of the
+-- first decision are per request, so the shared plan text does not hold them.
 local function answer_replay(a, ctx, rec)
   if not rec.tomb and rec.state == STATE.OPEN and rec.expires_ms <= a.now_ms then
     settle_record(ctx, a.record_key, a.name, rec, SETTLE.EXPIRE, nil)
@@ -71,7 +73,7 @@ local function answer_replay(a, ctx, rec)
   end
   local plan = named_text(a.tag, KEY.PLAN, plan_digest, a.record_key)
   return {status, rec.gen, rec.expires_ms_text, YES, a.flat, rec.values, plan, layout, rec.state,
-    rec.has_global and YES or NO}
+    rec.has_global and YES or NO, rec.estimate or ''}
 end
 
 local function config_is_current(a)

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
-from support.charges import charge, command, counter
 
 from quota_service.admin import Admin
 from quota_service.deadline import request_deadline
-from quota_service.errors import StoreDataError, StoreUnavailable
+from quota_service.errors import StoreDataError
 from quota_service.policy.domain import CounterRef, Decision, Reason
 from quota_service.policy.validation import QuotaRequest, build_request
 from quota_service.policy.windows import Window
@@ -75,18 +74,8 @@ def ask(who: str, tokens: float, request_id: str = "req-money") -> QuotaRequest:
     )
 
 
-async def keeps_answers(counters: RedisCounterStore) -> bool:
-    """Whether this Redis store hands the recorded answer back on replays yet."""
-    probe = dataclasses.replace(
-        command(charge(counter("probe"), 1, cap=10), subject="probe", request_id="probe"), answer="x"
-    )
-    await counters.reserve(probe)
-    again = await counters.reserve(dataclasses.replace(probe, reservation_id=keys.new_reservation_id("probe")))
-    return again.answer == "x"
-
-
 async def replay_holds(money: MoneyPath, who: str, first: ReserveAnswer, again: ReserveAnswer, commit: int) -> None:
-    """What holds with any store: the first verdict and reservation, kept, committable, counted."""
+    """The first answer, exactly; its reservation kept, committable, counted."""
     assert first.outcome.decision is not Decision.DENY and first.reservation_id
     assert again.replayed and again.reservation_id == first.reservation_id
     assert again.outcome.decision is not Decision.DENY
@@ -95,9 +84,7 @@ async def replay_holds(money: MoneyPath, who: str, first: ReserveAnswer, again: 
     settled = await money.quotas.commit(first.reservation_id, {"tokens": commit})
     assert not settled.already_settled
     assert await money.raw.hget(f"q:{{{who}}}:tokens:day:{DAY}", "used") == str(commit)
-    # ... and exactly the first answer, once the store records it (ReserveCommand.answer).
-    if not await keeps_answers(money.counters):
-        pytest.xfail("the Redis store does not keep the recorded answer yet (the store engineer's change)")
+    # ... and exactly the first answer (decision, reason, message, limits, tier, version).
     assert dataclasses.replace(again, replayed=False) == first
 
 
@@ -126,28 +113,59 @@ async def test_a_replay_after_a_policy_reload(money: MoneyPath) -> None:
     await replay_holds(money, "rel", first, again, commit=690)
 
 
+PRICE = "tokens: 0.0000006"
+
+
+async def test_a_replay_after_the_prices_changed_is_the_first_answer(money: MoneyPath) -> None:
+    """The cost ask of a replay: the recorded estimate at the recorded rates (the record's),
+    not today's prices nor this call's estimate; the held, remaining and message as first."""
+    first = await money.quotas.check_and_reserve(ask("prc", 700))
+    assert {r.held for r in first.outcome.limits if r.limit.metric == "cost_usd"} == {420}  # $0.60 per million
+    money.policy_file.write_text(money.policy_file.read_text().replace(PRICE, "tokens: 0.01"))  # $7: past $5 a day
+    changed, _ = await money.admin.reload_policies(actor=ACTOR)
+    assert changed
+    fresh = await money.quotas.check_and_reserve(ask("prc", 700, "req-fresh"))
+    assert fresh.outcome.decision is Decision.DENY  # the new prices are in force
+    again = await money.quotas.check_and_reserve(ask("prc", 90))  # another estimate, too
+    await replay_holds(money, "prc", first, again, commit=650)
+
+
+async def test_a_replay_with_another_estimate_is_the_first_answer(money: MoneyPath) -> None:
+    first = await money.quotas.check_and_reserve(ask("est", 500))
+    for other in (900, 5, 5000):
+        again = await money.quotas.check_and_reserve(ask("est", other))
+        assert dataclasses.replace(again, replayed=False) == first
+    await replay_holds(money, "est", first, again, commit=450)
+
+
+async def test_a_replayed_denial_after_the_prices_changed_is_the_first_denial(money: MoneyPath) -> None:
+    """A DENY's record is a tombstone: it keeps the estimate, so a replay's asks (and with
+    them the limits and message) are the first call's; retry_after counts from now."""
+    held = await money.quotas.check_and_reserve(ask("den", 900, "fill"))
+    await money.quotas.commit(held.reservation_id, {"tokens": 900})
+    first = await money.quotas.check_and_reserve(ask("den", 200))
+    assert (first.outcome.decision, first.outcome.reason) == (Decision.DENY, Reason.LIMIT_EXCEEDED)
+    money.policy_file.write_text(money.policy_file.read_text().replace(PRICE, "tokens: 0.01"))
+    changed, _ = await money.admin.reload_policies(actor=ACTOR)
+    assert changed
+    again = await money.quotas.check_and_reserve(ask("den", 20))
+    assert again.replayed
+    assert 0 <= again.outcome.retry_after_seconds <= first.outcome.retry_after_seconds
+    outcome = dataclasses.replace(again.outcome, retry_after_seconds=first.outcome.retry_after_seconds)
+    assert dataclasses.replace(again, outcome=outcome, replayed=False) == first
+
+
 async def test_a_wrong_typed_counter_denies_store_error_on_an_allow_tier(money: MoneyPath) -> None:
     await money.admin.set_tier("broken", "pro_alpha", actor=ACTOR)  # on_store_error: allow
     assert (await money.quotas.check_and_reserve(ask("broken", 10, "warm"))).outcome.decision is Decision.ALLOW
     await money.raw.delete(f"q:{{broken}}:tokens:day:{DAY}")
     await money.raw.set(f"q:{{broken}}:tokens:day:{DAY}", "not a hash")
     answer = await money.quotas.check_and_reserve(ask("broken", 10, "after"))
-    if answer.outcome.reason is Reason.STORE_UNAVAILABLE and not await reports_damage(money.counters, "broken"):
-        pytest.xfail("the Redis store reports WRONGTYPE as an outage yet (the store engineer's change)")
     assert (answer.outcome.decision, answer.outcome.reason) == (Decision.DENY, Reason.STORE_ERROR)
     assert not answer.reservation_id
-
-
-async def reports_damage(counters: RedisCounterStore, who: str) -> bool:
-    """Whether the Redis store raises StoreDataError (not StoreUnavailable) for a wrong-typed counter."""
-    ref = CounterRef(who, "tokens", Window.DAY, DAY, int(time.time()) + 86_400)
-    try:
-        await counters.usage((ref,), int(time.time() * 1000))
-    except StoreDataError:
-        return True
-    except StoreUnavailable:
-        return False
-    return False
+    ref = CounterRef("broken", "tokens", Window.DAY, DAY, int(time.time()) + 86_400)
+    with pytest.raises(StoreDataError):  # damaged data, never an outage
+        await money.counters.usage((ref,), int(time.time() * 1000))
 
 
 async def test_every_config_write_announces_its_subject(money: MoneyPath, redis_url: str) -> None:

@@ -60,15 +60,6 @@ def with_answer(cmd: ReserveCommand, answer: str) -> ReserveCommand:
     return dataclasses.replace(cmd, answer=answer)
 
 
-async def keeps_answers(store: CounterStore) -> bool:
-    """Whether the store hands ``ReserveCommand.answer`` back on replays (the Redis store
-    does once reserve.lua records it; until then the tests needing it are expected to fail)."""
-    probe = with_answer(command(charge(counter("probe"), 1, cap=10), subject="probe", request_id="probe"), "x")
-    await store.reserve(probe)
-    again = await store.reserve(dataclasses.replace(probe, reservation_id=keys.new_reservation_id("probe")))
-    return again.answer == "x"
-
-
 async def test_all_or_nothing_within_a_scope(any_store: CounterStore) -> None:
     tokens, images = counter(), counter(metric="images")
     result = await any_store.reserve(command(charge(tokens, 10, cap=100), charge(images, 3, cap=2)))
@@ -292,8 +283,6 @@ async def test_config_versions_and_override_expiry(any_store: Any) -> None:
 
 
 async def test_the_recorded_answer_comes_back_on_every_replay(any_store: CounterStore) -> None:
-    if not await keeps_answers(any_store):
-        pytest.xfail("this store does not keep ReserveCommand.answer yet (the store engineer's change)")
     tokens = counter()
     cmd = with_answer(command(charge(tokens, 10, cap=100), request_id="req-a"), "1 recorded plan")
     assert (await any_store.reserve(cmd)).answer == ""
@@ -307,14 +296,56 @@ async def test_the_recorded_answer_comes_back_on_every_replay(any_store: Counter
     assert (await any_store.reserve(denied)).answer == "1 denied plan"
 
 
+ESTIMATE = {"tokens": 10, "images": 2}
+RATES = {"tokens": "0.0000006", "images": "0.04"}
+
+
+def replay_of(cmd: ReserveCommand, now_ms: int = NOW_MS) -> ReserveCommand:
+    """The same request_id again, with another estimate and other prices (what the store
+    must not answer with)."""
+    return dataclasses.replace(
+        cmd,
+        reservation_id=keys.new_reservation_id(cmd.subject),
+        now_ms=now_ms,
+        estimate={"tokens": 999, "images": 9},
+        rates={"tokens": "1", "images": "2"},
+        answer="another plan",
+    )
+
+
+@pytest.mark.parametrize("settled", ["open", "committed", "released", "expired", "denied", "denied_global"])
+async def test_a_replay_returns_the_recorded_estimate_and_rates(any_store: CounterStore, settled: str) -> None:
+    """Whatever became of the record (open, settled into a tombstone, a denial, a global
+    denial's compensation, expired at its estimate): its estimate and rates come back, so
+    the first decision's asks can be computed again exactly."""
+    tokens, spend = counter(), global_counter()
+    over = settled in ("denied", "denied_global")
+    cmd = command(
+        charge(tokens, 5000 if settled == "denied" else 10, cap=100),
+        global_charges=(charge(spend, 500 if settled == "denied_global" else 5, cap=100),),
+        request_id=f"req-{settled}",
+        estimate=ESTIMATE,
+        rates=RATES,
+        answer="2 the plan",
+    )
+    first = await any_store.reserve(cmd)
+    assert (first.replayed, first.recorded_estimate, first.recorded_rates) == (False, {}, {})
+    assert (first.status is ReserveStatus.RESERVED) is not over
+    if settled == "committed":
+        await any_store.commit(first.reservation_id, {"tokens": 7}, NOW_MS + 1000)
+    elif settled == "released":
+        await any_store.release(first.reservation_id, NOW_MS + 1000)
+    later = NOW_MS + 61_000 if settled == "expired" else NOW_MS + 2000  # past its 60 s expiry, within the grace
+    again = await any_store.reserve(replay_of(cmd, later))
+    assert again.replayed and again.answer == "2 the plan"
+    assert (dict(again.recorded_estimate), dict(again.recorded_rates)) == (ESTIMATE, RATES)
+    if settled == "expired":
+        assert await value(any_store, tokens, later) == CounterValue(used=10, held=0)  # settled at its estimate
+
+
 async def test_no_time_left_fails_at_once(any_store: CounterStore) -> None:
-    with deadline.request_deadline(0):
-        try:
-            await any_store.reserve(command(charge(counter(), 1, cap=10)))
-        except StoreUnavailable:
-            pass
-        else:
-            pytest.xfail("this store does not honour the request's deadline yet (the store engineer's change)")
+    with deadline.request_deadline(0), pytest.raises(StoreUnavailable):
+        await any_store.reserve(command(charge(counter(), 1, cap=10)))
     assert await value(any_store, counter()) == CounterValue()
 
 

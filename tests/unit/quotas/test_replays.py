@@ -91,6 +91,66 @@ async def test_a_policy_reload_does_not_rejudge_a_replay(
     assert (await usage_of(quotas, "rae"))[0] == 650
 
 
+PRICE = "tokens: 0.0000006"
+
+
+def cost_held(answer: ReserveAnswer) -> list[tuple[int, int]]:
+    return [(r.used, r.held) for r in answer.outcome.limits if r.limit.metric == "cost_usd"]
+
+
+async def test_a_replay_after_the_prices_changed_is_the_first_answer(
+    quotas: Quotas, store: MemoryCounterStore, policy_file: Path
+) -> None:
+    """The cost ask comes from the recorded estimate at the recorded rates, not today's prices."""
+    first = await quotas.check_and_reserve(ask("pip", 700))
+    assert first.outcome.decision is Decision.ALLOW
+    assert {held for _, held in cost_held(first)} == {420}  # 700 tokens at $0.60 per million
+    policy_file.write_text(policy_file.read_text().replace(PRICE, "tokens: 0.01"))  # $7 now: past the $5 a day
+    assert quotas.policy.reload()
+    fresh = await quotas.check_and_reserve(ask("pip", 700, request_id="req-new"))
+    assert fresh.outcome.decision is Decision.DENY  # the new price is in force
+    again = await quotas.check_and_reserve(ask("pip", 700))
+    same_answer(first, again)  # held, remaining, message: the first call's
+    reservation = await store.get_reservation(first.reservation_id)
+    assert reservation is not None and reservation.rates == {"tokens": "6E-7"}
+
+
+async def test_a_replay_with_another_estimate_gets_the_first_answer(quotas: Quotas, store: MemoryCounterStore) -> None:
+    first = await quotas.check_and_reserve(ask("ivy", 500))
+    assert first.outcome.decision is Decision.ALLOW
+    for other in (900, 5, 5000):  # more, less, past the cap: the recorded asks, never these
+        again = await quotas.check_and_reserve(ask("ivy", other))
+        same_answer(first, again)
+    assert await usage_of(quotas, "ivy") == (0, 500)
+
+
+async def test_a_replayed_denial_keeps_its_answer_and_counts_retry_after_from_now(
+    quotas: Quotas, store: MemoryCounterStore, clock: ManualClock, policy_file: Path
+) -> None:
+    """A DENY of the day cap: its windows, values and message as first answered, also with
+    another estimate, other prices and after the day rolled over; only
+    ``retry_after_seconds`` moves, counted from now (never below 0)."""
+    clock.set(clock.now().replace(hour=23, minute=30))
+    held = await quotas.check_and_reserve(ask("ned", 900, request_id="fill"))
+    await quotas.commit(held.reservation_id, {"tokens": 900})
+    first = await quotas.check_and_reserve(ask("ned", 200))
+    assert (first.outcome.decision, first.outcome.reason) == (Decision.DENY, Reason.LIMIT_EXCEEDED)
+    assert first.outcome.retry_after_seconds == 1800  # the day ends at midnight
+    policy_file.write_text(policy_file.read_text().replace(PRICE, "tokens: 0.01"))
+    assert quotas.policy.reload()
+
+    def but_retry_after(answer: ReserveAnswer) -> ReserveAnswer:
+        outcome = dataclasses.replace(answer.outcome, retry_after_seconds=first.outcome.retry_after_seconds)
+        return dataclasses.replace(answer, outcome=outcome, replayed=False)
+
+    for advance, retry_after in ((600, 1200), (1800, 0)):  # the second: 00:10, a new day
+        clock.advance(advance)
+        again = await quotas.check_and_reserve(ask("ned", 20))
+        assert again.replayed and again.outcome.retry_after_seconds == retry_after
+        assert but_retry_after(again) == first  # limits (recorded windows and resets_at), message, tier, version
+    assert store.calls["withdraw"] == 0
+
+
 async def test_a_denial_replays_as_the_same_denial_after_the_cap_was_raised(
     quotas: Quotas, store: MemoryCounterStore
 ) -> None:
