@@ -25,11 +25,14 @@ Concurrency guarantees every implementation must give:
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from quota_service.policy.domain import CounterCharge, CounterRef, CounterValue, SubjectConfig
+from quota_service.errors import InvalidRequest, shown
+from quota_service.policy.domain import GLOBAL_SCOPE, CounterCharge, CounterRef, CounterValue, SubjectConfig
+from quota_service.policy.units import MAX_UNITS, validate_metric_name
+from quota_service.policy.windows import Window
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,3 +194,42 @@ class CounterStore(Protocol):
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+# -- preconditions every store checks (the interface's, so every implementation refuses alike)
+
+
+def check_subject(subject: str) -> None:
+    """A subject fit for a key: not the company-wide scope, no braces (the hash tag),
+    whitespace or control characters. :class:`InvalidRequest` otherwise."""
+    if not subject or subject == GLOBAL_SCOPE:
+        raise InvalidRequest(f"subject {shown(subject)} is not valid")
+    if any(ch in "{}" or ch.isspace() or not ch.isprintable() for ch in subject):
+        raise InvalidRequest(f"subject {shown(subject)} must not contain braces, whitespace or control characters")
+
+
+def check_units(what: str, value: int) -> None:
+    """A whole number of units in [0, 2**53)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UNITS:
+        raise InvalidRequest(f"{what} must be a whole number of units in [0, 2**53), got {value!r}")
+
+
+def check_charges(scope: str, charges: Sequence[CounterCharge]) -> None:
+    """The charges of one step: all of ``scope``, valid metric names and units, each
+    counter charged once."""
+    seen: set[tuple[str, Window, str]] = set()
+    for charge in charges:
+        ref = charge.counter
+        if ref.scope != scope:
+            raise InvalidRequest(f"charge on {ref.scope!r} counter {ref.metric}/{ref.window} in the {scope!r} step")
+        validate_metric_name(ref.metric)
+        check_units(f"ask for {ref.metric}/{ref.window}", charge.ask)
+        check_units(f"cap for {ref.metric}/{ref.window}", charge.cap)
+        check_units(f"block for {ref.metric}/{ref.window}", charge.block)
+        counter = (ref.metric, ref.window, ref.window_id)
+        if counter in seen:
+            raise InvalidRequest(
+                f"counter {ref.metric}/{ref.window.value}/{ref.window_id} of {ref.scope!r} is charged twice; "
+                "merge its limits into one charge"
+            )
+        seen.add(counter)

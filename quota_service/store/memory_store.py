@@ -51,7 +51,7 @@ from quota_service.policy.domain import (
     OverrideRecord,
     SubjectConfig,
 )
-from quota_service.policy.units import MAX_UNITS, validate_metric_name
+from quota_service.policy.units import validate_metric_name
 from quota_service.policy.windows import WINDOW_ORDER, Window
 from quota_service.store import keys
 from quota_service.store.base import (
@@ -61,6 +61,9 @@ from quota_service.store.base import (
     ReserveResult,
     ReserveStatus,
     SettleResult,
+    check_charges,
+    check_subject,
+    check_units,
 )
 
 __all__ = ["MemoryCounterStore"]
@@ -151,34 +154,6 @@ class _Step:
     global_snapshot: dict[str, CounterValue] | None = None
     answer: str = ""
     details: _Details | None = None
-
-
-def _check_subject(subject: str) -> None:
-    if not subject or subject == GLOBAL_SCOPE:
-        raise InvalidRequest(f"subject {subject!r} is not valid")
-    if any(ch in "{}" or ch.isspace() or not ch.isprintable() for ch in subject):
-        raise InvalidRequest(f"subject {subject!r} must not contain braces, whitespace or control characters")
-
-
-def _check_units(what: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UNITS:
-        raise InvalidRequest(f"{what} must be a whole number of units in [0, 2**53), got {value!r}")
-
-
-def _check_charges(scope: str, charges: Sequence[CounterCharge]) -> None:
-    seen: set[str] = set()
-    for charge in charges:
-        ref = charge.counter
-        if ref.scope != scope:
-            raise InvalidRequest(f"charge on {ref.scope!r} counter {ref.metric}/{ref.window} in the {scope!r} step")
-        validate_metric_name(ref.metric)
-        _check_units(f"ask for {ref.metric}/{ref.window}", charge.ask)
-        _check_units(f"cap for {ref.metric}/{ref.window}", charge.cap)
-        _check_units(f"block for {ref.metric}/{ref.window}", charge.block)
-        key = keys.counter_key(ref)
-        if key in seen:
-            raise InvalidRequest(f"counter {key} is charged twice; merge its limits into one charge")
-        seen.add(key)
 
 
 def _seconds_ceil(ms: int) -> int:
@@ -451,9 +426,9 @@ class MemoryCounterStore:
     async def reserve(self, command: ReserveCommand) -> ReserveResult:
         """As :meth:`RedisCounterStore.reserve <quota_service.store.redis_store.RedisCounterStore.reserve>`."""
         await self._enter("reserve")
-        _check_subject(command.subject)
-        _check_charges(command.subject, command.subject_charges)
-        _check_charges(GLOBAL_SCOPE, command.global_charges)
+        check_subject(command.subject)
+        check_charges(command.subject, command.subject_charges)
+        check_charges(GLOBAL_SCOPE, command.global_charges)
         if command.ttl_seconds <= 0:
             raise InvalidRequest(f"ttl_seconds must be positive, got {command.ttl_seconds}")
         if not command.dry_run and keys.subject_of(command.reservation_id) != command.subject:
@@ -600,7 +575,7 @@ class MemoryCounterStore:
         await self._enter("commit")
         for metric, units in actual.items():
             validate_metric_name(metric)
-            _check_units(f"actual {metric}", units)
+            check_units(f"actual {metric}", units)
         result = self._settle(reservation_id, "commit", actual, now_ms)
         self._leave("commit")
         return result
@@ -664,7 +639,7 @@ class MemoryCounterStore:
 
     async def subject_config(self, subject: str, now_ms: int) -> SubjectConfig:
         await self._enter("subject_config")
-        _check_subject(subject)
+        check_subject(subject)
         config = self._configs.get(subject)
         if config is None:
             self._leave("subject_config")
@@ -687,7 +662,7 @@ class MemoryCounterStore:
     # -- admin writes (as the Redis store's; each bumps the version and is announced) ---------
 
     def _write(self, subject: str) -> _Config:
-        _check_subject(subject)
+        check_subject(subject)
         return self._configs.setdefault(subject, _Config())
 
     def _changed(self, subject: str, config: _Config) -> None:
@@ -708,7 +683,7 @@ class MemoryCounterStore:
     async def set_override(self, record: OverrideRecord) -> None:
         await self._enter("set_override")
         validate_metric_name(record.metric)
-        _check_units("override max_units", record.max_units)
+        check_units("override max_units", record.max_units)
         config = self._write(record.subject)
         config.overrides[(record.metric, record.window)] = record
         self._changed(record.subject, config)

@@ -77,7 +77,7 @@ from quota_service.policy.domain import (
     OverrideRecord,
     SubjectConfig,
 )
-from quota_service.policy.units import MAX_UNITS, validate_metric_name
+from quota_service.policy.units import validate_metric_name
 from quota_service.policy.windows import WINDOW_ORDER, Window
 from quota_service.store import keys, protocol
 from quota_service.store.base import (
@@ -88,6 +88,9 @@ from quota_service.store.base import (
     ReserveStatus,
     SettledCounter,
     SettleResult,
+    check_charges,
+    check_subject,
+    check_units,
 )
 from quota_service.store.batching import GroupCommit
 from quota_service.store.protocol import NO, YES, Outcome, Settle, State, Status, Step
@@ -241,7 +244,7 @@ class _Scope:
 
     @classmethod
     def of(cls, scope: str, charges: Sequence[CounterCharge], retention_seconds: int) -> _Scope:
-        _check_charges(scope, charges)
+        check_charges(scope, charges)
         refs = tuple(c.counter for c in charges)
         args: list[str | int] = []
         for c in charges:
@@ -370,38 +373,10 @@ class _SettleReply:
         )
 
 
-def _check_subject(subject: str) -> None:
-    if not subject or subject == GLOBAL_SCOPE:
-        raise InvalidRequest(f"subject {subject!r} is not valid")
-    if any(ch in "{}" or ch.isspace() or not ch.isprintable() for ch in subject):
-        raise InvalidRequest(f"subject {subject!r} must not contain braces, whitespace or control characters")
-
-
-def _check_units(what: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UNITS:
-        raise InvalidRequest(f"{what} must be a whole number of units in [0, 2**53), got {value!r}")
-
-
-def _check_charges(scope: str, charges: Sequence[CounterCharge]) -> None:
-    seen: set[str] = set()
-    for charge in charges:
-        ref = charge.counter
-        if ref.scope != scope:
-            raise InvalidRequest(f"charge on {ref.scope!r} counter {ref.metric}/{ref.window} in the {scope!r} step")
-        validate_metric_name(ref.metric)
-        _check_units(f"ask for {ref.metric}/{ref.window}", charge.ask)
-        _check_units(f"cap for {ref.metric}/{ref.window}", charge.cap)
-        _check_units(f"block for {ref.metric}/{ref.window}", charge.block)
-        name = keys.counter_name(ref)
-        if name in seen:
-            raise InvalidRequest(f"counter {keys.counter_key(ref)} is charged twice; merge its limits into one charge")
-        seen.add(name)
-
-
 def _check_amounts(what: str, amounts: Mapping[str, int]) -> None:
     for metric, units in amounts.items():
         validate_metric_name(metric)
-        _check_units(f"{what} {metric}", units)
+        check_units(f"{what} {metric}", units)
 
 
 def _seconds_ceil(ms: int) -> int:
@@ -572,7 +547,7 @@ class RedisCounterStore:
 
     def _prepare(self, command: ReserveCommand) -> _Prepared:
         """Validates ``command`` and derives everything the steps need, once."""
-        _check_subject(command.subject)
+        check_subject(command.subject)
         if command.ttl_seconds <= 0:
             raise InvalidRequest(f"ttl_seconds must be positive, got {command.ttl_seconds}")
         own = _Scope.of(command.subject, command.subject_charges, self._retention_seconds)
@@ -976,7 +951,7 @@ class RedisCounterStore:
     async def subject_config(self, subject: str, now_ms: int) -> SubjectConfig:
         """Tier, live overrides (``expires_at`` 0 or later than ``now_ms``) and version, read
         atomically. Expired overrides are deleted on the way (no version change)."""
-        _check_subject(subject)
+        check_subject(subject)
         now_s = now_ms // 1000
 
         def parse(reply: Sequence[Any]) -> SubjectConfig:
@@ -1052,7 +1027,7 @@ class RedisCounterStore:
     # -- admin writes ---------------------------------------------------------------------
 
     async def _config_write(self, subject: str, op: str, name: str = "", value: str = "") -> tuple[str, bool]:
-        _check_subject(subject)
+        check_subject(subject)
 
         def parse(reply: Sequence[Any]) -> tuple[str, bool]:
             previous, changed, _version = reply
@@ -1078,7 +1053,7 @@ class RedisCounterStore:
         """Create or replace the override for ``record.metric``/``record.window`` (units,
         ``expires_at`` unix seconds, 0 = never). Bumps the subject's config version atomically."""
         validate_metric_name(record.metric)
-        _check_units("override max_units", record.max_units)
+        check_units("override max_units", record.max_units)
         if record.expires_at < 0:
             raise InvalidRequest(f"override expires_at must be unix seconds or 0, got {record.expires_at}")
         body = json.dumps(
