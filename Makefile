@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: run test proto sync-client lint bench check-policy clean
 
@@ -34,7 +35,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check quota_service clients/python/src/quota_client tests bench scripts
 	$(BIN)/mypy
 
-bench: $(STAMP)
+# The bench-only extra (the `limits` library baseline), on top of the dev install.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run $(ARGS)
 
 check-policy: $(STAMP)

@@ -8,7 +8,11 @@ p50/p99 latency (ms) of the calls started inside it, and the answers counted by 
 (ALLOW, WARN, DENY) and by gRPC error code.
 
 Every call asks for ``--tokens`` tokens for subject ``bench-<i mod --subjects>`` (round
-robin over a global call counter) with a fresh ``request_id``. ``--prime`` first sends one
+robin over a global call counter; ``--pick random``: drawn at random from the ``--subjects``,
+so with many of them most are never seen) with a fresh ``request_id``. ``--channels N``:
+N channels, each its own TCP connection (a local subchannel pool), the workers spread over
+them, so a server of several processes sharing a port (SO_REUSEPORT) gets its connections
+spread by the kernel; every system gets the same. ``--prime`` first sends one
 ``dry_run`` call per subject (not measured), so a server's per-subject caches are warm as
 in a steady state.
 """
@@ -20,6 +24,7 @@ import asyncio
 import itertools
 import json
 import os
+import random
 import sys
 import time
 import uuid
@@ -58,9 +63,11 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def _request(i: int, subjects: int, tokens: float, run_id: str, dry_run: bool) -> quota_pb2.CheckAndReserveRequest:
+def _request(
+    i: int, subjects: int, tokens: float, run_id: str, dry_run: bool, subject: int | None = None
+) -> quota_pb2.CheckAndReserveRequest:
     return quota_pb2.CheckAndReserveRequest(
-        subject=f"{SUBJECT_PREFIX}{i % subjects}",
+        subject=f"{SUBJECT_PREFIX}{i % subjects if subject is None else subject}",
         feature=FEATURE,
         provider=PROVIDER,
         model=MODEL,
@@ -70,20 +77,25 @@ def _request(i: int, subjects: int, tokens: float, run_id: str, dry_run: bool) -
     )
 
 
-async def _prime(stub: quota_pb2_grpc.QuotaServiceAsyncStub, subjects: int, tokens: float, run_id: str) -> Counter[str]:
-    """One dry run per subject, 32 at a time; returns the answers by decision."""
+async def _prime(
+    stubs: Sequence[quota_pb2_grpc.QuotaServiceAsyncStub], subjects: int, tokens: float, run_id: str
+) -> Counter[str]:
+    """One dry run per subject and per stub (channel), 32 at a time; returns the answers by
+    decision. Per channel: a server of several processes gets each subject on every
+    connection, so whichever worker a connection reached is warm."""
     outcomes: Counter[str] = Counter()
-    numbers: Iterator[int] = iter(range(subjects))
+    numbers: Iterator[tuple[int, int]] = iter([(k, i) for i in range(subjects) for k in range(len(stubs))])
 
     async def worker() -> None:
-        for i in numbers:
+        for k, i in numbers:
             try:
-                reply = await stub.CheckAndReserve(_request(i, subjects, tokens, run_id, True), timeout=CALL_TIMEOUT)
+                request = _request(i, subjects, tokens, run_id, True)
+                reply = await stubs[k].CheckAndReserve(request, timeout=CALL_TIMEOUT)
                 outcomes[DECISION_NAMES.get(reply.decision, "UNSPECIFIED")] += 1
             except grpc.aio.AioRpcError as exc:
                 outcomes[f"error:{exc.code().name}"] += 1
 
-    await asyncio.gather(*(worker() for _ in range(min(32, subjects))))
+    await asyncio.gather(*(worker() for _ in range(min(32, subjects * len(stubs)))))
     return outcomes
 
 
@@ -96,24 +108,33 @@ async def run(
     subjects: int,
     tokens: float,
     prime: bool,
+    pick: str = "roundrobin",
+    channels: int = 1,
+    prime_all: bool = False,
 ) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:12]
-    async with grpc.aio.insecure_channel(target) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=10.0)
-        stub: quota_pb2_grpc.QuotaServiceAsyncStub = quota_pb2_grpc.QuotaServiceStub(channel)
+    draw = random.Random(run_id).randrange if pick == "random" else None
+    count = max(1, min(channels, concurrency))
+    options = [("grpc.use_local_subchannel_pool", 1)] if count > 1 else []
+    opened = [grpc.aio.insecure_channel(target, options=options) for _ in range(count)]
+    try:
+        for channel in opened:
+            await asyncio.wait_for(channel.channel_ready(), timeout=10.0)
+        stubs: list[quota_pb2_grpc.QuotaServiceAsyncStub] = [quota_pb2_grpc.QuotaServiceStub(ch) for ch in opened]
         primed: Counter[str] = Counter()
         if prime:
-            primed = await _prime(stub, subjects, tokens, run_id)
+            primed = await _prime(stubs if prime_all else stubs[:1], subjects, tokens, run_id)
         calls = itertools.count()
         cpu_start = time.process_time()
         start = time.perf_counter()
         window_start = start + warmup
         window_end = window_start + duration
 
-        async def worker() -> WorkerResult:
+        async def worker(stub: quota_pb2_grpc.QuotaServiceAsyncStub) -> WorkerResult:
             result = WorkerResult()
             for _ in range(MAX_CALLS_PER_WORKER):
-                request = _request(next(calls), subjects, tokens, run_id, False)
+                n = next(calls)
+                request = _request(n, subjects, tokens, run_id, False, draw(subjects) if draw else None)
                 t0 = time.perf_counter()
                 if t0 >= window_end:
                     break
@@ -138,10 +159,13 @@ async def run(
             print("window-end", flush=True)
 
         marker = asyncio.create_task(mark_window())
-        results = await asyncio.gather(*(worker() for _ in range(concurrency)))
+        results = await asyncio.gather(*(worker(stubs[k % count]) for k in range(concurrency)))
         await marker
         cpu_seconds = time.process_time() - cpu_start
         wall = time.perf_counter() - start
+    finally:
+        for channel in opened:
+            await channel.close(None)
     latencies = sorted(lat for r in results for lat in r.latencies)
     outcomes: Counter[str] = Counter()
     for r in results:
@@ -161,6 +185,8 @@ async def run(
         "primed": dict(sorted(primed.items())),
         "client_cpu_pct": 100.0 * cpu_seconds / wall if wall > 0 else 0.0,
         "pid": os.getpid(),
+        "pick": pick,
+        "channels": count,
     }
 
 
@@ -173,6 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--subjects", type=int, default=2000)
     parser.add_argument("--tokens", type=float, default=10.0)
     parser.add_argument("--prime", action="store_true", help="one dry run per subject before the warm-up")
+    parser.add_argument(
+        "--prime-all-channels", action="store_true", help="prime each subject on every channel (several workers)"
+    )
+    parser.add_argument("--pick", choices=("roundrobin", "random"), default="roundrobin", help="how subjects are drawn")
+    parser.add_argument("--channels", type=int, default=1, help="channels (TCP connections), at most --concurrency")
     args = parser.parse_args(argv)
     if not args.target.startswith("127.0.0.1:"):
         parser.error("the load generator only talks to 127.0.0.1")
@@ -187,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             subjects=args.subjects,
             tokens=args.tokens,
             prime=args.prime,
+            pick=args.pick,
+            channels=args.channels,
+            prime_all=args.prime_all_channels,
         )
     )
     print(json.dumps(report), flush=True)

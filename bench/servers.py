@@ -1,4 +1,4 @@
-"""The two reference servers of the benchmark, one process each.
+"""The reference servers of the benchmark, one process each.
 
 ``python -m bench.servers --mode floor --port-file F``
     A no-op grpc.aio QuotaService: CheckAndReserve returns a canned ALLOW of realistic
@@ -13,7 +13,19 @@
     ``--steps 2`` adds a second EVALSHA on the company-wide counter (``{__global__}`` slot),
     the least quota-service's two-step design (subject, then global) can cost.
 
-Both use the grpc.aio server options of quota-service's ``create_server``. SIGTERM/SIGINT
+``python -m bench.servers --mode limits --redis-url URL --port-file F``
+    The pick-instead baseline: the ``limits`` library (PyPI, ``limits[async-redis]``, the
+    bench-only extra) inside the same grpc.aio servicer. Per CheckAndReserve three ``hit`` calls
+    with its fixed-window strategy, in order, stopping at the first refusal: tokens per day
+    (cost = tokens), cost per month and the company-wide cost per day (cost = micro-dollars,
+    identifier ``__global__``). Fixed window is the fair analogue of ours: quota-service's
+    windows are calendar windows, i.e. one counter per window (``INCRBY`` + expiry, one
+    round trip per hit); limits' moving window stores one list entry per unit of cost, so a
+    cost of thousands of micro-dollars would push thousands of entries per call. Like any
+    three independent hits, a refusal by a later hit leaves the earlier ones charged (no
+    all-or-nothing); the benchmark never comes near a cap, so it is never exercised.
+
+All use the grpc.aio server options of quota-service's ``create_server``. SIGTERM/SIGINT
 stop them.
 """
 
@@ -187,6 +199,38 @@ class DesignFloorServicer(_CheckOnly):
         return self._allow if status == "reserved" else self._deny
 
 
+class LimitsServicer(_CheckOnly):
+    """Three fixed-window ``hit`` calls of the ``limits`` library per call, then the canned answer."""
+
+    def __init__(self, redis_url: str) -> None:
+        from limits import RateLimitItemPerDay, RateLimitItemPerMonth
+        from limits.aio.storage import RedisStorage
+        from limits.aio.strategies import FixedWindowRateLimiter
+
+        uri = "async+" + redis_url if not redis_url.startswith("async+") else redis_url
+        self.storage = RedisStorage(uri)
+        self._limiter = FixedWindowRateLimiter(self.storage)
+        self._tokens_day = RateLimitItemPerDay(1000)
+        self._cost_month = RateLimitItemPerMonth(10_000_000)  # micro-dollars
+        self._global_day = RateLimitItemPerDay(200_000_000)
+        self._allow = canned_allow()
+        self._deny = canned_deny()
+
+    async def CheckAndReserve(
+        self, request: quota_pb2.CheckAndReserveRequest, context: Context
+    ) -> quota_pb2.CheckAndReserveResponse:
+        subject = request.subject
+        tokens = int(request.usage.get("tokens", 0.0))
+        cost = -(-int(tokens * MICRO_USD_PER_TOKEN * 1000) // 1000)
+        hit = self._limiter.hit
+        granted = (
+            await hit(self._tokens_day, subject, "tokens", cost=tokens)
+            and await hit(self._cost_month, subject, "cost_usd", cost=cost)
+            and await hit(self._global_day, "__global__", "cost_usd", cost=cost)
+        )
+        return self._allow if granted else self._deny
+
+
 def _write_port(port_file: str, port: int) -> None:
     """Atomically, so the parent never reads a half-written file."""
     tmp = Path(port_file + ".tmp")
@@ -202,6 +246,10 @@ async def serve(mode: str, redis_url: str, listen: str, port_file: str, steps: i
         client = Redis.from_pool(pool)
         await client.ping()
         servicer: quota_pb2_grpc.QuotaServiceServicer = DesignFloorServicer(client, steps)
+    elif mode == "limits":
+        limits_servicer = LimitsServicer(redis_url)
+        await limits_servicer.storage.check()
+        servicer = limits_servicer
     else:
         servicer = FloorServicer()
     quota_pb2_grpc.add_QuotaServiceServicer_to_server(servicer, server)
@@ -225,7 +273,7 @@ async def serve(mode: str, redis_url: str, listen: str, port_file: str, steps: i
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.servers", description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("floor", "design"), required=True)
+    parser.add_argument("--mode", choices=("floor", "design", "limits"), required=True)
     parser.add_argument("--redis-url", default="", help="required for --mode design")
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--port-file", default="")
@@ -233,8 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--steps", type=int, choices=(1, 2), default=1, help="design: EVALSHAs per call (2 adds the global step)"
     )
     args = parser.parse_args(argv)
-    if args.mode == "design" and not args.redis_url:
-        parser.error("--mode design needs --redis-url")
+    if args.mode in ("design", "limits") and not args.redis_url:
+        parser.error(f"--mode {args.mode} needs --redis-url")
     if not args.listen.startswith("127.0.0.1:"):
         parser.error("the benchmark servers listen on 127.0.0.1 only")
     asyncio.run(serve(args.mode, args.redis_url, args.listen, args.port_file, args.steps))

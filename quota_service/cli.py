@@ -56,6 +56,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "already in use is an error (exit 2)",
     )
     serve.add_argument(
+        "--workers",
+        default=os.environ.get("QUOTA_WORKERS", "1"),
+        help="worker processes sharing the --listen port (SO_REUSEPORT) under one supervisor that "
+        "restarts a dead worker and drains them all on SIGTERM (env QUOTA_WORKERS; default 1: one "
+        "process, no supervisor; 0 or auto: the number of cores)",
+    )
+    serve.add_argument(
         "--store-timeout",
         type=float,
         default=float(os.environ.get("QUOTA_STORE_TIMEOUT", "0.25")),
@@ -198,14 +205,15 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    raw = list(argv) if argv is not None else sys.argv[1:]
+    args = _build_parser().parse_args(raw)
     if args.command == "check-policy":
         return _check_policy(args.path)
     if args.command == "health":
         return _health(args)
     from quota_service.server.main import serve_from_args
 
-    return serve_from_args(args)
+    return serve_from_args(args, argv=raw[raw.index("serve") + 1 :] if "serve" in raw else [])
 
 
 if __name__ == "__main__":

@@ -30,7 +30,11 @@ WITHDRAWS = Counter(
 )
 POLICY_RELOAD_FAILURES = Counter("quota_policy_reload_failures_total", "Policy reloads that failed validation")
 POLICY_RELOADS = Counter("quota_policy_reloads_total", "Policy reloads that swapped in a new version")
-EMERGENCY_STOPS_ACTIVE = Gauge("quota_emergency_stops_active", "Emergency stops currently in force")
+#: Every worker of ``serve --workers N`` reads the same stops: in prometheus-client's
+#: multiprocess mode the one view shows the largest live worker's value, not one per pid.
+EMERGENCY_STOPS_ACTIVE = Gauge(
+    "quota_emergency_stops_active", "Emergency stops currently in force", multiprocess_mode="livemax"
+)
 COMMITS_REFUSED = Counter(
     "quota_commits_refused_total",
     "Commits refused for review: they reported more than commit_max_ratio times the estimate",

@@ -17,8 +17,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,10 +46,22 @@ log = logging.getLogger("quota_service")
 DRAIN_SECONDS = 5.0
 
 
-def serve_from_args(args: argparse.Namespace) -> int:
+def serve_from_args(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    """``argv``: the serve options as given, which ``--workers N`` (N > 1) hands to every worker."""
+    from quota_service.server.supervisor import WORKER_ID_ENV, supervise, worker_count
+
+    try:
+        workers = worker_count(str(args.workers))
+    except ValueError:
+        print(f"quota-service: --workers must be a count, 0 or auto, not {args.workers!r}", file=sys.stderr)
+        return 2
+    if workers > 1:
+        return supervise(argv, args, workers)
+    # A supervisor's worker says which one it is in every line.
+    worker = os.environ.get(WORKER_ID_ENV, "")
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {'worker=' + worker + ' ' if worker else ''}%(name)s: %(message)s",
     )
     try:
         return asyncio.run(serve(args))
