@@ -46,6 +46,7 @@ import redis
 
 from bench.workload import FEATURE, MODEL, PROVIDER
 from quota.v1 import quota_pb2, quota_pb2_grpc
+from quota_service.server.supervisor import die_with_parent
 from quota_service.store.embedded import find_redis_server, free_port
 
 ROOT: Final = Path(__file__).resolve().parents[1]
@@ -84,26 +85,6 @@ class BenchError(RuntimeError):
 # -- child processes ---------------------------------------------------------------------
 
 
-def _load_libc() -> Any:
-    # Loaded in the parent: the forked child must not import or dlopen anything before exec
-    # (another thread may hold the import lock at fork time, and the child would hang).
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-
-_LIBC: Final = _load_libc() if sys.platform == "linux" else None
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the benchmark process dies (Linux)."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 @dataclass
 class Children:
     """Every process the benchmark started; :meth:`stop_all` ends each of them by its pid."""
@@ -124,7 +105,7 @@ class Children:
                 stderr=log,
                 # Own session: a Ctrl-C reaches only the benchmark, which then stops its children in order.
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
         finally:
             log.close()

@@ -69,7 +69,8 @@ def worker_count(value: str) -> int:
 
 
 def _load_libc() -> Any:
-    # Loaded before any fork: the child must not dlopen between fork and exec.
+    # Loaded at import, in the parent: the forked child must not import or dlopen anything
+    # before exec (another thread may hold the import lock at fork time; the child would hang).
     try:
         return ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
@@ -79,8 +80,10 @@ def _load_libc() -> Any:
 _LIBC: Final = _load_libc() if sys.platform == "linux" else None
 
 
-def _die_with_parent() -> None:
-    """In the worker, before exec: SIGTERM (a graceful drain) when the supervisor dies."""
+def die_with_parent() -> None:
+    """A ``preexec_fn``: in the child, before exec, ask for SIGTERM (a graceful drain) when
+    the parent dies (Linux ``PR_SET_PDEATHSIG``; a no-op elsewhere). Used for the workers
+    and by the benchmark for its children."""
     if _LIBC is not None:
         _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -149,7 +152,7 @@ class Supervisor:
             self._command(worker, listen, redis_url),
             env=self._env(worker, multiproc_dir),
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if _LIBC is not None else None,
+            preexec_fn=die_with_parent if _LIBC is not None else None,
         )
         worker.started_at = time.monotonic()
         worker.restart_at = None

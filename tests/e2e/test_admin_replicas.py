@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 from support.server_process import ServerProcess
+from support.waiting import wait_for
 
 from quota.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc
 
@@ -86,15 +87,6 @@ def subject() -> str:
 
 def stopped(answer: quota_pb2.CheckAndReserveResponse) -> bool:
     return answer.decision == quota_pb2.DENY and answer.reason == quota_pb2.EMERGENCY_STOP
-
-
-def wait_for(predicate: Callable[[], bool], since: float, seconds: float) -> float:
-    """Seconds from ``since`` until ``predicate()`` held; fails after ``seconds``."""
-    while not predicate():
-        if time.monotonic() - since > seconds:
-            pytest.fail(f"not within {seconds} s")
-        time.sleep(0.005)
-    return time.monotonic() - since
 
 
 def test_a_stop_set_through_one_replica_is_in_force_on_the_other_within_1_second(

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from support.server_process import ServerProcess
+from support.waiting import wait_for
 
 from quota.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc
 
@@ -51,16 +52,6 @@ def replicas(redis_url: str, tmp_path: Path) -> Iterator[tuple[Replica, Replica]
             replica.server.stop()
 
 
-def within(seconds: float, predicate: Callable[[], bool]) -> float:
-    """Seconds until ``predicate()`` held, measured from now; fails after ``seconds``."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > seconds:
-            pytest.fail(f"not within {seconds} s")
-        time.sleep(0.005)
-    return time.monotonic() - started
-
-
 def test_a_tier_stop_is_lifted_for_a_subject_moved_off_the_tier_on_every_replica(
     replicas: tuple[Replica, Replica],
 ) -> None:
@@ -72,11 +63,11 @@ def test_a_tier_stop_is_lifted_for_a_subject_moved_off_the_tier_on_every_replica
         metadata=a.auth,
         timeout=5,
     )
-    within(1.0, lambda: b.ask(who).reason == quota_pb2.EMERGENCY_STOP)
+    wait_for(lambda: b.ask(who).reason == quota_pb2.EMERGENCY_STOP, time.monotonic(), 1.0)
 
     started = time.monotonic()  # from the admin call on A
     a.admin.SetTier(admin_pb2.SetTierRequest(subject=who, tier="pro_alpha"), metadata=a.auth, timeout=5)
-    within(1.0, lambda: b.ask(who).decision == quota_pb2.ALLOW)
+    wait_for(lambda: b.ask(who).decision == quota_pb2.ALLOW, time.monotonic(), 1.0)
     took = time.monotonic() - started
     print(f"\nB allowed the subject moved to pro_alpha {took * 1000:.0f} ms after SetTier on A")
     answer = b.ask(who)
@@ -93,4 +84,4 @@ def test_a_feature_granted_through_one_replica_is_granted_by_the_other_within_1_
     for _ in range(3):  # the denial is answered from B's cache, no config read each time
         assert b.ask(who, feature="seo_analysis").reason == quota_pb2.FEATURE_NOT_ALLOWED
     a.admin.SetTier(admin_pb2.SetTierRequest(subject=who, tier="basic_alpha"), metadata=a.auth, timeout=5)
-    within(1.0, lambda: b.ask(who, feature="seo_analysis").decision == quota_pb2.ALLOW)
+    wait_for(lambda: b.ask(who, feature="seo_analysis").decision == quota_pb2.ALLOW, time.monotonic(), 1.0)

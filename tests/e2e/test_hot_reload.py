@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 from support.server_process import SHIPPED_POLICIES, ServerProcess
+from support.waiting import wait_for
 
 from quota.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc
 
@@ -91,15 +92,6 @@ def editable(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Editable]
     finally:
         for each in made:
             each.close()
-
-
-def wait_for(predicate: Callable[[], bool], since: float, seconds: float) -> float:
-    """Seconds from ``since`` until ``predicate()`` held; fails after ``seconds``."""
-    while not predicate():
-        if time.monotonic() - since > seconds:
-            pytest.fail(f"not within {seconds} s")
-        time.sleep(0.02)
-    return time.monotonic() - since
 
 
 def test_edits_apply_within_2_seconds_bad_ones_are_refused_and_fixing_recovers(
