@@ -14,20 +14,25 @@ import signal
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
+import psutil
 import pytest
 from support.server_process import ServerProcess
 
 from quota.v1 import quota_pb2, quota_pb2_grpc
+from quota_client import AsyncQuotaClient, Decision, QuotaClient
 from quota_service.store.embedded import free_port
 
 pytestmark = pytest.mark.e2e
 
 #: Own TCP connection per channel (grpc shares subchannels between equal channels otherwise).
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+_C = TypeVar("_C", bound=QuotaClient)
 
 
 def request(who: str, tokens: float = 10) -> quota_pb2.CheckAndReserveRequest:
@@ -215,3 +220,103 @@ def test_a_port_in_use_is_refused_before_any_worker_starts(tmp_path: Path) -> No
     assert result.returncode == 2
     assert f"127.0.0.1:{port} is already in use" in result.stderr
     assert "started (pid" not in result.stderr and not (tmp_path / "data").exists()
+
+
+# -- the client's own channels (channels=N) against two workers -----------------------------
+
+
+def _client_ports(target: str) -> set[int]:
+    """Local ports of this process's connections to ``target``."""
+    port = int(target.rsplit(":", 1)[1])
+    return {
+        c.laddr.port
+        for c in psutil.Process().net_connections("tcp")
+        if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    }
+
+
+def _workers_holding(workers: Workers, client_ports: set[int]) -> set[int]:
+    """The worker pids that accepted one of these client connections."""
+    return {
+        pid
+        for pid in workers.worker_pids()
+        for c in psutil.Process(pid).net_connections("tcp")
+        if c.raddr and c.raddr.port in client_ports
+    }
+
+
+def _growth(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:
+    return {pid: after.get(pid, 0) - before.get(pid, 0) for pid in after}
+
+
+def _open_spread_client(workers: Workers, make: Callable[[], _C], warm: Callable[[_C], None]) -> tuple[_C, set[int]]:
+    """A client with ``channels=8`` whose connections reached both workers. The kernel puts
+    all 8 on one of 2 workers 1 time in 128 (that is its hash, not the client): then the
+    client is replaced, at most twice, so that the test checks the client, not the odds."""
+    for _ in range(3):
+        client = make()
+        warm(client)  # one call per channel: all 8 connect
+        ports = _client_ports(workers.server.target)
+        assert len(ports) == 8, ports  # 8 channels are 8 distinct TCP connections
+        if len(_workers_holding(workers, ports)) == 2:
+            return client, ports
+        client.close()
+    raise AssertionError("8 connections landed on one worker 3 times over")
+
+
+def test_a_sync_client_with_8_channels_spreads_200_calls_over_both_workers(workers: Workers) -> None:
+    def warm(client: QuotaClient) -> None:
+        for _ in range(8):
+            client.get_usage("warm-up")
+
+    client, _ = _open_spread_client(workers, lambda: QuotaClient(workers.server.target, channels=8), warm)
+    try:
+        before = workers.rpcs_by_pid()
+        answers = [
+            client.check_and_reserve(f"user-{uuid.uuid4().hex[:10]}", "blog_writer", tokens=10) for _ in range(200)
+        ]
+        growth = _growth(before, workers.rpcs_by_pid())
+    finally:
+        client.close()
+    assert all(a.decision is Decision.ALLOW and not a.unverified for a in answers)
+    assert sum(growth.values()) == 200 and all(n > 0 for n in growth.values()), growth
+    assert all(n % 25 == 0 for n in growth.values()), growth  # round robin: 25 calls per connection
+
+
+def test_an_async_client_with_8_channels_spreads_200_calls_over_both_workers(workers: Workers) -> None:
+    async def run() -> dict[int, float]:
+        for _ in range(3):
+            client = AsyncQuotaClient(workers.server.target, channels=8)
+            for _ in range(8):
+                await client.get_usage("warm-up")
+            ports = _client_ports(workers.server.target)
+            assert len(ports) == 8, ports
+            if len(_workers_holding(workers, ports)) == 2:
+                break
+            await client.close()  # the kernel's 1-in-128 draw: see _open_spread_client
+        else:
+            raise AssertionError("8 connections landed on one worker 3 times over")
+        async with client:
+            before = workers.rpcs_by_pid()
+            answers = await asyncio.gather(
+                *(
+                    client.check_and_reserve(f"user-{uuid.uuid4().hex[:10]}", "blog_writer", tokens=10)
+                    for _ in range(200)
+                )
+            )
+            assert all(a.decision is Decision.ALLOW and not a.unverified for a in answers)
+            return _growth(before, workers.rpcs_by_pid())
+
+    growth = asyncio.run(run())
+    assert sum(growth.values()) == 200 and all(n > 0 for n in growth.values()), growth
+    assert all(n % 25 == 0 for n in growth.values()), growth
+
+
+def test_a_client_with_1_channel_keeps_one_connection_and_one_worker(workers: Workers) -> None:
+    before = workers.rpcs_by_pid()
+    with QuotaClient(workers.server.target, channels=1) as client:
+        for _ in range(50):
+            client.get_usage("one-channel")
+        assert len(_client_ports(workers.server.target)) == 1
+    growth = _growth(before, workers.rpcs_by_pid())
+    assert sorted(growth.values()) == [0, 50], growth

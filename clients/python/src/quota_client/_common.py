@@ -12,18 +12,27 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from typing import Any, ParamSpec, TypeAlias, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, Generic, ParamSpec, TypeAlias, TypeVar
 
 import grpc
 
 from quota_client import _wire
 from quota_client.errors import QuotaUsageError
 from quota_client.models import CheckResult, CommitResult, Decision, QuotaWarning, ReleaseResult
-from quota_client.options import DEFAULT_CHANNEL_OPTIONS, ClientOptions, FailMode, RetryPolicy, TlsConfig
+from quota_client.options import (
+    CHANNEL_INDEX_ARG,
+    DEFAULT_CHANNEL_OPTIONS,
+    DEFAULT_CHANNELS,
+    ClientOptions,
+    FailMode,
+    RetryPolicy,
+    TlsConfig,
+)
 
 logger = logging.getLogger("quota_client")
 
@@ -51,6 +60,7 @@ class ClientBase:
         require_commit: bool = False,
         on_warning: WarningHook | None = None,
         channel_options: Iterable[tuple[str, str | int]] = (),
+        channels: int = DEFAULT_CHANNELS,
     ) -> None:
         extra_options = tuple(channel_options)
         overridden = {key for key, _ in extra_options}
@@ -64,6 +74,7 @@ class ClientBase:
             metadata=_wire.build_metadata(auth_token, metadata),
             require_commit=require_commit,
             channel_options=tuple(o for o in DEFAULT_CHANNEL_OPTIONS if o[0] not in overridden) + extra_options,
+            channels=channels,
         )
         self.on_warning = on_warning
         self._closed = False
@@ -90,12 +101,40 @@ class ClientBase:
             certificate_chain=tls.certificate_chain,
         )
 
-    def _channel_args(self) -> list[tuple[str, str | int]]:
+    def _channel_args(self, index: int = 0) -> list[tuple[str, str | int]]:
+        """The arguments of channel ``index`` (0-based) of ``options.channels``.
+
+        With more than one channel, each gets its own :data:`CHANNEL_INDEX_ARG` and a local
+        subchannel pool, so that each is its own TCP connection (gRPC otherwise shares one
+        subchannel between channels with equal arguments) and the kernel can hand each to
+        another worker of ``serve --workers N``. One channel keeps the arguments as they were.
+        """
         args = list(self.options.channel_options)
         tls = self.options.tls
         if tls is not None and tls.server_name:
             args.append(("grpc.ssl_target_name_override", tls.server_name))
+        if self.options.channels > 1:
+            args += [("grpc.use_local_subchannel_pool", 1), (CHANNEL_INDEX_ARG, index)]
         return args
+
+
+T = TypeVar("T")
+
+
+class RoundRobin(Generic[T]):
+    """Hands out ``items`` in turn, forever; thread-safe (``itertools.count`` is atomic)."""
+
+    def __init__(self, items: Sequence[T]) -> None:
+        if not items:
+            raise ValueError("RoundRobin needs at least one item")
+        self.items: tuple[T, ...] = tuple(items)
+        self._turn = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def next(self) -> T:
+        return self.items[next(self._turn) % len(self.items)]
 
 
 class State(enum.Enum):

@@ -48,7 +48,7 @@ class AsyncQuotaClient(ClientBase):
 
     ``AsyncQuotaClient(target="127.0.0.1:50051", *, deadline=2.0, attempt_timeout=0.5,
     retry=RetryPolicy(), fail_mode="closed", tls=None, auth_token=None, metadata=None,
-    require_commit=False, on_warning=None, channel_options=())``
+    require_commit=False, on_warning=None, channel_options=(), channels=4)``
 
     * ``target``: ``host:port`` (any gRPC target string).
     * ``deadline``: seconds one logical call may take, retries and backoff included;
@@ -65,12 +65,20 @@ class AsyncQuotaClient(ClientBase):
     * ``auth_token`` is sent as ``authorization: Bearer <token>``; ``metadata`` adds more.
     * ``require_commit`` / ``on_warning``: defaults for :meth:`reserve` (hooks may be plain or coroutine functions).
     * ``channel_options``: extra gRPC channel arguments (they win over the defaults).
+    * ``channels``: how many channels (each its own TCP connection) to open to ``target``;
+      calls, and each retry of a call, take them in turn (round robin). Against
+      ``quota-service serve --workers N`` the kernel hands each connection to one worker, so
+      one connection would put all of a client's calls on one worker. The default, 4, is not
+      ``os.cpu_count()`` (the client's cores say nothing about the service's workers): it
+      reaches both of 2 workers 7 times in 8 at 4 idle connections per client; a client that
+      carries heavy load alone should use 2-4x the workers. ``1``: one channel, as before.
 
-    The channel opens lazily and is closed by :meth:`close` or by leaving ``async with client:``.
+    The channels open lazily, all at once, and :meth:`close` or leaving ``async with client:``
+    closes every one.
     """
 
-    _channel: _wire.AsyncChannel | None = None
-    _stub_obj: quota_pb2_grpc.QuotaServiceAsyncStub | None = None
+    _channels: tuple[_wire.AsyncChannel, ...] = ()
+    _stubs: _common.RoundRobin[quota_pb2_grpc.QuotaServiceAsyncStub] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -83,24 +91,36 @@ class AsyncQuotaClient(ClientBase):
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel. Idempotent; the client cannot be used afterwards."""
+        """Close every channel. Idempotent; the client cannot be used afterwards."""
         with self._lock:
             self._closed = True
-            channel, self._channel, self._stub_obj = self._channel, None, None
-        if channel is not None:
+            channels, self._channels, self._stubs = self._channels, (), None
+        for channel in channels:
             await _wire.close_async_channel(channel)
 
     def _stub(self) -> quota_pb2_grpc.QuotaServiceAsyncStub:
+        """The stub of the next channel in turn (opening them all on first use)."""
         with self._lock:
             self._ensure_open()
-            if self._stub_obj is None:
-                self._channel = _wire.open_async_channel(self.target, self._credentials(), self._channel_args())
-                self._stub_obj = quota_pb2_grpc.QuotaServiceStub(self._channel)
-            return self._stub_obj
+            if self._stubs is None:
+                credentials = self._credentials()
+                self._channels = tuple(
+                    _wire.open_async_channel(self.target, credentials, self._channel_args(index))
+                    for index in range(self.options.channels)
+                )
+                self._stubs = _common.RoundRobin([quota_pb2_grpc.QuotaServiceStub(ch) for ch in self._channels])
+            return self._stubs.next()
 
-    async def _invoke(self, method: str, rpc: _wire.AsyncUnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
+    async def _invoke(
+        self,
+        method: str,
+        rpc_of: Callable[[quota_pb2_grpc.QuotaServiceAsyncStub], _wire.AsyncUnaryUnaryMultiCallable[Req, Resp]],
+        request: Req,
+    ) -> Resp:
         """One logical call: retried on UNAVAILABLE / DEADLINE_EXCEEDED within the deadline
-        (:func:`_wire.retryable`), never on any other status.
+        (:func:`_wire.retryable`), never on any other status. Each attempt goes out on the
+        next channel (``rpc_of`` picks the method off its stub), with the same request, so
+        a retry after a worker went away can reach another one.
 
         Raises :class:`QuotaUnavailable` when the budget is used up and
         :class:`QuotaRequestError` for any other status.
@@ -109,7 +129,7 @@ class AsyncQuotaClient(ClientBase):
         while True:
             timeout = budget.attempt()
             try:
-                return await rpc(request, timeout=timeout, metadata=self.options.metadata)
+                return await rpc_of(self._stub())(request, timeout=timeout, metadata=self.options.metadata)
             except grpc.RpcError as err:
                 code, details = _wire.status_of(err)
                 if not _wire.retryable(code, request):
@@ -158,7 +178,7 @@ class AsyncQuotaClient(ClientBase):
             ttl_seconds=ttl_seconds,
         )
         try:
-            response = await self._invoke("CheckAndReserve", self._stub().CheckAndReserve, request)
+            response = await self._invoke("CheckAndReserve", lambda stub: stub.CheckAndReserve, request)
         except QuotaUnavailable as failure:
             if self.options.fail_mode is FailMode.CLOSED:
                 raise
@@ -185,7 +205,7 @@ class AsyncQuotaClient(ClientBase):
         """
         request = quota_pb2.CommitRequest(reservation_id=reservation_id, usage=_wire.usage_map(tokens, images, usage))
         try:
-            return _wire.commit_result_of(await self._invoke("Commit", self._stub().Commit, request))
+            return _wire.commit_result_of(await self._invoke("Commit", lambda stub: stub.Commit, request))
         except QuotaUnavailable as failure:
             if self.options.fail_mode is FailMode.CLOSED:
                 raise
@@ -197,7 +217,7 @@ class AsyncQuotaClient(ClientBase):
         fail mode as for :meth:`commit`."""
         request = quota_pb2.ReleaseRequest(reservation_id=reservation_id)
         try:
-            return _wire.release_result_of(await self._invoke("Release", self._stub().Release, request))
+            return _wire.release_result_of(await self._invoke("Release", lambda stub: stub.Release, request))
         except QuotaUnavailable as failure:
             if self.options.fail_mode is FailMode.CLOSED:
                 raise
@@ -208,7 +228,7 @@ class AsyncQuotaClient(ClientBase):
         """The subject's tier and limits now. Read-only, so the fail mode does not apply:
         an unreachable service always raises :class:`QuotaUnavailable`."""
         request = quota_pb2.GetUsageRequest(subject=subject)
-        return _wire.usage_report_of(subject, await self._invoke("GetUsage", self._stub().GetUsage, request))
+        return _wire.usage_report_of(subject, await self._invoke("GetUsage", lambda stub: stub.GetUsage, request))
 
     # -- the guard -------------------------------------------------------------------------
 

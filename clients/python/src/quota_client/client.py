@@ -43,7 +43,7 @@ class QuotaClient(ClientBase):
 
     ``QuotaClient(target="127.0.0.1:50051", *, deadline=2.0, attempt_timeout=0.5,
     retry=RetryPolicy(), fail_mode="closed", tls=None, auth_token=None, metadata=None,
-    require_commit=False, on_warning=None, channel_options=())``
+    require_commit=False, on_warning=None, channel_options=(), channels=4)``
 
     * ``target``: ``host:port`` (any gRPC target string).
     * ``deadline``: seconds one logical call may take, retries and backoff included;
@@ -60,12 +60,20 @@ class QuotaClient(ClientBase):
     * ``auth_token`` is sent as ``authorization: Bearer <token>``; ``metadata`` adds more.
     * ``require_commit`` / ``on_warning``: defaults for :meth:`reserve`.
     * ``channel_options``: extra gRPC channel arguments (they win over the defaults).
+    * ``channels``: how many channels (each its own TCP connection) to open to ``target``;
+      calls, and each retry of a call, take them in turn (round robin). Against
+      ``quota-service serve --workers N`` the kernel hands each connection to one worker, so
+      one connection would put all of a client's calls on one worker. The default, 4, is not
+      ``os.cpu_count()`` (the client's cores say nothing about the service's workers): it
+      reaches both of 2 workers 7 times in 8 at 4 idle connections per client; a client that
+      carries heavy load alone should use 2-4x the workers. ``1``: one channel, as before.
 
-    The channel opens lazily and is closed by :meth:`close` or by leaving ``with client:``.
+    The channels open lazily, all at once, and :meth:`close` or leaving ``with client:``
+    closes every one.
     """
 
-    _channel: _wire.Channel | None = None
-    _stub_obj: quota_pb2_grpc.QuotaServiceStub | None = None
+    _channels: tuple[_wire.Channel, ...] = ()
+    _stubs: _common.RoundRobin[quota_pb2_grpc.QuotaServiceStub] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -78,24 +86,36 @@ class QuotaClient(ClientBase):
         self.close()
 
     def close(self) -> None:
-        """Close the channel. Idempotent; the client cannot be used afterwards."""
+        """Close every channel. Idempotent; the client cannot be used afterwards."""
         with self._lock:
             self._closed = True
-            channel, self._channel, self._stub_obj = self._channel, None, None
-        if channel is not None:
+            channels, self._channels, self._stubs = self._channels, (), None
+        for channel in channels:
             _wire.close_channel(channel)
 
     def _stub(self) -> quota_pb2_grpc.QuotaServiceStub:
+        """The stub of the next channel in turn (opening them all on first use)."""
         with self._lock:
             self._ensure_open()
-            if self._stub_obj is None:
-                self._channel = _wire.open_channel(self.target, self._credentials(), self._channel_args())
-                self._stub_obj = quota_pb2_grpc.QuotaServiceStub(self._channel)
-            return self._stub_obj
+            if self._stubs is None:
+                credentials = self._credentials()
+                self._channels = tuple(
+                    _wire.open_channel(self.target, credentials, self._channel_args(index))
+                    for index in range(self.options.channels)
+                )
+                self._stubs = _common.RoundRobin([quota_pb2_grpc.QuotaServiceStub(ch) for ch in self._channels])
+            return self._stubs.next()
 
-    def _invoke(self, method: str, rpc: _wire.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
+    def _invoke(
+        self,
+        method: str,
+        rpc_of: Callable[[quota_pb2_grpc.QuotaServiceStub], _wire.UnaryUnaryMultiCallable[Req, Resp]],
+        request: Req,
+    ) -> Resp:
         """One logical call: retried on UNAVAILABLE / DEADLINE_EXCEEDED within the deadline
-        (:func:`_wire.retryable`), never on any other status.
+        (:func:`_wire.retryable`), never on any other status. Each attempt goes out on the
+        next channel (``rpc_of`` picks the method off its stub), with the same request, so
+        a retry after a worker went away can reach another one.
 
         Raises :class:`QuotaUnavailable` when the budget is used up and
         :class:`QuotaRequestError` for any other status.
@@ -104,7 +124,7 @@ class QuotaClient(ClientBase):
         while True:
             timeout = budget.attempt()
             try:
-                return rpc(request, timeout=timeout, metadata=self.options.metadata)
+                return rpc_of(self._stub())(request, timeout=timeout, metadata=self.options.metadata)
             except grpc.RpcError as err:
                 code, details = _wire.status_of(err)
                 if not _wire.retryable(code, request):
@@ -153,7 +173,7 @@ class QuotaClient(ClientBase):
             ttl_seconds=ttl_seconds,
         )
         try:
-            response = self._invoke("CheckAndReserve", self._stub().CheckAndReserve, request)
+            response = self._invoke("CheckAndReserve", lambda stub: stub.CheckAndReserve, request)
         except QuotaUnavailable as failure:
             if self.options.fail_mode is FailMode.CLOSED:
                 raise
@@ -180,7 +200,7 @@ class QuotaClient(ClientBase):
         """
         request = quota_pb2.CommitRequest(reservation_id=reservation_id, usage=_wire.usage_map(tokens, images, usage))
         try:
-            return _wire.commit_result_of(self._invoke("Commit", self._stub().Commit, request))
+            return _wire.commit_result_of(self._invoke("Commit", lambda stub: stub.Commit, request))
         except QuotaUnavailable as failure:
             if self.options.fail_mode is FailMode.CLOSED:
                 raise
@@ -192,7 +212,7 @@ class QuotaClient(ClientBase):
         fail mode as for :meth:`commit`."""
         request = quota_pb2.ReleaseRequest(reservation_id=reservation_id)
         try:
-            return _wire.release_result_of(self._invoke("Release", self._stub().Release, request))
+            return _wire.release_result_of(self._invoke("Release", lambda stub: stub.Release, request))
         except QuotaUnavailable as failure:
             if self.options.fail_mode is FailMode.CLOSED:
                 raise
@@ -203,7 +223,7 @@ class QuotaClient(ClientBase):
         """The subject's tier and limits now. Read-only, so the fail mode does not apply:
         an unreachable service always raises :class:`QuotaUnavailable`."""
         request = quota_pb2.GetUsageRequest(subject=subject)
-        return _wire.usage_report_of(subject, self._invoke("GetUsage", self._stub().GetUsage, request))
+        return _wire.usage_report_of(subject, self._invoke("GetUsage", lambda stub: stub.GetUsage, request))
 
     # -- the guard -------------------------------------------------------------------------
 

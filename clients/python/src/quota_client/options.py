@@ -115,6 +115,18 @@ DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
+#: Channels (TCP connections) one client opens by default; see ``ClientBase`` and the README.
+#: Not ``os.cpu_count()``: the client's cores say nothing about how many workers the
+#: service runs. 4 lets the kernel spread one client over a ``--workers 2`` or ``4`` server
+#: (all 4 on one of 2 workers: 1 in 8) at 4 idle HTTP/2 connections per client process;
+#: a single client carrying heavy load should set ``channels`` to 2-4x the workers.
+DEFAULT_CHANNELS = 4
+
+#: The channel argument that makes each of a client's channels distinct: gRPC shares one
+#: subchannel (one TCP connection) between channels whose arguments are all equal.
+CHANNEL_INDEX_ARG = "quota.channel_index"
+
+
 @dataclass(frozen=True, slots=True)
 class ClientOptions:
     """Everything a client was configured with (see :class:`~quota_client.QuotaClient`)."""
@@ -127,8 +139,11 @@ class ClientOptions:
     metadata: tuple[tuple[str, str], ...] = ()
     require_commit: bool = False
     channel_options: tuple[tuple[str, str | int], ...] = DEFAULT_CHANNEL_OPTIONS
+    channels: int = DEFAULT_CHANNELS
 
     def __post_init__(self) -> None:
+        if isinstance(self.channels, bool) or not isinstance(self.channels, int) or self.channels < 1:
+            raise ValueError(f"channels must be a positive integer, got {self.channels!r}")
         for name in ("deadline", "attempt_timeout"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
