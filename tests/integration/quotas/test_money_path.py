@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
+from support.requests import ask
 
 from quota_service.admin import Admin
 from quota_service.deadline import request_deadline
 from quota_service.errors import StoreDataError
 from quota_service.policy.domain import CounterRef, Decision, Reason
-from quota_service.policy.validation import QuotaRequest, build_request
 from quota_service.policy.windows import Window
 from quota_service.quotas import Quotas, ReserveAnswer
 from quota_service.reload import LivePolicy
@@ -61,17 +61,6 @@ async def money(redis_url: str, tmp_path: Path) -> AsyncIterator[MoneyPath]:
     finally:
         await raw.aclose()
         await counters.close()
-
-
-def ask(who: str, tokens: float, request_id: str = "req-money") -> QuotaRequest:
-    return build_request(
-        subject=who,
-        feature="blog_writer",
-        provider="openai",
-        model="gpt-4o-mini",
-        usage={"tokens": tokens},
-        request_id=request_id,
-    )
 
 
 async def replay_holds(money: MoneyPath, who: str, first: ReserveAnswer, again: ReserveAnswer, commit: int) -> None:

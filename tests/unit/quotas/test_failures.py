@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
+from support.requests import ask
 
 from quota_service import deadline
 from quota_service.clock import ManualClock
 from quota_service.deadline import request_deadline
 from quota_service.errors import StoreDataError, StoreUnavailable
 from quota_service.policy.domain import Decision, Reason
-from quota_service.policy.validation import QuotaRequest, build_request
 from quota_service.quotas import STALE_RETRIES, Backoff, Quotas
 from quota_service.reload import LivePolicy
 from quota_service.store.base import ReservationState, ReserveCommand, ReserveResult, ReserveStatus
@@ -27,17 +27,6 @@ from quota_service.store.memory_store import MemoryCounterStore
 pytestmark = pytest.mark.unit
 
 QUICK = Backoff(base=0.001, cap=0.002, attempts=4)
-
-
-def ask(who: str, tokens: float = 100, request_id: str = "req-1") -> QuotaRequest:
-    return build_request(
-        subject=who,
-        feature="blog_writer",
-        provider="openai",
-        model="gpt-4o-mini",
-        usage={"tokens": tokens},
-        request_id=request_id,
-    )
 
 
 def metric(name: str, **labels: str) -> float:

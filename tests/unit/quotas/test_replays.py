@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from support.requests import ask
 
 from quota_service.clock import ManualClock
 from quota_service.policy.domain import CounterRef, CounterValue, Decision, OverrideRecord, Reason
-from quota_service.policy.validation import QuotaRequest, build_request
 from quota_service.policy.windows import Window
 from quota_service.quotas import Quotas, ReserveAnswer
 from quota_service.reload import LivePolicy
@@ -19,18 +19,6 @@ from quota_service.store.base import ReservationState, ReserveCommand, ReserveRe
 from quota_service.store.memory_store import MemoryCounterStore
 
 pytestmark = pytest.mark.unit
-
-
-def ask(who: str, tokens: float, request_id: str = "req-1", **extra: object) -> QuotaRequest:
-    return build_request(
-        subject=who,
-        feature="blog_writer",
-        provider="openai",
-        model="gpt-4o-mini",
-        usage={"tokens": tokens},
-        request_id=request_id,
-        **extra,  # type: ignore[arg-type]
-    )
 
 
 async def usage_of(quotas: Quotas, who: str) -> tuple[int, int]:
