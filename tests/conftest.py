@@ -20,7 +20,10 @@ Mark tests that need these with ``pytest.mark.redis`` / ``pytest.mark.cluster``.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -89,3 +92,17 @@ def postgres_url(postgres_server: LocalPostgres, request: pytest.FixtureRequest)
     name = f"t{postgres_server.databases}"
     postgres_server.psql(f"CREATE DATABASE {name}")
     return postgres_server.url(name)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A redis-server of this test's own (append-only file in its tmp dir), which the test
+    may stop, restart or freeze with SIGSTOP: it is woken and stopped afterwards."""
+    server = EmbeddedRedis(data_dir=tmp_path / "own-redis", persistence=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.pid:
+            os.kill(server.pid, signal.SIGCONT)  # in case the test left it frozen
+        server.stop()

@@ -28,19 +28,6 @@ CLIENT_DEADLINE_SECONDS = 0.3
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A Redis of this test's own: it is stopped and frozen."""
-    server = EmbeddedRedis(data_dir=tmp_path / "redis", persistence=False)
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.pid:
-            os.kill(server.pid, signal.SIGCONT)
-        server.stop()
-
-
-@pytest.fixture
 def served(own_redis: EmbeddedRedis, tmp_path: Path) -> Iterator[tuple[ServerProcess, grpc.Channel]]:
     workdir = tmp_path / "server"
     workdir.mkdir()

@@ -10,7 +10,7 @@ import dataclasses
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,18 +192,6 @@ async def test_the_config_feed_yields_subjects_and_heartbeats(money: MoneyPath) 
             assert await anext(changes) is None  # a heartbeat: the subscription still answers
     finally:
         await changes.aclose()
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(data_dir=tmp_path / "redis", persistence=False)
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.pid:
-            os.kill(server.pid, signal.SIGCONT)
-        server.stop()
 
 
 async def test_a_frozen_redis_is_answered_before_the_deadline(own_redis: EmbeddedRedis) -> None:

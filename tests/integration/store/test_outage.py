@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +34,8 @@ BOUND_SECONDS = 1.5  # timeout plus a generous margin for a loaded CI machine
 
 
 @pytest.fixture
-def persistent_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(data_dir=tmp_path / "redis", persistence=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.pid:
-            os.kill(server.pid, signal.SIGCONT)  # in case a test left it stopped
-        server.stop()
-
-
-@pytest.fixture
-async def outage_store(persistent_redis: EmbeddedRedis) -> AsyncIterator[RedisCounterStore]:
-    store = RedisCounterStore.from_url(persistent_redis.url, timeout_seconds=TIMEOUT_SECONDS)
+async def outage_store(own_redis: EmbeddedRedis) -> AsyncIterator[RedisCounterStore]:
+    store = RedisCounterStore.from_url(own_redis.url, timeout_seconds=TIMEOUT_SECONDS)
     try:
         yield store
     finally:
@@ -79,7 +67,7 @@ def every_call(store: RedisCounterStore, rid: str) -> list[Callable[[], Awaitabl
 
 
 async def test_a_stopped_redis_fails_fast_and_a_restarted_one_has_the_counters(
-    persistent_redis: EmbeddedRedis, outage_store: RedisCounterStore
+    own_redis: EmbeddedRedis, outage_store: RedisCounterStore
 ) -> None:
     tokens = counter()
     committed = await outage_store.reserve(command(charge(tokens, 30, cap=1000)))
@@ -87,11 +75,11 @@ async def test_a_stopped_redis_fails_fast_and_a_restarted_one_has_the_counters(
     open_one = await outage_store.reserve(command(charge(tokens, 10, cap=1000)))
     assert await outage_store.usage((tokens,), NOW_MS) == {tokens: CounterValue(25, 10)}
 
-    persistent_redis.stop()
+    own_redis.stop()
     elapsed = [await fails_fast(call) for call in every_call(outage_store, open_one.reservation_id)]
     print(f"\nstopped redis: slowest failure {max(elapsed):.3f}s")
 
-    persistent_redis.restart()
+    own_redis.restart()
     assert await outage_store.usage((tokens,), NOW_MS) == {tokens: CounterValue(25, 10)}
     settled = await outage_store.commit(open_one.reservation_id, {"tokens": 5}, NOW_MS)
     assert settled.values == {tokens: CounterValue(30, 0)}
@@ -100,16 +88,16 @@ async def test_a_stopped_redis_fails_fast_and_a_restarted_one_has_the_counters(
 
 
 async def test_a_hung_redis_times_out_at_the_deadline(
-    persistent_redis: EmbeddedRedis, outage_store: RedisCounterStore
+    own_redis: EmbeddedRedis, outage_store: RedisCounterStore
 ) -> None:
     tokens = counter()
     rid = (await outage_store.reserve(command(charge(tokens, 10, cap=1000)))).reservation_id
-    assert persistent_redis.pid is not None
-    os.kill(persistent_redis.pid, signal.SIGSTOP)  # the kernel still accepts; nobody answers
+    assert own_redis.pid is not None
+    os.kill(own_redis.pid, signal.SIGSTOP)  # the kernel still accepts; nobody answers
     try:
         elapsed = [await fails_fast(call) for call in every_call(outage_store, rid)]
     finally:
-        os.kill(persistent_redis.pid, signal.SIGCONT)
+        os.kill(own_redis.pid, signal.SIGCONT)
     assert min(elapsed) >= TIMEOUT_SECONDS * 0.9  # it did wait for the deadline, no longer
     print(f"\nhung redis: failures took {min(elapsed):.3f}..{max(elapsed):.3f}s")
 
@@ -135,7 +123,7 @@ def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
 
 
 async def test_redis_busy_running_a_script_is_an_outage(
-    persistent_redis: EmbeddedRedis, outage_store: RedisCounterStore
+    own_redis: EmbeddedRedis, outage_store: RedisCounterStore
 ) -> None:
     """BUSY (another client's script runs past lua-time-limit) is transient: StoreUnavailable."""
     tokens = counter()
@@ -144,14 +132,14 @@ async def test_redis_busy_running_a_script_is_an_outage(
         "local function now() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end "
         "local start = now() while now() - start < 1500000 do end return 1"
     )
-    with redis.Redis.from_url(persistent_redis.url) as admin:
+    with redis.Redis.from_url(own_redis.url) as admin:
         admin.config_set("lua-time-limit", 50)
-    runner = threading.Thread(target=lambda: redis.Redis.from_url(persistent_redis.url).eval(busy_loop, 0))
+    runner = threading.Thread(target=lambda: redis.Redis.from_url(own_redis.url).eval(busy_loop, 0))
     runner.start()
     try:
 
         def answers_busy() -> bool:
-            with redis.Redis.from_url(persistent_redis.url, socket_timeout=1) as probe:
+            with redis.Redis.from_url(own_redis.url, socket_timeout=1) as probe:
                 try:
                     probe.ping()
                 except redis.ResponseError as exc:
@@ -163,20 +151,18 @@ async def test_redis_busy_running_a_script_is_an_outage(
             await outage_store.usage((tokens,), NOW_MS)
     finally:
         await asyncio.to_thread(runner.join)
-        with redis.Redis.from_url(persistent_redis.url) as admin:
+        with redis.Redis.from_url(own_redis.url) as admin:
             admin.config_set("lua-time-limit", 5000)
     assert (await outage_store.usage((tokens,), NOW_MS))[tokens] == CounterValue(0, 0)
 
 
-async def test_a_read_only_replica_after_a_failover_is_an_outage(
-    persistent_redis: EmbeddedRedis, tmp_path: Path
-) -> None:
+async def test_a_read_only_replica_after_a_failover_is_an_outage(own_redis: EmbeddedRedis, tmp_path: Path) -> None:
     """A store pointed at a replica (as after a failover, before clients follow) gets
     READONLY on its first write: transient, StoreUnavailable, not damaged data."""
     replica = EmbeddedRedis(
         data_dir=tmp_path / "replica",
         persistence=False,
-        extra_args=("--replicaof", "127.0.0.1", str(persistent_redis.port)),
+        extra_args=("--replicaof", "127.0.0.1", str(own_redis.port)),
     )
     replica.start()
     store = RedisCounterStore.from_url(replica.url, timeout_seconds=TIMEOUT_SECONDS)
