@@ -42,7 +42,8 @@ async def spend(plane: Plane, who: str, tokens: int, *, commit: bool = True, fea
 async def test_set_tier_validates_forgets_the_cache_and_is_audited(plane: Plane) -> None:
     who = subject()
     await spend(plane, who, 10)
-    assert plane.quotas.configs.get(who) is not None  # cached as free_alpha
+    await plane.quotas.subject_config(who, fresh=True)
+    assert plane.quotas.configs.get(who) is not None  # read and cached as free_alpha
 
     with pytest.raises(NotFound) as info:
         await plane.admin.set_tier(who, "platinum", actor=ACTOR)

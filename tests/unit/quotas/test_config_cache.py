@@ -139,7 +139,26 @@ async def test_a_stop_that_does_not_depend_on_the_tier_needs_no_read(
     await quotas.check_and_reserve(ask("max"))
     monotonic.now += 60
     assert (await quotas.check_and_reserve(ask("max"))).outcome.reason is Reason.EMERGENCY_STOP
-    assert store.calls["subject_config"] == 1
+    assert store.calls["subject_config"] == 0  # a cold subject is planned unconfigured: no read at all
+
+
+async def test_a_cold_subject_takes_one_store_call_and_a_configured_one_retries_once(
+    store: MemoryCounterStore, clock: ManualClock, policy_file: Path, monotonic: Monotonic
+) -> None:
+    """Nothing cached: the plan assumes no config (version "0"), and the reserve step checks
+    that atomically. A subject with a tier costs one STALE_CONFIG retry after a fresh read,
+    then is decided on its own tier, and cached."""
+    quotas = make(store, clock, policy_file, SubjectConfigCache(monotonic=monotonic))
+    answer = await quotas.check_and_reserve(ask("newcomer"))
+    assert answer.outcome.decision is Decision.ALLOW and answer.tier == "free_alpha"
+    assert (store.calls["subject_config"], store.calls["reserve"]) == (0, 1)
+
+    await store.set_tier("payer", "pro_alpha")
+    answer = await quotas.check_and_reserve(ask("payer"))
+    assert answer.outcome.decision is Decision.ALLOW and answer.tier == "pro_alpha"
+    assert (store.calls["subject_config"], store.calls["reserve"]) == (1, 3)  # stale, read, reserve again
+    await quotas.check_and_reserve(ask("payer"))
+    assert (store.calls["subject_config"], store.calls["reserve"]) == (1, 4)  # cached now
 
 
 async def until(predicate: Callable[[], bool], turns: int = 100_000) -> None:
