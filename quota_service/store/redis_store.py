@@ -49,14 +49,17 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
+import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AskError,
     ClusterError,
+    DataError,
     InvalidResponse,
     ReadOnlyError,
     RedisClusterException,
@@ -110,13 +113,27 @@ GRACE_SECONDS: Final = 60
 #: Open reservations settled at their estimate per script call (bounds a script's run time).
 SWEEP_LIMIT: Final = 100
 
-_SCRIPT_NAMES: Final = ("reserve", "reserve_batch", "settle", "usage", "record", "config_get", "config_write")
+_SCRIPT_NAMES: Final = (
+    "reserve",
+    "reserve_batch",
+    "reserve_fused",
+    "settle",
+    "usage",
+    "record",
+    "config_get",
+    "config_write",
+)
 #: Scripts that use the constants and functions of ``lib.lua`` (prepended to their text) ...
-_NEEDS_LIB: Final = frozenset({"reserve", "reserve_batch", "settle", "usage", "record"})
-#: ... and of ``reserve_core.lua`` (prepended after it).
-_NEEDS_RESERVE_CORE: Final = frozenset({"reserve", "reserve_batch"})
+_NEEDS_LIB: Final = frozenset({"reserve", "reserve_batch", "reserve_fused", "settle", "usage", "record"})
+#: ... of ``reserve_core.lua`` (prepended after it) ...
+_NEEDS_RESERVE_CORE: Final = frozenset({"reserve", "reserve_batch", "reserve_fused"})
+#: ... and of ``settle_core.lua`` (after that).
+_NEEDS_SETTLE_CORE: Final = frozenset({"settle", "reserve_fused"})
 #: Most global steps one batched script call carries.
 GLOBAL_BATCH: Final = 64
+#: Most whole reservations one fused script call carries (single Redis): a call of 64 runs
+#: for about as long as 64 calls of reserve.lua would, a few milliseconds.
+FUSED_BATCH: Final = 64
 _CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _PLAIN_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
 
@@ -209,6 +226,37 @@ def parsed(what: str, key: str, parse: Callable[[R], T], reply: R) -> T:
         raise _data_error(what, key, exc) from exc
 
 
+_PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def packing_in_c(connection_class: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``connection_class`` packing its commands with hiredis' C ``pack_command``.
+
+    redis-py's asyncio connections pack every command in Python, one ``encode`` per
+    argument: for a reserve script's 30 to 2,000 arguments that was a fifth of the
+    service's CPU per request (``python -m bench.profile --store redis``). hiredis, which
+    already parses the replies, packs the same RESP in C (redis-py's own sync client uses
+    it so). Same bytes on the wire; a value hiredis cannot pack is the ``DataError``
+    redis-py raises for it."""
+
+    def pack_command(self: AbstractConnection, *args: Any) -> list[bytes]:
+        first = args[0]
+        if isinstance(first, str):  # "SCRIPT LOAD" and the like: the words go separately
+            args = (*first.encode().split(), *args[1:])
+        elif b" " in first:
+            args = (*first.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as exc:
+            raise DataError(str(exc)) from exc
+
+    if connection_class not in _PACKED:
+        _PACKED[connection_class] = type(
+            f"CPacked{connection_class.__name__}", (connection_class,), {"pack_command": pack_command}
+        )
+    return _PACKED[connection_class]
+
+
 @functools.cache
 def script_source(name: str) -> str:
     """The text of ``store/lua/<name>.lua`` as sent to Redis (``lib.lua`` prepended when needed).
@@ -216,6 +264,8 @@ def script_source(name: str) -> str:
     Read once per process from the installed package data."""
     folder = importlib.resources.files("quota_service.store").joinpath("lua")
     text = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    if name in _NEEDS_SETTLE_CORE:
+        text = folder.joinpath("settle_core.lua").read_text(encoding="utf-8") + "\n" + text
     if name in _NEEDS_RESERVE_CORE:
         text = folder.joinpath("reserve_core.lua").read_text(encoding="utf-8") + "\n" + text
     if name in _NEEDS_LIB:
@@ -342,6 +392,36 @@ class _StepReply:
 
 
 @dataclass(frozen=True, slots=True)
+class _FusedItem:
+    """One whole reservation for reserve_fused.lua: the KEYS and ARGV of its subject step
+    and of its company-wide step (``None``: no company-wide charges)."""
+
+    own: tuple[list[str], list[str | int]]
+    company: tuple[list[str], list[str | int]] | None
+
+
+def _parse_fused(
+    prepared: _Prepared, record_key: str, reply: Sequence[Any]
+) -> tuple[_StepReply, _StepReply | None, bool]:
+    """One item of reserve_fused.lua's reply (see its header). An item's own failure (a
+    damaged key, a script error) is this request's alone: StoreDataError naming the key
+    (or StoreUnavailable, were it an outage code)."""
+    if reply[0] == "err":
+        exc = ResponseError(str(reply[1]))
+        if _is_outage(exc):
+            raise StoreUnavailable(f"redis reserve failed: {exc}")
+        raise _data_error("reserve", record_key, exc)
+    if reply[0] != "ok":
+        raise ValueError(f"unknown item status {reply[0]!r}")
+    _, own_reply, company_reply, compensation = reply
+    own = _StepReply.parse(prepared.own, own_reply)
+    company = _StepReply.parse(prepared.company, company_reply) if company_reply else None
+    if compensation:
+        _SettleReply.parse(prepared.command.subject, compensation)  # checked: it must parse
+    return own, company, bool(compensation)
+
+
+@dataclass(frozen=True, slots=True)
 class _SettleReply:
     """What ``settle.lua`` answered for one scope (see its header)."""
 
@@ -454,6 +534,11 @@ class RedisCounterStore:
         self._global_batches: GroupCommit[tuple[list[str], list[str | int]], Any] = GroupCommit(
             self._run_global_batch, max_batch=GLOBAL_BATCH
         )
+        # On one Redis, a whole reservation (both steps) is one item of a group-committed
+        # reserve_fused.lua call; a cluster's slots live on several nodes: two steps there.
+        self._fused_batches: GroupCommit[_FusedItem, Any] | None = (
+            None if isinstance(client, RedisCluster) else GroupCommit(self._run_fused_batch, max_batch=FUSED_BATCH)
+        )
 
     @classmethod
     def from_url(
@@ -490,6 +575,7 @@ class RedisCounterStore:
             pool = BlockingConnectionPool.from_url(
                 url, max_connections=max_connections, timeout=timeout_seconds, **socket_options
             )
+            pool.connection_class = packing_in_c(pool.connection_class)
             client = Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
         else:
             raise ValueError(
@@ -650,6 +736,53 @@ class RedisCounterStore:
             counts += [len(script_keys), len(args)]
         return await self._script("reserve_batch", all_keys, counts + all_args, as_list, request_deadline=False)
 
+    async def _fused_step(self, prepared: _Prepared) -> tuple[_StepReply, _StepReply | None, bool]:
+        """Both steps of a new reservation in one item of a group-committed
+        reserve_fused.lua call: the subject's reply, the company-wide one (``None`` when it
+        did not run: no company-wide charges, the subject step did not reserve, or it was a
+        replay), and whether a global denial was compensated in the same step."""
+        assert self._fused_batches is not None
+        name = prepared.name
+        own = self._step_call(
+            Step.SUBJECT,
+            prepared,
+            prepared.own,
+            name=name.name,
+            generation=name.generation,
+            expires_ms=prepared.expires_ms,
+        )
+        company = (
+            self._step_call(
+                Step.GLOBAL, prepared, prepared.company, name=name.nonce, generation="", expires_ms=prepared.expires_ms
+            )
+            if prepared.company.refs
+            else None
+        )
+        record_key = own[0][0]
+        budget = deadline.budget(self._timeout)
+        if budget <= 0:
+            raise StoreUnavailable("request deadline passed")
+        try:
+            async with asyncio.timeout(budget):
+                reply = await self._fused_batches.submit(_FusedItem(own, company))
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"redis reserve: no answer within {budget:g}s") from exc
+        return parsed("reserve", record_key, functools.partial(_parse_fused, prepared, record_key), reply)
+
+    async def _run_fused_batch(self, batch: Sequence[_FusedItem]) -> Sequence[Any]:
+        all_keys: list[str] = []
+        counts: list[str | int] = [len(batch)]
+        all_args: list[str | int] = []
+        for item in batch:
+            own_keys, own_args = item.own
+            company_keys, company_args = item.company or ((), ())
+            all_keys += own_keys
+            all_keys += company_keys
+            all_args += own_args
+            all_args += company_args
+            counts += [len(own_keys), len(own_args), len(company_keys), len(company_args)]
+        return await self._script("reserve_fused", all_keys, counts + all_args, list, request_deadline=False)
+
     async def reserve(self, command: ReserveCommand) -> ReserveResult:
         """Check and hold every charge of ``command``: the subject's in one atomic step, then
         the global ones in another (released again from the subject if the global step denies).
@@ -667,14 +800,19 @@ class RedisCounterStore:
         prepared = self._prepare(command)
         if command.dry_run:
             return await self._dry_run(prepared)
-        first = await self._step(
-            Step.SUBJECT,
-            prepared,
-            prepared.own,
-            name=prepared.name.name,
-            generation=prepared.name.generation,
-            expires_ms=prepared.expires_ms,
-        )
+        fused: _StepReply | None = None
+        compensated = False
+        if self._fused_batches is not None:
+            first, fused, compensated = await self._fused_step(prepared)
+        else:
+            first = await self._step(
+                Step.SUBJECT,
+                prepared,
+                prepared.own,
+                name=prepared.name.name,
+                generation=prepared.name.generation,
+                expires_ms=prepared.expires_ms,
+            )
         if first.status is Status.STALE_CONFIG:
             return ReserveResult(ReserveStatus.STALE_CONFIG, "", first.values)
         if first.status is Status.DUPLICATE:
@@ -710,7 +848,7 @@ class RedisCounterStore:
         if first.replayed:
             return await self._replay_global(prepared, first, name, reserved)
 
-        company = await self._global_step(Step.GLOBAL, prepared, name.nonce, first.expires_ms)
+        company = fused or await self._global_step(Step.GLOBAL, prepared, name.nonce, first.expires_ms)
         values = {**values, **company.values}
         if company.status is Status.RESERVED:
             return dataclasses.replace(reserved, values=values)
@@ -719,7 +857,8 @@ class RedisCounterStore:
                 f"reserve.lua (global) answered an unexpected status {company.status!r}",
                 key=keys.record_key(GLOBAL_SCOPE, name.nonce),
             )
-        await self._compensate(name, company, command.now_ms)
+        if not compensated:
+            await self._compensate(name, company, command.now_ms)
         return ReserveResult(ReserveStatus.DENIED_GLOBAL, "", values)
 
     async def _replay_global(
