@@ -226,6 +226,20 @@ def parsed(what: str, key: str, parse: Callable[[R], T], reply: R) -> T:
         raise _data_error(what, key, exc) from exc
 
 
+@functools.lru_cache(maxsize=4096)
+def _named_plan(
+    estimated: tuple[str, ...], rates: tuple[tuple[str, str], ...], meta: tuple[tuple[str, str], ...], answer: str
+) -> tuple[str, str]:
+    """A plan text (:func:`protocol.plan_text`) and its digest: the same for every request of
+    one plan shape (policy version, tier, feature, model, prices), so made once."""
+    text = protocol.plan_text(estimated, dict(rates), dict(meta), answer)
+    return text, keys.digest(text)
+
+
+#: Layouts repeat for every request of a plan shape within a window.
+_digest = functools.lru_cache(maxsize=16_384)(keys.digest)
+
+
 _PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 
 
@@ -291,15 +305,25 @@ class _Scope:
     refs: tuple[CounterRef, ...]
     counter_keys: tuple[str, ...]
     charge_args: tuple[str | int, ...]  # ask, cap, block, counter key expiry (unix s), per counter
+    layout: str  # protocol.layout(refs)
 
     @classmethod
     def of(cls, scope: str, charges: Sequence[CounterCharge], retention_seconds: int) -> _Scope:
         check_charges(scope, charges)
         refs = tuple(c.counter for c in charges)
         args: list[str | int] = []
+        counter_keys: list[str] = []
+        entries: list[str] = []
+        prefix = f"{keys.COUNTER}:{{{scope}}}:"
         for c in charges:
-            args += [c.ask, c.cap, c.block, c.counter.resets_at + retention_seconds]
-        return cls(scope, refs, tuple(keys.counter_key(ref) for ref in refs), tuple(args))
+            ref = c.counter
+            # keys.counter_name(ref), inlined (once per counter per request); str() of the
+            # StrEnum is its value without the enum's descriptor
+            name = f"{ref.metric}:{ref.window!s}:{ref.window_id}"
+            counter_keys.append(prefix + name)
+            entries.append(f"{name}@{ref.resets_at}")
+            args += [c.ask, c.cap, c.block, ref.resets_at + retention_seconds]
+        return cls(scope, refs, tuple(counter_keys), tuple(args), " ".join(entries))
 
     def values(self, flat: Sequence[Any]) -> dict[CounterRef, CounterValue]:
         """Pairs ``used, held`` strings from a script reply with the counters."""
@@ -643,9 +667,10 @@ class RedisCounterStore:
         if name.subject != command.subject:
             # commit finds a reservation through the subject its id names
             raise InvalidRequest(f"reservation id {command.reservation_id!r} was not made for this subject")
-        plan = protocol.plan_text(list(command.estimate), command.rates, command.meta, command.answer)
-        plan_digest = keys.digest(plan)
-        layout = protocol.layout_text(plan_digest, own.refs, company.refs)
+        plan, plan_digest = _named_plan(
+            tuple(command.estimate), tuple(command.rates.items()), tuple(command.meta.items()), command.answer
+        )
+        layout = f"{plan_digest}\n{own.layout}\n{company.layout}"  # protocol.layout_text
         return _Prepared(
             command=command,
             name=name,
@@ -655,7 +680,7 @@ class RedisCounterStore:
             plan=plan,
             plan_digest=plan_digest,
             layout=layout,
-            layout_digest=keys.digest(layout),
+            layout_digest=_digest(layout),
             estimate=protocol.amounts_text(command.estimate),
         )
 
@@ -1081,7 +1106,7 @@ class RedisCounterStore:
             by_scope.setdefault(ref.scope, []).append(ref)
         values: dict[CounterRef, CounterValue] = {}
         for scope, refs in by_scope.items():
-            prepared = _Scope(scope, tuple(refs), tuple(keys.counter_key(ref) for ref in refs), ())
+            prepared = _Scope(scope, tuple(refs), tuple(keys.counter_key(ref) for ref in refs), (), "")
             script_keys = [keys.open_set_key(scope), *prepared.counter_keys]
             args: list[str | int] = [keys.tag(scope), now_ms, self._grace_ms, self._sweep_limit]
             values.update(await self._script("usage", script_keys, args, prepared.values))
