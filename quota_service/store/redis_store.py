@@ -784,14 +784,9 @@ class RedisCounterStore:
             else None
         )
         record_key = own[0][0]
-        budget = deadline.budget(self._timeout)
-        if budget <= 0:
-            raise StoreUnavailable("request deadline passed")
-        try:
-            async with asyncio.timeout(budget):
-                reply = await self._fused_batches.submit(_FusedItem(own, company))
-        except TimeoutError as exc:
-            raise StoreUnavailable(f"redis reserve: no answer within {budget:g}s") from exc
+        # submit() waits no longer than the request's deadline; the batch call itself is
+        # bounded by the store's timeout.
+        reply = await self._fused_batches.submit(_FusedItem(own, company))
         return parsed("reserve", record_key, functools.partial(_parse_fused, prepared, record_key), reply)
 
     async def _run_fused_batch(self, batch: Sequence[_FusedItem]) -> Sequence[Any]:
@@ -842,6 +837,19 @@ class RedisCounterStore:
             return ReserveResult(ReserveStatus.STALE_CONFIG, "", first.values)
         if first.status is Status.DUPLICATE:
             raise InvalidRequest(f"reservation id {command.reservation_id!r} is already in use")
+        if not first.replayed:  # the common case, read straight off the replies
+            if first.status is Status.DENIED:
+                return ReserveResult(ReserveStatus.DENIED, "", first.values)
+            if first.status is Status.RESERVED and (fused is not None or not prepared.company.refs):
+                expires_at = _seconds_ceil(first.expires_ms)
+                if fused is None:
+                    return ReserveResult(ReserveStatus.RESERVED, prepared.name.reservation_id, first.values, expires_at)
+                both = {**first.values, **fused.values}
+                if fused.status is Status.RESERVED:
+                    return ReserveResult(ReserveStatus.RESERVED, prepared.name.reservation_id, both, expires_at)
+                if fused.status is Status.DENIED and compensated:
+                    return ReserveResult(ReserveStatus.DENIED_GLOBAL, "", both)
+                # anything else: the general path below names what is wrong
         values: dict[CounterRef, CounterValue] = dict(first.values)
         record_key = keys.record_key(command.subject, prepared.name.name)
         recorded = parsed("reserve", record_key, _StepReply.recorded_values, first)
