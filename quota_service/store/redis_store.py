@@ -784,6 +784,8 @@ class RedisCounterStore:
             else None
         )
         record_key = own[0][0]
+        if deadline.budget(self._timeout) <= 0:
+            raise StoreUnavailable("request deadline passed")
         # submit() waits no longer than the request's deadline; the batch call itself is
         # bounded by the store's timeout.
         reply = await self._fused_batches.submit(_FusedItem(own, company))
