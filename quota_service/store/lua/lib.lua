@@ -118,10 +118,16 @@ local function first_line(text)
   return string.sub(text, 1, at - 1), string.sub(text, at + 1)
 end
 
--- Redis' clock, unix ms.
+-- Redis' clock, unix ms: read once per script call (a batched call of many steps runs for a
+-- few ms; every use below is an expiry floor of a minute or more, or a "does it expire
+-- later" check where a few ms do not matter).
+local script_time_ms = nil
 local function redis_now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if script_time_ms == nil then
+    local t = redis.call('TIME')
+    script_time_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return script_time_ms
 end
 
 -- The earliest expiry (unix ms) any key may get: Redis' own clock plus the grace period
