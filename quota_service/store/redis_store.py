@@ -10,6 +10,12 @@ each lives, :mod:`quota_service.store.protocol` for what crosses to Lua):
   group-committed, ``reserve_batch.lua``). If the global step denies, ``settle.lua``
   releases the subject's part and records the global denial in the same atomic step, so
   a replay of the request answers ``DENIED_GLOBAL``.
+* On one Redis (not a cluster), both steps are one item of ``reserve_fused.lua`` instead:
+  the reservations that arrive while a call is in flight go out together in the next
+  one (group commit, up to :data:`FUSED_BATCH`; with nothing in flight one leaves at
+  once), and each runs there exactly as the separate calls would, with a global denial
+  compensated in the same atomic step. One round trip per request at low load, one per
+  batch under load; a failure inside one item (damaged data) is that request's alone.
 * ``settle.lua`` commits, releases, withdraws or compensates one record of one scope.
 * ``usage.lua`` reads counters after settling the scope's expired reservations;
   ``record.lua`` reads one record for :meth:`RedisCounterStore.get_reservation`.
