@@ -158,13 +158,14 @@ end
 
 -- -- counters ---------------------------------------------------------------------------
 
--- used and held of a counter, as strings ("0" when absent).
+-- used and held of a counter, as strings ("0" when absent), and whether it exists (a
+-- counter hash always has a field: one with neither is absent).
 local function read_counter(key)
   local v = on_key('HMGET', key, 'used', 'held')
   local used, held = v[1] or '0', v[2] or '0'
   int_of(key, 'used', used)
   int_of(key, 'held', held)
-  return used, held
+  return used, held, (v[1] or v[2]) ~= false
 end
 
 -- Adds delta (units, may be negative) to one field of a counter hash; a result below 0

@@ -34,7 +34,7 @@ end
 local function read_counters(a)
   a.flat = {}
   for i, c in ipairs(a.counters) do
-    c.used, c.held = read_counter(c.key)
+    c.used, c.held, c.exists = read_counter(c.key)
     a.flat[2 * i - 1] = c.used
     a.flat[2 * i] = c.held
   end
@@ -118,7 +118,12 @@ local function hold(a)
     if c.ask > 0 then
       local key_expiry = math.max(c.expire_at_ms, floor_ms)
       on_key('HINCRBY', c.key, 'held', c.ask)
-      redis.call('PEXPIREAT', c.key, key_expiry)
+      -- Every writer gives a counter the same expiry (its window's end plus the retention),
+      -- set when it is created: an existing counter needs it again only where the floor
+      -- (Redis' clock plus the grace period) is later than that.
+      if not c.exists or c.expire_at_ms < floor_ms then
+        redis.call('PEXPIREAT', c.key, key_expiry)
+      end
       record_expiry = math.max(record_expiry, key_expiry)
     end
   end
