@@ -88,11 +88,13 @@ def _key(kind: str, scope: str, name: str) -> str:
 
 def counter_name(ref: CounterRef) -> str:
     """The part of a counter's key after its scope: ``<metric>:<window>:<window_id>``."""
-    return f"{ref.metric}:{ref.window.value}:{ref.window_id}"
+    # ``Window`` is a StrEnum: it formats as its value (no enum property lookup per call).
+    return f"{ref.metric}:{ref.window}:{ref.window_id}"
 
 
 def counter_key(ref: CounterRef) -> str:
-    return _key(COUNTER, ref.scope, counter_name(ref))
+    """``q:{<scope>}:<metric>:<window>:<window_id>`` (:func:`counter_name` after the scope)."""
+    return f"{COUNTER}:{{{ref.scope}}}:{ref.metric}:{ref.window}:{ref.window_id}"
 
 
 def record_key(scope: str, name: str) -> str:
