@@ -317,6 +317,18 @@ def _rests_on_config(the_plan: Plan, request: QuotaRequest, stops: Sequence[Emer
     return False
 
 
+def _answer_text(policy: CompiledPolicy, the_plan: Plan) -> str:
+    """The plan-level replay text of ``the_plan``: encoded once per plan shape (it depends
+    only on what the shape holds: the policy, tier, counters, limits and windows)."""
+    shape = the_plan.shape
+    if shape is not None and shape.policy is policy and shape.answer is not None:
+        return shape.answer
+    text = replay.encode(the_plan, policy_version=policy.version, timezone=policy.timezone.key)
+    if shape is not None and shape.policy is policy:
+        shape.answer = text
+    return text
+
+
 class Quotas:
     """The quota path (see the module docstring). Dependencies are keyword-only:
 
@@ -586,9 +598,7 @@ class Quotas:
                 "tier": the_plan.tier.name if the_plan.tier else "",
             },
             dry_run=request.dry_run,
-            answer=""
-            if request.dry_run
-            else replay.encode(the_plan, policy_version=policy.version, timezone=policy.timezone.key),
+            answer="" if request.dry_run else _answer_text(policy, the_plan),
         )
 
     def _answer(
