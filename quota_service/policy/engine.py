@@ -400,6 +400,10 @@ def usage_counters(
 
 
 _DENY_REASON = {LimitKind.HARD_STOP: Reason.HARD_STOP, LimitKind.GLOBAL: Reason.GLOBAL_LIMIT}
+_ALLOW = Decision.ALLOW
+_WITHIN = (Decision.ALLOW, Reason.WITHIN_LIMITS)
+_WARNED = (Decision.WARN, Reason.WARN_THRESHOLD)
+_NO_VALUE = CounterValue()  # a missing counter counts as zero (immutable: shared)
 
 
 def judge(limit: Limit, used: int, held: int, ask: int) -> tuple[Decision, Reason]:
@@ -409,9 +413,10 @@ def judge(limit: Limit, used: int, held: int, ask: int) -> tuple[Decision, Reaso
         return Decision.DENY, _DENY_REASON.get(limit.kind, Reason.BLOCK_THRESHOLD)
     if uh + ask > limit.max_units:
         return Decision.DENY, _DENY_REASON.get(limit.kind, Reason.LIMIT_EXCEEDED)
-    if limit.warn_units is not None and uh + ask >= limit.warn_units:
-        return Decision.WARN, Reason.WARN_THRESHOLD
-    return Decision.ALLOW, Reason.WITHIN_LIMITS
+    warn = limit.warn_units
+    if warn is not None and uh + ask >= warn:
+        return _WARNED
+    return _WITHIN
 
 
 def _describe(report: LimitReport, ask: int) -> str:
@@ -446,14 +451,18 @@ def decide(
     if plan.denial is not None:
         return plan.denial
     reports: list[tuple[LimitReport, int]] = []
-    for counter in plan.all_counters:
-        value = values.get(counter.ref, CounterValue())
-        held_after = value.held + (counter.ask if reserved else 0)
-        for limit in counter.limits:
-            decision, reason = judge(limit, value.used, value.held, counter.ask)
-            reports.append((LimitReport(limit, counter.ref, value.used, held_after, decision, reason), counter.ask))
+    worst = _ALLOW  # the least decision: the worst of none is ALLOW
+    for counters in (plan.counters, plan.global_counters):
+        for counter in counters:
+            value = values.get(counter.ref, _NO_VALUE)
+            used, held, ask = value.used, value.held, counter.ask
+            held_after = held + ask if reserved else held
+            for limit in counter.limits:
+                decision, reason = judge(limit, used, held, ask)
+                if decision > worst:
+                    worst = decision
+                reports.append((LimitReport(limit, counter.ref, used, held_after, decision, reason), ask))
     limits = tuple(r for r, _ in reports)
-    worst = max((r.decision for r in limits), default=Decision.ALLOW)
     if store_denied and worst is not Decision.DENY:
         return Outcome(
             Decision.DENY,
