@@ -491,7 +491,12 @@ class Quotas:
         reserved = status is ReserveStatus.RESERVED
         denied = status in (ReserveStatus.DENIED, ReserveStatus.DENIED_GLOBAL)
         outcome = decide(the_plan, values, reserved=reserved, store_denied=denied)
-        if reserved and any(r.decision is Decision.DENY for r in outcome.limits):
+        # ALLOW means no limit said DENY (decide answers a held request some limit denies WARN).
+        if (
+            reserved
+            and outcome.decision is not Decision.ALLOW
+            and any(r.decision is Decision.DENY for r in outcome.limits)
+        ):
             log.error(
                 "the store held %s although the rule denies it from the values it reported (%s); "
                 "answering %s, the hold stands",
