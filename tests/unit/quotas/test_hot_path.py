@@ -4,6 +4,7 @@ as checked, and the store's subject check accepts and refuses exactly as before.
 
 from __future__ import annotations
 
+import base64
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from quota_service.policy import engine, replay
 from quota_service.policy.domain import Decision
 from quota_service.policy.engine import PlannedCharges
 from quota_service.quotas import Quotas
-from quota_service.store import base
+from quota_service.store import base, keys
 from quota_service.store.base import ReserveCommand, ReserveResult, check_subject
 from quota_service.store.memory_store import MemoryCounterStore
 
@@ -110,3 +111,18 @@ def test_unfit_subjects_are_still_refused(subject: str) -> None:
 @pytest.mark.parametrize("subject", ["ann", "user-42@example.com", "ünï_cödé", "a:b/c"])
 def test_fit_subjects_are_accepted(subject: str) -> None:
     check_subject(subject)
+
+
+@pytest.mark.parametrize("raw", [b"", b"a", b"ab", b"abc", bytes(range(256)), "ünï {x}".encode()])
+def test_reservation_id_base64_is_urlsafe_base64_unpadded(raw: bytes) -> None:
+    assert keys._b64(raw) == base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_reservation_ids_still_parse_back() -> None:
+    for subject, request_id in (("ann", ""), ("ann", "r1"), ("ünï@x", "r2")):
+        rid = keys.new_reservation_id(subject, request_id)
+        parsed = keys.parse(rid)
+        assert parsed.subject == subject and parsed.reservation_id == rid
+        if request_id:
+            assert parsed.name == keys.request_name(subject, request_id)
+    assert keys._subject_b64.cache_info().maxsize == 4096
