@@ -208,6 +208,9 @@ def _group(
 #: Plan shapes kept at once (policy x tier x overrides in force x metrics asked, in the
 #: current windows); beyond, the oldest is dropped.
 SHAPE_CACHE_SIZE = 1024
+#: Policies whose shapes are kept (the live one, and those of requests still in flight or
+#: of a simulation comparing policies); a shape of an older one is dropped with it.
+SHAPE_POLICIES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +294,8 @@ def _counter_shapes(
 
 
 _SHAPES: dict[tuple[object, ...], PlanShape] = {}
+#: The policies with shapes in the cache, oldest first (at most ``SHAPE_POLICIES``).
+_SHAPE_POLICIES: list[CompiledPolicy] = []
 _SHAPES_LOCK = threading.Lock()
 
 
@@ -313,6 +318,13 @@ def plan_shape(
     company, company_from, company_until = _counter_shapes(policy.global_limits, metrics, policy, now)
     shape = PlanShape(policy, own, company, max(own_from, company_from), min(own_until, company_until))
     with _SHAPES_LOCK:
+        if not any(p is policy for p in _SHAPE_POLICIES):
+            _SHAPE_POLICIES.append(policy)
+            if len(_SHAPE_POLICIES) > SHAPE_POLICIES:
+                # A reloaded policy's shapes go with it: the cache holds no policy for long.
+                gone = id(_SHAPE_POLICIES.pop(0))
+                for old in [k for k in _SHAPES if k[0] == gone]:
+                    del _SHAPES[old]
         _SHAPES.pop(key, None)
         while len(_SHAPES) >= SHAPE_CACHE_SIZE:
             del _SHAPES[next(iter(_SHAPES))]

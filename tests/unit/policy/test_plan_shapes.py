@@ -105,6 +105,7 @@ def text(policy: CompiledPolicy, p: Plan) -> str:
 @pytest.fixture(autouse=True)
 def _empty_cache() -> None:
     engine._SHAPES.clear()
+    engine._SHAPE_POLICIES.clear()
 
 
 def test_a_plan_from_the_cache_is_the_plan_computed_afresh() -> None:
@@ -204,6 +205,19 @@ def test_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     again = plan(policies[0], ask(), now=NOW, config=NO_CONFIG)
     assert again.counters[0].limits[0].max_units == 1000
     assert len(engine._SHAPES) == 3
+
+
+def test_the_shapes_of_older_policies_are_dropped_with_them() -> None:
+    policies = [make_policy(1000 + i) for i in range(engine.SHAPE_POLICIES + 2)]
+    for policy in policies:
+        plan(policy, ask(), now=NOW, config=NO_CONFIG)
+        plan(policy, ask(images=1), now=NOW, config=NO_CONFIG)
+    kept = policies[-engine.SHAPE_POLICIES :]
+    assert [id(p) for p in engine._SHAPE_POLICIES] == [id(p) for p in kept]
+    assert {id(s.policy) for s in engine._SHAPES.values()} == {id(p) for p in kept}
+    assert len(engine._SHAPES) == 2 * engine.SHAPE_POLICIES
+    again = plan(policies[0], ask(), now=NOW, config=NO_CONFIG)  # rebuilt, right
+    assert again.counters[0].limits[0].max_units == 1000
 
 
 def test_planned_charges_skip_the_full_check_but_not_the_scope() -> None:
