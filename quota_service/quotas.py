@@ -317,6 +317,18 @@ def _rests_on_config(the_plan: Plan, request: QuotaRequest, stops: Sequence[Emer
     return False
 
 
+def _answer_text(policy: CompiledPolicy, the_plan: Plan) -> str:
+    """The plan-level replay text of ``the_plan``: encoded once per plan shape (it depends
+    only on what the shape holds: the policy, tier, counters, limits and windows)."""
+    shape = the_plan.shape
+    if shape is not None and shape.policy is policy and shape.answer is not None:
+        return shape.answer
+    text = replay.encode(the_plan, policy_version=policy.version, timezone=policy.timezone.key)
+    if shape is not None and shape.policy is policy:
+        shape.answer = text
+    return text
+
+
 class Quotas:
     """The quota path (see the module docstring). Dependencies are keyword-only:
 
@@ -479,7 +491,12 @@ class Quotas:
         reserved = status is ReserveStatus.RESERVED
         denied = status in (ReserveStatus.DENIED, ReserveStatus.DENIED_GLOBAL)
         outcome = decide(the_plan, values, reserved=reserved, store_denied=denied)
-        if reserved and any(r.decision is Decision.DENY for r in outcome.limits):
+        # ALLOW means no limit said DENY (decide answers a held request some limit denies WARN).
+        if (
+            reserved
+            and outcome.decision is not Decision.ALLOW
+            and any(r.decision is Decision.DENY for r in outcome.limits)
+        ):
             log.error(
                 "the store held %s although the rule denies it from the values it reported (%s); "
                 "answering %s, the hold stands",
@@ -586,9 +603,7 @@ class Quotas:
                 "tier": the_plan.tier.name if the_plan.tier else "",
             },
             dry_run=request.dry_run,
-            answer=""
-            if request.dry_run
-            else replay.encode(the_plan, policy_version=policy.version, timezone=policy.timezone.key),
+            answer="" if request.dry_run else _answer_text(policy, the_plan),
         )
 
     def _answer(

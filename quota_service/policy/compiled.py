@@ -90,6 +90,10 @@ class Limit:
         return Limit(self.metric, self.window, max_units, kind, self.thresholds)
 
 
+#: Price lookups a :class:`PriceTable` remembers (provider x model x metrics used).
+PRICE_LOOKUPS = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class PriceTable:
     """USD per unit of a metric, by ``"provider/model"``, ``"provider/*"`` or ``"*"``.
@@ -103,6 +107,12 @@ class PriceTable:
     entries: Mapping[str, Mapping[str, Decimal]] = field(default_factory=lambda: MappingProxyType({}))
     #: Every metric priced somewhere in the table (derived once: the table is immutable).
     priced_metrics: frozenset[str] = field(init=False)
+    #: (provider, model, metrics used) -> the unpriced metrics and the rates (see
+    #: :meth:`cost_micros`), remembered: the table is immutable. Bounded by
+    #: ``PRICE_LOOKUPS``; cleared when full.
+    _lookups: dict[tuple[str, str, frozenset[str]], tuple[tuple[str, ...], dict[str, Decimal]]] = field(
+        init=False, default_factory=dict, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "priced_metrics", frozenset(m for rates in self.entries.values() for m in rates))
@@ -120,6 +130,19 @@ class PriceTable:
     ) -> tuple[int, list[str], dict[str, Decimal]]:
         """The cost of ``usage`` in micro-dollars (rounded up), the metrics left unpriced, and
         the rate of each priced metric used (what a later commit is priced at)."""
+        key = (provider, model, frozenset(usage))
+        found = self._lookups.get(key)
+        if found is None:
+            found = self._lookup(provider, model, usage)
+            if len(self._lookups) >= PRICE_LOOKUPS:
+                self._lookups.clear()
+            self._lookups[key] = found
+        unpriced, rates = found
+        return micros_at(rates, usage), list(unpriced), dict(rates)
+
+    def _lookup(
+        self, provider: str, model: str, usage: Mapping[str, int]
+    ) -> tuple[tuple[str, ...], dict[str, Decimal]]:
         unpriced: list[str] = []
         rates: dict[str, Decimal] = {}
         priced = self.priced_metrics
@@ -131,7 +154,7 @@ class PriceTable:
                 unpriced.append(metric)
             else:
                 rates[metric] = rate
-        return micros_at(rates, usage), unpriced, rates
+        return tuple(unpriced), rates
 
 
 def micros_at(rates: Mapping[str, Decimal], usage: Mapping[str, int]) -> int:

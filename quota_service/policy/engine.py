@@ -19,6 +19,7 @@ message, the deciding limit) from the values the store saw; it never overrules i
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,7 +39,7 @@ from quota_service.policy.domain import (
     SubjectConfig,
 )
 from quota_service.policy.stops import EmergencyStop
-from quota_service.policy.units import COST_METRIC, MAX_UNITS, parse_usage
+from quota_service.policy.units import COST_METRIC, MAX_UNITS, METRIC_NAME, parse_usage
 from quota_service.policy.validation import QuotaRequest
 from quota_service.policy.windows import Window, current_span
 
@@ -47,10 +48,13 @@ __all__ = [
     "LimitReport",
     "Outcome",
     "Plan",
+    "PlanShape",
+    "PlannedCharges",
     "active_overrides",
     "decide",
     "judge",
     "plan",
+    "plan_shape",
     "report_usage",
     "settlement",
     "subject_limits",
@@ -73,6 +77,18 @@ class CounterPlan:
             cap=min(limit.max_units for limit in self.limits),
             block=min(limit.block_units for limit in self.limits),
         )
+
+
+class PlannedCharges(tuple[CounterCharge, ...]):
+    """Charges :func:`plan` built from a checked :class:`PlanShape`: every metric name,
+    cap and block line was checked once when the shape was built, every ask when the plan
+    was made, each counter is charged once and every counter is of one scope (the store
+    still checks that one). The store's precondition check
+    (:func:`quota_service.store.base.check_charges`) holds for them by construction and
+    skips the rest; any other sequence of charges is checked in full. Made only by
+    :func:`plan` (immutable: a tuple of frozen charges)."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +143,22 @@ class Plan:
     estimate: Mapping[str, int] = field(default_factory=dict)
     rates: Mapping[str, Decimal] = field(default_factory=dict)
     cost: int = 0
+    #: The cached, request-independent part this plan was made from (``None``: made
+    #: another way). Not an init field: ``dataclasses.replace`` never carries it over.
+    shape: PlanShape | None = field(default=None, init=False, compare=False, repr=False)
+    #: The charges :func:`plan` built with the counters (subject's, company-wide's).
+    _charges: tuple[tuple[CounterCharge, ...], tuple[CounterCharge, ...]] | None = field(
+        default=None, init=False, compare=False, repr=False
+    )
 
     def subject_charges(self) -> tuple[CounterCharge, ...]:
+        if self._charges is not None:
+            return self._charges[0]
         return tuple(c.charge() for c in self.counters)
 
     def global_charges(self) -> tuple[CounterCharge, ...]:
+        if self._charges is not None:
+            return self._charges[1]
         return tuple(c.charge() for c in self.global_counters)
 
     @property
@@ -178,6 +205,133 @@ def _group(
     return tuple(plans)
 
 
+#: Plan shapes kept at once (policy x tier x overrides in force x metrics asked, in the
+#: current windows); beyond, the oldest is dropped.
+SHAPE_CACHE_SIZE = 1024
+#: Policies whose shapes are kept (the live one, and those of requests still in flight or
+#: of a simulation comparing policies); a shape of an older one is dropped with it.
+SHAPE_POLICIES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class _CounterShape:
+    """One counter of a shape: its metric and current window, its limits and their gate."""
+
+    metric: str
+    window: Window
+    window_id: str
+    resets_at: int
+    limits: tuple[Limit, ...]
+    cap: int
+    block: int
+
+
+class PlanShape:
+    """What every plan of one (policy, tier, overrides in force, metrics asked) has in
+    common while its windows are current, whatever the request's subject and amounts:
+    the counters grouped with their limits, each counter's cap and block line, the current
+    window ids, the company-wide counters, and the plan-level replay text (filled in once
+    by the caller, :attr:`answer`). Valid for the instants ``[valid_from, valid_until)``
+    (the overlap of its windows). ``checked``: every metric name, cap and block line is
+    one the store accepts (see :class:`PlannedCharges`)."""
+
+    __slots__ = ("answer", "checked", "company", "company_refs", "own", "policy", "valid_from", "valid_until")
+
+    def __init__(
+        self,
+        policy: CompiledPolicy,
+        own: tuple[_CounterShape, ...],
+        company: tuple[_CounterShape, ...],
+        valid_from: float,
+        valid_until: float,
+    ) -> None:
+        self.policy = policy  # held, so the id in the cache key stays this policy's
+        self.own = own
+        self.company = company
+        self.company_refs = tuple(
+            CounterRef(GLOBAL_SCOPE, c.metric, c.window, c.window_id, c.resets_at) for c in company
+        )
+        self.valid_from = valid_from
+        self.valid_until = valid_until
+        self.checked = all(
+            METRIC_NAME.fullmatch(c.metric) is not None and _is_units(c.cap) and _is_units(c.block)
+            for c in own + company
+        )
+        #: The plan-level replay text (:func:`quota_service.policy.replay.encode`), once known.
+        self.answer: str | None = None
+
+
+def _is_units(value: object) -> bool:
+    """A whole number of units in [0, 2**53) (what the store's ``check_units`` accepts)."""
+    return type(value) is int and 0 <= value <= MAX_UNITS
+
+
+def _counter_shapes(
+    limits: Iterable[Limit], metrics: frozenset[str], policy: CompiledPolicy, now: datetime
+) -> tuple[tuple[_CounterShape, ...], float, float]:
+    """:func:`_group`'s counters for the metrics asked, and the overlap of their windows."""
+    by_counter: dict[tuple[str, Window], list[Limit]] = {}
+    for limit in limits:
+        if limit.metric in metrics:
+            by_counter.setdefault(limit.counter, []).append(limit)
+    shapes = []
+    start, end = float("-inf"), float("inf")
+    for (metric, window), group in by_counter.items():
+        span = current_span(window, now, policy.timezone)
+        start, end = max(start, span.start), min(end, span.end)
+        shapes.append(
+            _CounterShape(
+                metric,
+                window,
+                span.window_id,
+                span.end,
+                tuple(group),
+                min(limit.max_units for limit in group),
+                min(limit.block_units for limit in group),
+            )
+        )
+    return tuple(shapes), start, end
+
+
+_SHAPES: dict[tuple[object, ...], PlanShape] = {}
+#: The policies with shapes in the cache, oldest first (at most ``SHAPE_POLICIES``).
+_SHAPE_POLICIES: list[CompiledPolicy] = []
+_SHAPES_LOCK = threading.Lock()
+
+
+def plan_shape(
+    policy: CompiledPolicy, tier: Tier, config: SubjectConfig, metrics: frozenset[str], now: datetime
+) -> PlanShape:
+    """The shape of every plan of ``tier`` under ``policy`` for a subject with ``config``
+    asking ``metrics`` at ``now``: from a bounded cache keyed on the policy (the object),
+    the tier, the overrides in force and the metrics, rebuilt once ``now`` leaves its
+    windows. The config's version is not in the key: versions are per subject, and the
+    shape depends only on the tier and the overrides in force."""
+    instant = now.timestamp()
+    now_s = int(instant)
+    overrides = tuple(o for o in config.overrides if o.expires_at == 0 or o.expires_at > now_s)
+    key = (id(policy), tier.name, overrides, metrics)
+    shape = _SHAPES.get(key)
+    if shape is not None and shape.policy is policy and shape.valid_from <= instant < shape.valid_until:
+        return shape
+    own, own_from, own_until = _counter_shapes(subject_limits(tier, config, now_s), metrics, policy, now)
+    company, company_from, company_until = _counter_shapes(policy.global_limits, metrics, policy, now)
+    shape = PlanShape(policy, own, company, max(own_from, company_from), min(own_until, company_until))
+    with _SHAPES_LOCK:
+        if not any(p is policy for p in _SHAPE_POLICIES):
+            _SHAPE_POLICIES.append(policy)
+            if len(_SHAPE_POLICIES) > SHAPE_POLICIES:
+                # A reloaded policy's shapes go with it: the cache holds no policy for long.
+                gone = id(_SHAPE_POLICIES.pop(0))
+                for old in [k for k in _SHAPES if k[0] == gone]:
+                    del _SHAPES[old]
+        _SHAPES.pop(key, None)
+        while len(_SHAPES) >= SHAPE_CACHE_SIZE:
+            del _SHAPES[next(iter(_SHAPES))]
+        _SHAPES[key] = shape
+    return shape
+
+
 def plan(
     policy: CompiledPolicy,
     request: QuotaRequest,
@@ -188,7 +342,8 @@ def plan(
 ) -> Plan:
     """Resolve the subject's tier, the denials that need no counter, the cost, and the
     counters to reserve with their caps. Order of the early denials: unknown tier,
-    emergency stop, feature not in tier, unpriced model."""
+    emergency stop, feature not in tier, unpriced model. What does not depend on the
+    request's subject and amounts comes from :func:`plan_shape`."""
     now_s = int(now.timestamp())
     tier = policy.tier_for(config.tier)
     if tier is None:
@@ -210,17 +365,43 @@ def plan(
     asks = dict(request.usage)
     if cost:
         asks[COST_METRIC] = cost
-    return Plan(
+    shape = plan_shape(policy, tier, config, frozenset(m for m, ask in asks.items() if ask > 0), now)
+    subject = request.subject
+    counters = []
+    own_charges = []
+    checked = shape.checked
+    for c in shape.own:
+        ask = asks[c.metric]
+        checked = checked and _is_units(ask)
+        ref = CounterRef(subject, c.metric, c.window, c.window_id, c.resets_at)
+        counters.append(CounterPlan(ref, ask, c.limits))
+        own_charges.append(CounterCharge(ref, ask, c.cap, c.block))
+    global_counters = []
+    company_charges = []
+    for c, ref in zip(shape.company, shape.company_refs, strict=True):
+        ask = asks[c.metric]
+        checked = checked and _is_units(ask)
+        global_counters.append(CounterPlan(ref, ask, c.limits))
+        company_charges.append(CounterCharge(ref, ask, c.cap, c.block))
+    the_plan = Plan(
         request,
         tier,
-        counters=_group(request.subject, subject_limits(tier, config, now_s), asks, policy, now),
-        global_counters=_group(GLOBAL_SCOPE, policy.global_limits, asks, policy, now),
+        counters=tuple(counters),
+        global_counters=tuple(global_counters),
         ttl_seconds=request.ttl_seconds or tier.reservation_ttl_seconds,
         now=now_s,
         estimate=dict(request.usage),
         rates=rates,
         cost=cost,
     )
+    charges = (
+        (PlannedCharges(own_charges), PlannedCharges(company_charges))
+        if checked
+        else (tuple(own_charges), tuple(company_charges))
+    )
+    object.__setattr__(the_plan, "shape", shape)
+    object.__setattr__(the_plan, "_charges", charges)
+    return the_plan
 
 
 def usage_counters(
@@ -231,6 +412,10 @@ def usage_counters(
 
 
 _DENY_REASON = {LimitKind.HARD_STOP: Reason.HARD_STOP, LimitKind.GLOBAL: Reason.GLOBAL_LIMIT}
+_ALLOW = Decision.ALLOW
+_WITHIN = (Decision.ALLOW, Reason.WITHIN_LIMITS)
+_WARNED = (Decision.WARN, Reason.WARN_THRESHOLD)
+_NO_VALUE = CounterValue()  # a missing counter counts as zero (immutable: shared)
 
 
 def judge(limit: Limit, used: int, held: int, ask: int) -> tuple[Decision, Reason]:
@@ -240,9 +425,10 @@ def judge(limit: Limit, used: int, held: int, ask: int) -> tuple[Decision, Reaso
         return Decision.DENY, _DENY_REASON.get(limit.kind, Reason.BLOCK_THRESHOLD)
     if uh + ask > limit.max_units:
         return Decision.DENY, _DENY_REASON.get(limit.kind, Reason.LIMIT_EXCEEDED)
-    if limit.warn_units is not None and uh + ask >= limit.warn_units:
-        return Decision.WARN, Reason.WARN_THRESHOLD
-    return Decision.ALLOW, Reason.WITHIN_LIMITS
+    warn = limit.warn_units
+    if warn is not None and uh + ask >= warn:
+        return _WARNED
+    return _WITHIN
 
 
 def _describe(report: LimitReport, ask: int) -> str:
@@ -277,14 +463,18 @@ def decide(
     if plan.denial is not None:
         return plan.denial
     reports: list[tuple[LimitReport, int]] = []
-    for counter in plan.all_counters:
-        value = values.get(counter.ref, CounterValue())
-        held_after = value.held + (counter.ask if reserved else 0)
-        for limit in counter.limits:
-            decision, reason = judge(limit, value.used, value.held, counter.ask)
-            reports.append((LimitReport(limit, counter.ref, value.used, held_after, decision, reason), counter.ask))
+    worst = _ALLOW  # the least decision: the worst of none is ALLOW
+    for counters in (plan.counters, plan.global_counters):
+        for counter in counters:
+            value = values.get(counter.ref, _NO_VALUE)
+            used, held, ask = value.used, value.held, counter.ask
+            held_after = held + ask if reserved else held
+            for limit in counter.limits:
+                decision, reason = judge(limit, used, held, ask)
+                if decision > worst:
+                    worst = decision
+                reports.append((LimitReport(limit, counter.ref, used, held_after, decision, reason), ask))
     limits = tuple(r for r, _ in reports)
-    worst = max((r.decision for r in limits), default=Decision.ALLOW)
     if store_denied and worst is not Decision.DENY:
         return Outcome(
             Decision.DENY,

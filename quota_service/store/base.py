@@ -25,12 +25,14 @@ Concurrency guarantees every implementation must give:
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from quota_service.errors import InvalidRequest, shown
 from quota_service.policy.domain import GLOBAL_SCOPE, CounterCharge, CounterRef, CounterValue, SubjectConfig
+from quota_service.policy.engine import PlannedCharges
 from quota_service.policy.units import MAX_UNITS, validate_metric_name
 from quota_service.policy.windows import Window
 
@@ -198,12 +200,17 @@ class CounterStore(Protocol):
 
 # -- preconditions every store checks (the interface's, so every implementation refuses alike)
 
+#: A brace or a whitespace character (``\s`` matches exactly what ``str.isspace`` accepts).
+_UNFIT = re.compile(r"[{}\s]")
+
 
 def check_subject(subject: str) -> None:
     """A subject fit for a key: not the company-wide scope, no braces (the hash tag),
     whitespace or control characters. :class:`InvalidRequest` otherwise."""
     if not subject or subject == GLOBAL_SCOPE:
         raise InvalidRequest(f"subject {shown(subject)} is not valid")
+    if subject.isprintable() and _UNFIT.search(subject) is None:
+        return  # the common case, in C: ``\s`` is exactly ``str.isspace`` (a unit test checks)
     if any(ch in "{}" or ch.isspace() or not ch.isprintable() for ch in subject):
         raise InvalidRequest(f"subject {shown(subject)} must not contain braces, whitespace or control characters")
 
@@ -216,12 +223,17 @@ def check_units(what: str, value: int) -> None:
 
 def check_charges(scope: str, charges: Sequence[CounterCharge]) -> None:
     """The charges of one step: all of ``scope``, valid metric names and units, each
-    counter charged once."""
+    counter charged once. Charges the engine planned (:class:`PlannedCharges`, whose
+    names, units and counters it checked when it built them) are checked for their scope
+    only."""
+    if type(charges) is PlannedCharges:
+        for charge in charges:
+            _check_scope(scope, charge.counter)
+        return
     seen: set[tuple[str, Window, str]] = set()
     for charge in charges:
         ref = charge.counter
-        if ref.scope != scope:
-            raise InvalidRequest(f"charge on {ref.scope!r} counter {ref.metric}/{ref.window} in the {scope!r} step")
+        _check_scope(scope, ref)
         validate_metric_name(ref.metric)
         check_units(f"ask for {ref.metric}/{ref.window}", charge.ask)
         check_units(f"cap for {ref.metric}/{ref.window}", charge.cap)
@@ -233,3 +245,8 @@ def check_charges(scope: str, charges: Sequence[CounterCharge]) -> None:
                 "merge its limits into one charge"
             )
         seen.add(counter)
+
+
+def _check_scope(scope: str, ref: CounterRef) -> None:
+    if ref.scope != scope:
+        raise InvalidRequest(f"charge on {ref.scope!r} counter {ref.metric}/{ref.window} in the {scope!r} step")

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import secrets
@@ -88,11 +89,13 @@ def _key(kind: str, scope: str, name: str) -> str:
 
 def counter_name(ref: CounterRef) -> str:
     """The part of a counter's key after its scope: ``<metric>:<window>:<window_id>``."""
-    return f"{ref.metric}:{ref.window.value}:{ref.window_id}"
+    # ``Window`` is a StrEnum: it formats as its value (no enum property lookup per call).
+    return f"{ref.metric}:{ref.window}:{ref.window_id}"
 
 
 def counter_key(ref: CounterRef) -> str:
-    return _key(COUNTER, ref.scope, counter_name(ref))
+    """``q:{<scope>}:<metric>:<window>:<window_id>`` (:func:`counter_name` after the scope)."""
+    return f"{COUNTER}:{{{ref.scope}}}:{ref.metric}:{ref.window}:{ref.window_id}"
 
 
 def record_key(scope: str, name: str) -> str:
@@ -124,8 +127,18 @@ def digest(text: str) -> str:
     return base64.urlsafe_b64encode(hashlib.blake2b(text.encode(), digest_size=6).digest()).decode()
 
 
+_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    """Unpadded base64url (``base64.urlsafe_b64encode`` without its Python-level wrapper)."""
+    return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).decode().rstrip("=")
+
+
+@functools.lru_cache(maxsize=4096)
+def _subject_b64(subject: str) -> str:
+    """A subject's part of its reservation ids (remembered for the subjects seen lately)."""
+    return _b64(subject.encode())
 
 
 def request_name(subject: str, request_id: str) -> str:
@@ -148,7 +161,7 @@ class ReservationName:
 
     @property
     def reservation_id(self) -> str:
-        return f"{RESERVATION_PREFIX}{_b64(self.subject.encode())}.{self.nonce}"
+        return f"{RESERVATION_PREFIX}{_subject_b64(self.subject)}.{self.name}{self.generation}"
 
 
 def new_reservation_id(subject: str, request_id: str = "") -> str:
@@ -157,7 +170,7 @@ def new_reservation_id(subject: str, request_id: str = "") -> str:
     With ``request_id``, the record name is :func:`request_name` (the store derives it
     anyway, see :func:`for_request`); the generation is always random."""
     name = request_name(subject, request_id) if request_id else _b64(secrets.token_bytes(12))
-    return ReservationName(subject, name, _b64(secrets.token_bytes(12))).reservation_id
+    return f"{RESERVATION_PREFIX}{_subject_b64(subject)}.{name}{_b64(secrets.token_bytes(12))}"
 
 
 def for_request(reservation_id: str, request_id: str) -> ReservationName:
