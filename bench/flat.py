@@ -2,7 +2,9 @@
 
 Issue 8's flat-cost targets, measured side by side in one run under the load generator of
 ``bench.run`` (:mod:`bench.loadgen`), against one private redis-server (a free port, never
-6379) and one ``quota-service serve --workers 1`` with the shipped policies:
+6379) and ``quota-service serve --workers 1`` with the shipped policies: two identical
+processes, one on Redis database 0 (the large pool, loaded once for every round) and one on
+database 1 (the small pool, reloaded at the start of each round):
 
 * **small pool**: ``--small`` subjects (1,000), drawn at random, their state prefilled;
 * **large pool**: ``--large`` subjects (1,000,000), drawn at random, their state prefilled;
@@ -14,7 +16,7 @@ Prefill (before the measured window, never measured): one real ``CheckAndReserve
 request_id) for a template subject; every key it leaves in the subject's own slot
 (``{flat-template}``: the three counter hashes, the open record, the open set, the shared
 plan text) is DUMPed and RESTOREd, with its remaining TTL, under each pool subject's hash
-tag, pipelined on one raw connection. So every pool subject really exists in Redis with one
+tag (a bench-only Lua loop, :data:`PREFILL_LUA`, pipelined). So every pool subject really exists in Redis with one
 open reservation, as if it had made one call minutes ago. The company-wide twins of that
 call (``{__global__}`` record and open-set entry, counter) are not copied.
 
@@ -23,6 +25,8 @@ Overrides: the first one through the real admin store (``RedisAdminStore.note_ov
 rest through the same ``config_write.lua`` (EVALSHA, pipelined) and the same index ZADD,
 with the same override JSON: ``tokens`` per ``day`` raised to ``--override-tokens`` (2,000;
 the tier's cap is 1,000), no expiry. The audit stream entry of the admin RPC is not written.
+A dry run for the first and the last overridden subject must answer that cap. Before the
+large cell of the next round they are deleted again.
 
 Then the three cells (``--concurrency``, default 32), ``--rounds`` interleaved (median), and a
 markdown report: req/s, p50, p99, server and Redis CPU, the memory of the prefill, the
@@ -324,6 +328,22 @@ def prefill(url: str, template: Sequence[TemplateKey], subjects: int) -> dict[st
     }
 
 
+def check_overrides(server: Server, large: int, overrides: int, cap: int) -> None:
+    """A dry run for the first and the last overridden subject answers the override's cap."""
+    subjects = overridden_subjects(large, overrides)
+    with grpc.insecure_channel(server.target) as channel:
+        stub = quota_pb2_grpc.QuotaServiceStub(channel)
+        for i in {subjects[0], subjects[-1]}:
+            reply = stub.CheckAndReserve(_request(0, 1, 1.0, "", True, subject=i), timeout=5.0)
+            caps = [
+                limit.max
+                for limit in reply.limits
+                if limit.metric == OVERRIDE_METRIC and limit.window == OVERRIDE_WINDOW.value
+            ]
+            if cap not in caps:
+                raise BenchError(f"{SUBJECT_PREFIX}{i}: the service answers {OVERRIDE_METRIC} caps {caps}, not {cap}")
+
+
 def settle(server: Server, timeout: float = SETTLE_TIMEOUT) -> float:
     """Wait until the server's CPU falls under SETTLE_CPU_PCT over 0.5 s (it hears one config
     message per override written); returns the seconds waited."""
@@ -558,7 +578,7 @@ def bench(args: argparse.Namespace) -> int:
             loads.setdefault(f"prefill-{pool}", load)
             _progress(
                 f"bench.flat: prefilled {subjects:,} subjects in {load['seconds']:.1f} s "
-                f"({load['used_memory_bytes'] / 2**20:,.0f} MiB used by Redis)"
+                f"(+{load['bytes'] / 2**20:,.1f} MiB of Redis used_memory)"
             )
 
         load_pool("large")
@@ -575,6 +595,7 @@ def bench(args: argparse.Namespace) -> int:
                     load["bytes"] = used_memory(url) - before
                     load["bytes_per_override"] = load["bytes"] / args.overrides
                     load["settle_seconds"] = settle(servers["large"])
+                    check_overrides(servers["large"], args.large, args.overrides, args.override_tokens)
                     loads.setdefault("overrides", load)
                     _progress(f"bench.flat: {args.overrides:,} overrides written in {load['seconds']:.1f} s")
                 server = servers["small" if name == "small" else "large"]
