@@ -29,7 +29,9 @@ A dry run for the first and the last overridden subject must answer that cap. Be
 large cell of the next round they are deleted again.
 
 Then the three cells (``--concurrency``, default 32), ``--rounds`` interleaved (median), and a
-markdown report: req/s, p50, p99, server and Redis CPU, the memory of the prefill, the
+markdown report: req/s, p50, p99, server and Redis CPU, Redis ``EVALSHA`` and ``HGETALL``
+calls per request over the window (``INFO commandstats``, which also counts the commands run
+inside scripts: an ``HGETALL`` is ``config_get.lua`` reading ``o:{S}``), the memory of the prefill, the
 ratios large/small and overrides/none, and the targets (each within +-10 %: MET or NOT MET;
 never enforced). Exit status: 0, 1 when some answer was neither ALLOW nor WARN, 2 when a
 server did not start, 130 on Ctrl-C.
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
 import shutil
 import statistics
@@ -299,6 +302,17 @@ def remove_overrides(url: str, large: int, overrides: int) -> None:
     pipelined(url, commands())
 
 
+def command_calls(url: str) -> Counter[str]:
+    """Redis' ``INFO commandstats`` calls per command (since its start)."""
+    with redis.Redis.from_url(url) as client:
+        stats = client.info("commandstats")
+    return Counter({name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()})
+
+
+def sample_calls(samples: dict[str, Counter[str]], url: str, when: str) -> None:
+    samples[when] = command_calls(url)
+
+
 def used_memory(url: str) -> int:
     with redis.Redis.from_url(url) as client:
         return int(client.info("memory")["used_memory"])
@@ -387,7 +401,16 @@ def summarize(cells: list[dict[str, Any]], concurrencies: Sequence[int]) -> dict
             deny = outcomes.get("DENY", 0)
             summary.setdefault(name, {})[str(c)] = {
                 key: statistics.median(cell[key] for cell in runs)
-                for key in ("rps", "p50_ms", "p99_ms", "server_cpu_pct", "redis_cpu_pct", "client_cpu_pct")
+                for key in (
+                    "rps",
+                    "p50_ms",
+                    "p99_ms",
+                    "server_cpu_pct",
+                    "redis_cpu_pct",
+                    "client_cpu_pct",
+                    "hgetall_per_request",
+                    "evalsha_per_request",
+                )
             } | {
                 "rounds": len(runs),
                 "ok": ok,
@@ -457,14 +480,15 @@ def render(
     lines += [
         "",
         "| cell | concurrency | req/s | p50 ms | p99 ms | server CPU % | redis CPU % | client CPU % "
-        "| ALLOW+WARN | DENY | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| EVALSHA per call | HGETALL per call | ALLOW+WARN | DENY | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in CELLS:
         for c, cell in summary.get(name, {}).items():
             lines.append(
                 f"| {cell_label(name, args)} | {c} | {cell['rps']:.0f} | {cell['p50_ms']:.2f} | {cell['p99_ms']:.2f} "
                 f"| {cell['server_cpu_pct']:.0f} | {cell['redis_cpu_pct']:.0f} | {cell['client_cpu_pct']:.0f} "
+                f"| {cell['evalsha_per_request']:.2f} | {cell['hgetall_per_request']:.2f} "
                 f"| {cell['ok']} | {cell['deny']} | {cell['errors']} |"
             )
     names = {"small": f"{args.small:,}", "large": f"{args.large:,}", "overrides": f"{args.overrides:,}"}
@@ -600,6 +624,7 @@ def bench(args: argparse.Namespace) -> int:
                     _progress(f"bench.flat: {args.overrides:,} overrides written in {load['seconds']:.1f} s")
                 server = servers["small" if name == "small" else "large"]
                 for c in args.concurrency:
+                    samples: dict[str, Counter[str]] = {}
                     cell = run_cell(
                         children,
                         server,
@@ -610,7 +635,14 @@ def bench(args: argparse.Namespace) -> int:
                         subjects=args.small if name == "small" else args.large,
                         pick="random",
                         pool=name,
+                        on_window=functools.partial(sample_calls, samples, url),
                     )
+                    completed = max(cell["rps"] * args.duration, 1.0)
+                    delta = samples.get("end", Counter()) - samples.get("start", Counter())
+                    delta["info"] -= 1  # the sample's own
+                    cell["hgetall_per_request"] = delta.get("hgetall", 0) / completed
+                    cell["evalsha_per_request"] = delta.get("evalsha", 0) / completed
+                    cell["redis_commands"] = dict(sorted((k, n) for k, n in delta.items() if n > 0))
                     cell["cell"] = name
                     cell["round"] = round_no
                     cells.append(cell)

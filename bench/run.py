@@ -313,10 +313,12 @@ def run_cell(
     pinned: bool = False,
     subjects: int | None = None,
     pick: str | None = None,
+    on_window: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """One load-generator process against one server; server and Redis CPU sampled over the
     measured window only. ``pinned``: the load generator runs under ``taskset -c 0``.
-    ``subjects`` and ``pick`` default to those of ``pool`` (a name of :data:`POOLS`)."""
+    ``subjects`` and ``pick`` default to those of ``pool`` (a name of :data:`POOLS`).
+    ``on_window("start" | "end")`` is called as the measured window opens and closes."""
     if subjects is None:
         subjects = args.pool_sizes[pool]
     if pick is None:
@@ -361,8 +363,12 @@ def run_cell(
             line = raw.decode().strip()
             if line == "window-start":
                 probe.start()
+                if on_window is not None:
+                    on_window("start")
             elif line == "window-end":
                 cpu = probe.percent()
+                if on_window is not None:
+                    on_window("end")
             elif line.startswith("{"):
                 report_line = line
         process.wait()

@@ -64,6 +64,7 @@ def test_bench_flat_prints_a_complete_table(tmp_path: Path) -> None:
         median = document["median"][cell]["32"]
         assert median["rps"] > 0 and median["rounds"] == 2
         assert median["deny"] == 0 and median["errors"] == 0, median
+        assert median["evalsha_per_request"] > 0, median
     assert set(document["ratios"]) >= {"large_over_small:rps", "overrides_over_none:rps"}
     assert [t["ratio"] for t in document["targets"]] == ["large_over_small", "overrides_over_none"]
     assert all(isinstance(t["met"], bool) for t in document["targets"])
