@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test proto sync-client lint bench check-policy clean
+.PHONY: run test proto sync-client lint bench bench-flat check-policy clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run $(ARGS)
+
+## Flat cost (issue 8): 1,000 vs 1,000,000 subjects, 0 vs 100,000 overrides (needs ~2.5 GB for Redis).
+bench-flat: $(STAMP)
+	$(BIN)/python -m bench.flat $(ARGS)
 
 check-policy: $(STAMP)
 	$(BIN)/quota-service check-policy policies

@@ -213,8 +213,13 @@ def start_redis(children: Children) -> tuple[subprocess.Popen[bytes], str]:
     raise BenchError(f"redis-server did not start:\n{children.log_tail('redis')}")
 
 
-def start_server(children: Children, system: str, redis_url: str, policies: Path, channels: int = 1) -> Server:
-    port_file = children.workdir / f"{system}.port"
+def start_server(
+    children: Children, system: str, redis_url: str, policies: Path, channels: int = 1, name: str = ""
+) -> Server:
+    """Start ``system`` (a name of :data:`SYSTEMS`); ``name`` (default: ``system``) names its
+    log and port file, so one system may run twice."""
+    name = name or system
+    port_file = children.workdir / f"{name}.port"
     if system in ("quota", "quota2"):
         args = [
             sys.executable,
@@ -244,10 +249,10 @@ def start_server(children: Children, system: str, redis_url: str, policies: Path
         steps = "2" if system == "design2" else "1"
         args = [sys.executable, "-m", "bench.servers", "--mode", "design", "--steps", steps]
         args += ["--redis-url", redis_url, "--port-file", str(port_file)]
-    process = children.spawn(system, args)
-    port = _wait_port(children, system, process, port_file)
+    process = children.spawn(name, args)
+    port = _wait_port(children, name, process, port_file)
     _wait_ready(f"127.0.0.1:{port}")
-    return Server(system, process, port)
+    return Server(name, process, port)
 
 
 # -- measurement ---------------------------------------------------------------------------
@@ -306,10 +311,18 @@ def run_cell(
     prime: bool,
     pool: str = "hot",
     pinned: bool = False,
+    subjects: int | None = None,
+    pick: str | None = None,
+    on_window: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """One load-generator process against one server; server and Redis CPU sampled over the
-    measured window only. ``pinned``: the load generator runs under ``taskset -c 0``."""
-    pick, subjects = POOLS[pool][0], args.pool_sizes[pool]
+    measured window only. ``pinned``: the load generator runs under ``taskset -c 0``.
+    ``subjects`` and ``pick`` default to those of ``pool`` (a name of :data:`POOLS`).
+    ``on_window("start" | "end")`` is called as the measured window opens and closes."""
+    if subjects is None:
+        subjects = args.pool_sizes[pool]
+    if pick is None:
+        pick = POOLS[pool][0]
     command = [
         *(["taskset", "-c", "0"] if pinned else []),
         sys.executable,
@@ -350,8 +363,12 @@ def run_cell(
             line = raw.decode().strip()
             if line == "window-start":
                 probe.start()
+                if on_window is not None:
+                    on_window("start")
             elif line == "window-end":
                 cpu = probe.percent()
+                if on_window is not None:
+                    on_window("end")
             elif line.startswith("{"):
                 report_line = line
         process.wait()
