@@ -75,6 +75,7 @@ RENAMES: dict[str, str] = {
     # _common: asyncio.sleep / time.sleep, coroutine hooks, what guard() decorates
     "async_sleep": "sleep",
     "async_call_warning_hook": "call_warning_hook",
+    "async_despite_cancel": "despite_cancel",
     "check_async_guarded": "check_guarded",
     "AsyncProviderCall": "ProviderCall",
     "AsyncGuardedCall": "GuardedCall",

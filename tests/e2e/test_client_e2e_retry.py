@@ -5,6 +5,7 @@ committed. The retry carries the same ``request_id`` and must get the replay."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -154,3 +155,33 @@ async def test_async_deadline_exceeded_after_the_server_reserved_is_counted_once
         await r.commit(tokens=120)
     assert proxy.forwarded.count(CHECK) == 2
     assert tokens_and_reservations(quota_server.redis_url, subject)[:2] == (120, 0)
+
+
+async def test_async_cancelled_while_the_reserve_is_in_flight_releases_what_it_reserved(
+    quota_server: ServerProcess, proxy_factory: Callable[..., FlakyProxy]
+) -> None:
+    """The server reserved; its answer is held back by the proxy; the caller is cancelled
+    meanwhile. The guard never opened, yet nothing stays held: the call is let finish and
+    its reservation released before the CancelledError goes on."""
+    proxy = proxy_factory(method=CHECK, mode="delay", delay=0.3)
+    subject = f"e2e-cancel-{uuid.uuid4().hex[:12]}"
+    entered = asyncio.Event()
+    async with AsyncQuotaClient(proxy.target, attempt_timeout=2.0, deadline=5.0) as client:
+
+        async def call() -> None:
+            async with client.reserve(subject, "blog_writer", tokens=300, **CHAT):
+                entered.set()
+
+        task = asyncio.create_task(call())
+        for _ in range(200):  # until the server holds it (the answer is still on its way)
+            await asyncio.sleep(0.01)
+            with redis.Redis.from_url(quota_server.redis_url, decode_responses=True) as r:
+                if list(r.scan_iter(match=f"q:{{{subject}}}:tokens:day:*")):
+                    break
+        assert tokens_and_reservations(quota_server.redis_url, subject)[1] == 300
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert not entered.is_set()
+    assert proxy.forwarded.count(CHECK) == 1 and "/quota.v1.QuotaService/Release" in proxy.forwarded
+    assert tokens_and_reservations(quota_server.redis_url, subject)[:2] == (0, 0)

@@ -328,6 +328,31 @@ def call_warning_hook(hook: WarningHook, warning: QuotaWarning) -> None:
     hook(warning)
 
 
+async def async_despite_cancel(call: Callable[[], Awaitable[T]], give_back: Callable[[T], Awaitable[None]]) -> T:
+    """``await call()``, which runs to its end even if the caller is cancelled meanwhile.
+
+    A CheckAndReserve whose caller is cancelled while it is in flight may already have
+    reserved on the service: abandoning it would leave the reservation held until its TTL.
+    So the call goes on (shielded); once it answers, ``give_back(result)`` hands back what
+    it made, and the cancellation goes on (the caller's ``CancelledError`` is re-raised)."""
+    task = asyncio.ensure_future(call())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        try:
+            result = await task
+        except Exception:  # the call failed: nothing was made that needs giving back
+            raise asyncio.CancelledError() from None
+        await give_back(result)
+        raise
+
+
+def despite_cancel(call: Callable[[], T], give_back: Callable[[T], None]) -> T:
+    """The sync twin of :func:`async_despite_cancel`: a blocking call is never cancelled."""
+    del give_back
+    return call()
+
+
 def check_async_guarded(func: Callable[..., object]) -> None:
     """``AsyncQuotaClient.guard`` wraps ``async def`` functions only."""
     if not inspect.iscoroutinefunction(func):

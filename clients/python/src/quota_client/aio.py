@@ -353,14 +353,19 @@ class AsyncReservation(ReservationBase):
     async def __aenter__(self) -> AsyncReservation:
         if self._state is not State.NEW:
             raise QuotaUsageError("a reservation guard can be entered once")
-        result = await self._client.check_and_reserve(
-            self.subject,
-            self.feature,
-            provider=self.provider,
-            model=self.model,
-            usage=self.estimate,
-            request_id=self.request_id,
-            ttl_seconds=self.ttl_seconds,
+        # Cancelled while the call is in flight: it may have reserved already; it is let
+        # finish and what it reserved is released before the cancellation goes on.
+        result = await _common.async_despite_cancel(
+            lambda: self._client.check_and_reserve(
+                self.subject,
+                self.feature,
+                provider=self.provider,
+                model=self.model,
+                usage=self.estimate,
+                request_id=self.request_id,
+                ttl_seconds=self.ttl_seconds,
+            ),
+            self._give_back,
         )
         if not result.allowed:
             self._result = result
@@ -379,6 +384,14 @@ class AsyncReservation(ReservationBase):
                 await self._settle_on_error()
                 raise
         return self
+
+    async def _give_back(self, result: CheckResult) -> None:
+        """Release what a CheckAndReserve made for a caller that stopped waiting for it."""
+        if result.reservation_id and not result.unverified:
+            try:
+                await self._client.release(result.reservation_id)
+            except Exception as err:
+                log_settle_failure("release", self, err)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

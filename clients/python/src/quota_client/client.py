@@ -348,14 +348,19 @@ class Reservation(ReservationBase):
     def __enter__(self) -> Reservation:
         if self._state is not State.NEW:
             raise QuotaUsageError("a reservation guard can be entered once")
-        result = self._client.check_and_reserve(
-            self.subject,
-            self.feature,
-            provider=self.provider,
-            model=self.model,
-            usage=self.estimate,
-            request_id=self.request_id,
-            ttl_seconds=self.ttl_seconds,
+        # Cancelled while the call is in flight: it may have reserved already; it is let
+        # finish and what it reserved is released before the cancellation goes on.
+        result = _common.despite_cancel(
+            lambda: self._client.check_and_reserve(
+                self.subject,
+                self.feature,
+                provider=self.provider,
+                model=self.model,
+                usage=self.estimate,
+                request_id=self.request_id,
+                ttl_seconds=self.ttl_seconds,
+            ),
+            self._give_back,
         )
         if not result.allowed:
             self._result = result
@@ -374,6 +379,14 @@ class Reservation(ReservationBase):
                 self._settle_on_error()
                 raise
         return self
+
+    def _give_back(self, result: CheckResult) -> None:
+        """Release what a CheckAndReserve made for a caller that stopped waiting for it."""
+        if result.reservation_id and not result.unverified:
+            try:
+                self._client.release(result.reservation_id)
+            except Exception as err:
+                log_settle_failure("release", self, err)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
