@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
 from quota.v1 import admin_pb2, quota_pb2
-from quota_service.policy.compiled import LimitKind
+from quota_service.policy.compiled import Limit, LimitKind
 from quota_service.policy.domain import GLOBAL_SCOPE, Decision, Reason
 from quota_service.policy.engine import LimitReport
 from quota_service.policy.units import from_units
@@ -29,23 +30,60 @@ KIND = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class _LimitFields:
+    """What a LimitStatus says of its limit alone (the same for every request it judges)."""
+
+    limit: Limit
+    window: str
+    max: float
+    kind: quota_pb2.LimitKind.ValueType
+    warn_at: float
+    block_at: float
+
+
+#: id(limit) -> its fields, for the limits of the policies in use (bounded: a reload
+#: brings new limit objects; the table is cleared when it grows past this).
+_LIMIT_FIELDS: dict[int, _LimitFields] = {}
+_LIMIT_FIELDS_MAX = 4096
+
+
+def _limit_fields(limit: Limit) -> _LimitFields:
+    fields = _LIMIT_FIELDS.get(id(limit))
+    if fields is None or fields.limit is not limit:  # a new limit (an id may be reused)
+        thresholds = limit.thresholds
+        fields = _LimitFields(
+            limit=limit,
+            window=limit.window.value,
+            max=from_units(limit.metric, limit.max_units),
+            kind=KIND[limit.kind],
+            warn_at=float(thresholds.warn_at) if thresholds else 0.0,
+            block_at=float(thresholds.block_at) if thresholds else 1.0,
+        )
+        if len(_LIMIT_FIELDS) >= _LIMIT_FIELDS_MAX:
+            _LIMIT_FIELDS.clear()
+        _LIMIT_FIELDS[id(limit)] = fields
+    return fields
+
+
 def limit_status(report: LimitReport) -> quota_pb2.LimitStatus:
     limit = report.limit
     metric = limit.metric
-    thresholds = limit.thresholds
+    fields = _limit_fields(limit)
+    used, held = report.used, report.held
     return quota_pb2.LimitStatus(
         metric=metric,
-        window=limit.window.value,
-        used=from_units(metric, report.used),
-        held=from_units(metric, report.held),
-        max=from_units(metric, limit.max_units),
-        remaining=from_units(metric, report.remaining),
+        window=fields.window,
+        used=from_units(metric, used),
+        held=from_units(metric, held),
+        max=fields.max,
+        remaining=from_units(metric, max(0, limit.max_units - used - held)),  # LimitReport.remaining
         ratio=report.ratio,
         resets_at=report.ref.resets_at,
-        kind=KIND[limit.kind],
+        kind=fields.kind,
         decision=DECISION[report.decision],
-        warn_at=float(thresholds.warn_at) if thresholds else 0.0,
-        block_at=float(thresholds.block_at) if thresholds else 1.0,
+        warn_at=fields.warn_at,
+        block_at=fields.block_at,
     )
 
 
