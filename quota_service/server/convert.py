@@ -37,7 +37,7 @@ class _LimitFields:
     limit: Limit
     window: str
     max: float
-    kind: quota_pb2.LimitKind.ValueType
+    kind: quota_pb2.LimitKind
     warn_at: float
     block_at: float
 
