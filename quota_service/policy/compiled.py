@@ -183,7 +183,7 @@ class CompiledPolicy:
     reservation_ttl_seconds: int
     on_store_error: StoreErrorMode
     thresholds: Thresholds
-    notifications: Notifications = Notifications()
+    notifications: Notifications = field(default_factory=Notifications)
     ledger_retention_days: int = 0  # 0: events are kept for ever
 
     def tier_for(self, assigned: str | None) -> Tier | None:
