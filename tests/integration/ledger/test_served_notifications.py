@@ -251,3 +251,28 @@ def test_a_missing_or_bad_secret_is_a_policy_error_naming_the_webhook_and_the_va
         live.reload()
     assert live.current.notifications.webhooks[0].secret_env == "HOOK_KEY"
     assert SECRET not in live.status().last_error
+
+
+async def test_retention_removes_events_older_than_the_policy_says(ledger: Ledger, tmp_path: Path) -> None:
+    path = policy_with(tmp_path, "ledger_retention_days: 30\n")
+    policy = LivePolicy(path, loader=checked_loader(ENV))
+    served = Notifications(ledger=ledger, policy=policy, environ=ENV)
+    day_ms = 86_400_000
+    now_ms = int(SystemClock().now().timestamp() * 1000)
+    old = Event(
+        id=new_event_id(EventKind.ADMIN_CHANGE, now_ms - 31 * day_ms),
+        kind=EventKind.ADMIN_CHANGE,
+        at_ms=now_ms - 31 * day_ms,
+    )
+    recent = [
+        Event(
+            id=new_event_id(EventKind.ADMIN_CHANGE, now_ms - n * day_ms),
+            kind=EventKind.ADMIN_CHANGE,
+            at_ms=now_ms - n * day_ms,
+        )
+        for n in (29, 1)
+    ]
+    await ledger.insert([old, *recent])
+    assert await served.retention_pass() == 1
+    kept, _ = await ledger.list_events()
+    assert [e.id for e in kept] == [e.id for e in recent]
