@@ -568,14 +568,14 @@ def _event_filters(args: argparse.Namespace) -> tuple[str, list[int]]:
     return args.subject, sorted(set(args.kinds or ()))
 
 
-def _list_events(remote: Remote, args: argparse.Namespace, printer: EventPrinter) -> None:
+def _list_events(remote: Remote, args: argparse.Namespace, printer: EventPrinter, *, since_ms: int = -1) -> None:
     subject, kinds = _event_filters(args)
     token = ""
     while True:
         request = events_pb2.ListEventsRequest(
             subject=subject,
             kinds=kinds,  # type: ignore[arg-type]
-            since_ms=args.since,
+            since_ms=args.since if since_ms < 0 else since_ms,
             until_ms=args.until,
             page_size=1000,
             page_token=token,
@@ -634,6 +634,7 @@ def cmd_events(remote: Remote, args: argparse.Namespace) -> Outcome:
         return Outcome(events_pb2.ListEventsResponse(), "", printed=True)
     # The tail first, then the history: whatever is stored meanwhile is in one or the other
     # (or both: printed once), so nothing falls between them.
+    started_ms = int(time.time() * 1000)
     stream = _watch(remote, args, "")
     _wait_started(stream, remote.timeout)
     if not args.until:
@@ -641,6 +642,14 @@ def cmd_events(remote: Remote, args: argparse.Namespace) -> Outcome:
     failures = 0
     while True:
         try:
+            if stream is None:
+                if printer.last_id:  # resume right after the last event printed
+                    stream = _watch(remote, args, printer.last_id)
+                else:  # nothing printed yet: tail from now, and list what came since the start
+                    stream = _watch(remote, args, "")
+                    _wait_started(stream, remote.timeout)
+                    if not args.until:
+                        _list_events(remote, args, printer, since_ms=max(args.since, started_ms - 1000))
             for event in stream:
                 failures = 0
                 if args.until and event.at_ms >= args.until:
@@ -649,7 +658,7 @@ def cmd_events(remote: Remote, args: argparse.Namespace) -> Outcome:
             return Outcome(events_pb2.ListEventsResponse(), "", printed=True)  # the server ended the stream
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-            if code not in FOLLOW_RETRY_CODES:
+            if code not in FOLLOW_RETRY_CODES and code != grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise
             delay = FOLLOW_BACKOFF[min(failures, len(FOLLOW_BACKOFF) - 1)]
             failures += 1
@@ -658,7 +667,7 @@ def cmd_events(remote: Remote, args: argparse.Namespace) -> Outcome:
                 file=sys.stderr,
             )
             time.sleep(delay)
-            stream = _watch(remote, args, printer.last_id)
+            stream = None
 
 
 def parse_time(text: str) -> int:
