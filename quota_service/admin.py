@@ -11,6 +11,9 @@ Guarantees:
   fingerprint, never the credential), when (unix ms), what, before, after (JSON) and why.
   The change is made first; an audit entry that cannot be written is logged as an error
   with the whole entry (and every entry is also written to the server log), the change stands.
+  Each entry (stored or not) is then handed to the ``audit_sink``, if any: ``serve`` turns
+  every entry into one ADMIN_CHANGE or STOP_CHANGED event in the ledger
+  (:mod:`quota_service.ledger.admin_events`, :mod:`quota_service.server.audit_relay`).
 * After every write to a subject's config, this replica's config cache forgets the subject,
   so its next request sees the change; every other replica forgets it when the write's
   notice reaches it (``config_write.lua`` publishes it; the stop watcher follows the
@@ -33,7 +36,8 @@ import enum
 import json
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
@@ -356,11 +360,15 @@ class Admin:
         store: AdminStore,
         stops: StopRefresher | None = None,
         clock: Clock | None = None,
+        audit_sink: Callable[[AuditRecord], None] | None = None,
     ) -> None:
         self.quotas = quotas
         self.store = store
         self.stops = stops
         self.clock = clock or quotas.clock
+        #: Told of every audit entry after it is appended (``entry_id`` ``""``: it could not
+        #: be stored). Must not block: it schedules its work (the event relay's wake-up).
+        self.audit_sink = audit_sink
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -402,9 +410,14 @@ class Admin:
             record.reason or "-",
         )
         try:
-            await self.store.append_audit(record)
+            record = replace(record, entry_id=await self.store.append_audit(record))
         except (StoreUnavailable, StoreDataError) as exc:
             log.error("audit entry NOT stored (%s); the change stands: %s", exc, record)
+        if self.audit_sink is not None:
+            try:
+                self.audit_sink(record)
+            except Exception:  # the change stands whatever the sink does
+                log.exception("the audit sink failed on %s", record)
 
     async def list_audit(self, *, limit: int = 0, subject: str = "") -> list[AuditRecord]:
         """The newest ``limit`` entries (0: 50, at most 1000), newest first; only those about

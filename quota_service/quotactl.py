@@ -19,18 +19,24 @@ operator's terminal. ``--json`` output is exact (and printable ASCII: JSON escap
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TextIO, TypeVar
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from quota.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc
+from quota.v1 import admin_pb2, admin_pb2_grpc, events_pb2, quota_pb2, quota_pb2_grpc
 from quota_service import quotactl_format as fmt
 from quota_service.escaping import visible
 
@@ -104,6 +110,7 @@ class Outcome:
     text: str
     exit_code: int = EXIT_OK
     problem: str = ""
+    printed: bool = False  # the command printed its answer itself (events: as it arrives)
 
 
 class Remote:
@@ -393,6 +400,310 @@ def cmd_audit(remote: Remote, args: argparse.Namespace) -> Outcome:
     return Outcome(reply, fmt.table(["AT (UTC)", "ACTOR", "ACTION", "TARGET", "REASON", "CHANGE"], rows))
 
 
+def cmd_webhooks(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """Webhook delivery state: each webhook with its pending, delivered and dead (given up)
+    deliveries, then the latest deliveries (newest first; --state pending|delivered|dead,
+    --webhook NAME), with their attempts, next attempt and last error."""
+    request = events_pb2.ListWebhooksRequest(webhook=args.webhook, state=args.state, limit=args.limit)
+    reply = remote.call(remote.admin.ListWebhooks, request)
+    if not reply.webhooks:
+        return Outcome(reply, "no webhooks (the policy's notifications.webhooks is empty)")
+    names = {w.id: w.name or w.id for w in reply.webhooks}
+    hooks = [
+        [
+            w.name or "-",
+            w.id,
+            w.url or "(no longer in the policy)",
+            ",".join(events_pb2.EventKind.Name(k) for k in w.kinds) or "every kind",
+            ",".join(w.tiers) or "every tier",
+            fmt.count(w.pending),
+            fmt.count(w.delivered),
+            fmt.count(w.dead),
+        ]
+        for w in reply.webhooks
+    ]
+    text = fmt.table(["NAME", "ID", "URL", "KINDS", "TIERS", "PENDING", "DELIVERED", "DEAD"], hooks, right=(5, 6, 7))
+    if reply.deliveries:
+        rows = [
+            [
+                fmt.timestamp_ms(d.updated_at_ms),
+                names.get(d.webhook_id, d.webhook_id),
+                d.event_id,
+                d.state,
+                str(d.attempts),
+                fmt.timestamp_ms(d.next_attempt_at_ms) if d.state == "pending" else "-",
+                str(d.last_status) if d.last_status else "-",
+                d.last_error or "-",
+            ]
+            for d in reply.deliveries
+        ]
+        headers = ["UPDATED (UTC)", "WEBHOOK", "EVENT", "STATE", "ATTEMPTS", "NEXT ATTEMPT", "STATUS", "LAST ERROR"]
+        text += "\n\n" + fmt.table(headers, rows, right=(4,))
+    else:
+        text += "\n\nno deliveries" + (f" in state {args.state}" if args.state else "")
+    return Outcome(reply, text)
+
+
+EVENT_FORMATS = ("table", "jsonl", "csv")
+#: Waits between reconnects of ``events --follow`` (seconds), the last one repeated.
+FOLLOW_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
+#: Event ids remembered by ``events --follow`` to drop the overlap of a resumed stream.
+FOLLOW_SEEN = 100_000
+#: A dropped stream is resumed on these codes; any other ends the command.
+FOLLOW_RETRY_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
+)
+
+
+def event_json(event: events_pb2.Event) -> str:
+    """One event as one line of compact proto3 JSON (field names as in the .proto, keys sorted)."""
+    data = json_format.MessageToDict(event, preserving_proto_field_name=True)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def event_cells(event: events_pb2.Event) -> list[str]:
+    return [
+        fmt.timestamp_ms(event.at_ms),
+        events_pb2.EventKind.Name(event.kind) if event.kind in events_pb2.EventKind.values() else str(event.kind),
+        event.subject or "-",
+        event.tier or "-",
+        fmt.event_what(event.feature, event.provider, event.model),
+        fmt.money(event.cost_usd) if event.cost_usd else "-",
+        event.actor or "-",
+        fmt.event_detail(
+            events_pb2.EventKind.Name(event.kind) if event.kind in events_pb2.EventKind.values() else "",
+            event.detail,
+            quota_pb2.Reason.Name(event.reason) if event.reason in quota_pb2.Reason.values() else "",
+            event.limit.metric if event.HasField("limit") else "",
+            event.limit.window if event.HasField("limit") else "",
+        ),
+    ]
+
+
+def _amounts(values: Mapping[str, float]) -> str:
+    return json.dumps(dict(values), sort_keys=True, separators=(",", ":")) if values else ""
+
+
+def event_csv_row(event: events_pb2.Event) -> list[str]:
+    def name(enum: Any, value: int) -> str:
+        return str(enum.Name(value)) if value and value in enum.values() else ""
+
+    return [
+        event.id,
+        name(events_pb2.EventKind, event.kind),
+        fmt.timestamp_ms(event.at_ms, zero=""),
+        str(event.at_ms),
+        event.subject,
+        event.tier,
+        event.feature,
+        event.provider,
+        event.model,
+        event.request_id,
+        event.reservation_id,
+        _amounts(event.estimate),
+        _amounts(event.actual),
+        repr(event.cost_usd) if event.cost_usd else "0",
+        name(quota_pb2.Decision, event.decision),
+        name(quota_pb2.Reason, event.reason),
+        name(events_pb2.Threshold, event.threshold),
+        event.policy_version,
+        event.actor,
+        event.detail,
+    ]
+
+
+class EventPrinter:
+    """Prints events as they come, in one of :data:`EVENT_FORMATS`; remembers what it printed
+    (the last :data:`FOLLOW_SEEN` ids) so a resumed stream's overlap is not printed twice."""
+
+    def __init__(self, form: str, *, follow: bool, out: TextIO | None = None) -> None:
+        self.form = form
+        self.follow = follow
+        self.out = out or sys.stdout
+        self.count = 0
+        self.last_id = ""
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._rows: list[list[str]] = []
+        self._csv = csv.writer(self.out, lineterminator="\n") if form == "csv" else None
+        if self._csv is not None:
+            self._csv.writerow(fmt.EVENT_CSV_HEADERS)
+        elif form == "table" and follow:
+            self._line(fmt.follow_row(fmt.EVENT_TABLE_HEADERS))
+
+    def _line(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def seen(self, event_id: str) -> bool:
+        return event_id in self._seen
+
+    def add(self, event: events_pb2.Event) -> None:
+        if event.id in self._seen:
+            return
+        self._seen[event.id] = None
+        if len(self._seen) > FOLLOW_SEEN:
+            self._seen.popitem(last=False)
+        self.count += 1
+        self.last_id = event.id
+        if self.form == "jsonl":
+            self._line(event_json(event))
+        elif self._csv is not None:
+            self._csv.writerow([visible(cell) for cell in event_csv_row(event)])
+            self.out.flush()
+        elif self.follow:
+            self._line(fmt.follow_row(event_cells(event)))
+        else:
+            self._rows.append(event_cells(event))
+
+    def finish(self) -> None:
+        """A table without --follow is printed at the end, aligned."""
+        if self.form == "table" and not self.follow:
+            if self._rows:
+                self._line(fmt.table(list(fmt.EVENT_TABLE_HEADERS), self._rows, right=(5,)))
+            else:
+                self._line("no events")
+
+
+def _event_filters(args: argparse.Namespace) -> tuple[str, list[int]]:
+    return args.subject, sorted(set(args.kinds or ()))
+
+
+def _list_events(remote: Remote, args: argparse.Namespace, printer: EventPrinter, *, since_ms: int = -1) -> None:
+    subject, kinds = _event_filters(args)
+    token = ""
+    while True:
+        request = events_pb2.ListEventsRequest(
+            subject=subject,
+            kinds=kinds,  # type: ignore[arg-type]
+            since_ms=args.since if since_ms < 0 else since_ms,
+            until_ms=args.until,
+            page_size=1000,
+            page_token=token,
+        )
+        reply = remote.call(remote.admin.ListEvents, request)
+        for event in reply.events:
+            printer.add(event)
+        token = reply.next_page_token
+        if not token:
+            return
+
+
+def _watch(remote: Remote, args: argparse.Namespace, after_id: str) -> Any:
+    subject, kinds = _event_filters(args)
+    request = events_pb2.WatchEventsRequest(subject=subject, kinds=kinds, after_id=after_id)  # type: ignore[arg-type]
+    return remote.admin.WatchEvents(request, metadata=remote.metadata)
+
+
+def _wait_started(stream: Any, timeout: float) -> None:
+    """Until the server says the tail's starting point is fixed (initial metadata)."""
+    waiter = threading.Thread(target=stream.initial_metadata, daemon=True)
+    waiter.start()
+    waiter.join(timeout)
+    if waiter.is_alive():
+        stream.cancel()
+        raise_deadline()
+
+
+def raise_deadline() -> None:
+    raise FollowFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "the event stream did not start in time")
+
+
+class FollowFailed(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def cmd_events(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """The event feed (usage records, threshold crossings, stops, admin changes), oldest
+    first, filtered by --subject, --kind (repeatable), --since and --until (ISO-8601 UTC, a
+    date, or a duration ago such as 90m, 2h, 7d). --follow: then every new event as it is
+    stored, resuming after the last event seen when the stream drops (no gap, no duplicate),
+    until interrupted. --format table (default), jsonl (one proto3 JSON object per line) or csv."""
+    form = "jsonl" if args.json else args.format
+    printer = EventPrinter(form, follow=args.follow)
+    if not args.follow:
+        _list_events(remote, args, printer)
+        printer.finish()
+        return Outcome(events_pb2.ListEventsResponse(), "", printed=True)
+    # The tail first, then the history: whatever is stored meanwhile is in one or the other
+    # (or both: printed once), so nothing falls between them.
+    started_ms = int(time.time() * 1000)
+    stream = _watch(remote, args, "")
+    _wait_started(stream, remote.timeout)
+    if not args.until:
+        _list_events(remote, args, printer)
+    failures = 0
+    while True:
+        try:
+            if stream is None:
+                if printer.last_id:  # resume right after the last event printed
+                    stream = _watch(remote, args, printer.last_id)
+                else:  # nothing printed yet: tail from now, and list what came since the start
+                    stream = _watch(remote, args, "")
+                    _wait_started(stream, remote.timeout)
+                    if not args.until:
+                        _list_events(remote, args, printer, since_ms=max(args.since, started_ms - 1000))
+            for event in stream:
+                failures = 0
+                if args.until and event.at_ms >= args.until:
+                    continue
+                printer.add(event)
+            return Outcome(events_pb2.ListEventsResponse(), "", printed=True)  # the server ended the stream
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+            if code not in FOLLOW_RETRY_CODES and code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+            delay = FOLLOW_BACKOFF[min(failures, len(FOLLOW_BACKOFF) - 1)]
+            failures += 1
+            print(
+                visible(f"quotactl: the event stream dropped ({code.name}); resuming after {printer.last_id or 'now'}"),
+                file=sys.stderr,
+            )
+            time.sleep(delay)
+            stream = None
+
+
+def parse_time(text: str) -> int:
+    """``--since`` / ``--until``: unix ms of ``2026-11-24T18:00:00Z`` (ISO-8601, UTC unless it
+    says otherwise), ``2026-11-24`` (midnight UTC), or a duration ago (``90m``, ``2h``, ``7d``)."""
+    value = text.strip()
+    try:
+        seconds = fmt.parse_duration(value)
+    except ValueError:
+        pass
+    else:
+        return max(0, int(time.time() * 1000) - seconds * 1000)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {value!r} (ISO-8601 such as 2026-11-24T18:00:00Z, a date, or a duration ago: 90m, 2h, 7d)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0, int(moment.timestamp() * 1000))
+
+
+def parse_kind(text: str) -> list[int]:
+    """``--kind``: EventKind names (any case, with or without EVENT_KIND_), comma-separated."""
+    kinds = []
+    for part in text.split(","):
+        name = part.strip().upper().removeprefix("EVENT_KIND_")
+        known = [k for k, v in events_pb2.EventKind.items() if v]
+        if name not in known:
+            choices = ", ".join(known)
+            raise argparse.ArgumentTypeError(f"unknown event kind {part.strip()!r}; one of: {choices}")
+        kinds.append(events_pb2.EventKind.Value(name))
+    return kinds
+
+
 # --- arguments --------------------------------------------------------------------------
 
 
@@ -575,6 +886,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(commands, "audit", cmd_audit, "the latest admin changes")
     p.add_argument("--limit", type=positive_int, default=20, help="at most this many entries (default 20)")
     p.add_argument("--subject", default="", help="only changes to this subject")
+    p = command(commands, "events", cmd_events, "the event feed: records, thresholds, stops, admin changes")
+    p.add_argument("--subject", default="", help="only this subject's events")
+    p.add_argument(
+        "--kind",
+        dest="kind_lists",
+        type=parse_kind,
+        action="append",
+        default=[],
+        help="only these kinds: COMMITTED, DENIED, THRESHOLD_CROSSED, STOP_CHANGED, ADMIN_CHANGE, ... "
+        "(repeatable, or comma-separated)",
+    )
+    p.add_argument("--since", type=parse_time, default=0, help="from this time: ISO-8601, a date, or 2h (ago)")
+    p.add_argument("--until", type=parse_time, default=0, help="before this time (same forms)")
+    p.add_argument("--follow", "-f", action="store_true", help="then keep printing new events as they are stored")
+    p.add_argument("--format", choices=EVENT_FORMATS, default="table", help="table (default), jsonl or csv")
+    p = command(commands, "webhooks", cmd_webhooks, "webhook delivery state: pending, delivered, dead")
+    p.add_argument("--webhook", default="", help="only this webhook (its name or id)")
+    p.add_argument(
+        "--state", choices=("pending", "delivered", "dead"), default="", help="only deliveries in this state"
+    )
+    p.add_argument("--limit", type=positive_int, default=20, help="deliveries listed, newest first (default 20)")
     return parser
 
 
@@ -587,6 +919,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error("a global stop takes no TARGET")
         if args.scope != admin_pb2.GLOBAL and not args.stop_target:
             parser.error(f"a {scope_name(args.scope)} stop needs a TARGET")
+    if args.handler is cmd_events:
+        args.kinds = [kind for kinds in args.kind_lists for kind in kinds]
+        if args.since and args.until and args.since >= args.until:
+            parser.error("--since must be before --until")
     if not args.target.strip():
         parser.error("--target is empty (HOST:PORT, or env QUOTA_TARGET)")
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -666,7 +1002,9 @@ def run(args: argparse.Namespace) -> int:
         exit_code, message = describe_rpc_error(exc, args)
         print(message, file=sys.stderr)
         return exit_code
-    if args.json:
+    if outcome.printed:
+        pass
+    elif args.json:
         print(to_json(outcome.reply))
     elif outcome.text:
         print(outcome.text)

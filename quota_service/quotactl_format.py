@@ -174,3 +174,70 @@ def fields(pairs: Sequence[tuple[str, str | Sequence[str]]]) -> str:
         lines.append(f"{label.ljust(width)}  {first}".rstrip())
         lines.extend(f"{' ' * (width + 2)}{line}".rstrip() for line in rest)
     return "\n".join(lines)
+
+
+# --- events ------------------------------------------------------------------------------
+
+#: ``quotactl events`` columns (table and CSV headers).
+EVENT_TABLE_HEADERS = ("AT (UTC)", "KIND", "SUBJECT", "TIER", "WHAT", "COST", "ACTOR", "DETAIL")
+EVENT_CSV_HEADERS = (
+    "id",
+    "kind",
+    "at",
+    "at_ms",
+    "subject",
+    "tier",
+    "feature",
+    "provider",
+    "model",
+    "request_id",
+    "reservation_id",
+    "estimate",
+    "actual",
+    "cost_usd",
+    "decision",
+    "reason",
+    "threshold",
+    "policy_version",
+    "actor",
+    "detail",
+)
+#: Column widths of a followed table (rows are printed as they arrive, so they cannot be
+#: aligned on the widest cell): a longer cell widens its row only.
+EVENT_FOLLOW_WIDTHS = (24, 17, 16, 12, 28, 10, 18, 0)
+_DETAIL_CHARS = 120
+
+
+def event_what(feature: str, provider: str, model: str) -> str:
+    """``feature provider/model`` of a usage record, ``-`` when it has none."""
+    target = f"{provider}/{model}" if provider or model else ""
+    return " ".join(part for part in (feature, target) if part) or "-"
+
+
+def event_detail(kind: str, detail: str, reason: str, limit_metric: str, limit_window: str) -> str:
+    """A short text of what an event adds: an admin change as ``Action target: change
+    (reason)``, a stop as ``pulled SCOPE:target (reason)``, else the reason and the limit."""
+    try:
+        data = json.loads(detail) if detail else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and "action" in data:
+        why = f" ({data['reason']})" if data.get("reason") else ""
+        if "stop" in data:
+            return f"{data['stop']} {data.get('target', '')}{why}"
+        change = describe_change(json.dumps(data.get("before")), json.dumps(data.get("after")))
+        text = f"{data['action']} {data.get('target', '')}: {change}{why}"
+    else:
+        parts = [p for p in (reason if reason and reason != "REASON_UNSPECIFIED" else "",) if p]
+        if limit_metric:
+            parts.append(f"{limit_metric}/{limit_window}")
+        if detail and not parts:
+            parts.append(detail)
+        text = " ".join(parts) or "-"
+    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
+
+
+def follow_row(cells: Sequence[str]) -> str:
+    """One row of a followed table, padded to :data:`EVENT_FOLLOW_WIDTHS`, through :func:`visible`."""
+    shown = [visible(cell) for cell in cells]
+    return "  ".join(cell.ljust(width) for cell, width in zip(shown, EVENT_FOLLOW_WIDTHS, strict=True)).rstrip()

@@ -37,6 +37,11 @@ Indexes serve the reads: ``(subject, at_ms, id)`` and ``(at_ms, id)`` and
 attempts made; ``last_status`` is the last HTTP status (0: no answer), ``last_error`` what
 went wrong. ``webhook_cursors``: per endpoint, the tail position (``events.seq``) up to which
 events have been matched into deliveries.
+
+``relay_cursors``: per source moved into the ledger by a relay (``audit``: the Redis audit
+stream), the position (the source's own id text, e.g. a stream entry id) up to which its
+entries are stored as events. It only moves forward; a relay that dies between storing
+events and moving it stores the same ids again, which the primary key ignores.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ __all__ = [
     "VERSION_TABLE",
     "events",
     "metadata",
+    "relay_cursors",
     "webhook_cursors",
     "webhook_deliveries",
 ]
@@ -116,5 +122,13 @@ webhook_cursors = sa.Table(
     metadata,
     sa.Column("endpoint_id", sa.String(64), primary_key=True),
     sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
+)
+
+relay_cursors = sa.Table(
+    "relay_cursors",
+    metadata,
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("position", sa.Text, nullable=False),
     sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
 )

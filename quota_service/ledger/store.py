@@ -53,7 +53,7 @@ import base64
 import binascii
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,7 @@ from quota_service.errors import InvalidRequest
 from quota_service.ledger import metrics
 from quota_service.ledger.errors import EventNotFound, LedgerConfigError, LedgerError, LedgerUnavailable
 from quota_service.ledger.events import Event, EventKind, LimitSnapshot, Threshold
-from quota_service.ledger.schema import DELIVERY_PENDING, events, webhook_deliveries
+from quota_service.ledger.schema import DELIVERY_PENDING, events, relay_cursors, webhook_deliveries
 from quota_service.policy.domain import Decision, Reason
 
 __all__ = [
@@ -572,6 +572,37 @@ class Ledger:
                     )
                 )
         return removed
+
+    async def relay_cursor(self, source: str) -> str:
+        """How far the relay of ``source`` has stored its entries (``""``: not started)."""
+        with translate_errors("relay_cursor"):
+            async with self.transaction(write=False) as conn:
+                position = (
+                    await conn.execute(sa.select(relay_cursors.c.position).where(relay_cursors.c.source == source))
+                ).scalar_one_or_none()
+        return "" if position is None else str(position)
+
+    async def advance_relay_cursor(self, source: str, position: str, *, newer: Callable[[str, str], bool]) -> None:
+        """Move the cursor of ``source`` to ``position`` if ``newer(position, stored)`` (or none
+        is stored): a cursor never moves back, whichever replica's relay writes last."""
+        now_ms = to_ms(self._clock.now())
+        with translate_errors("advance_relay_cursor"):
+            async with self.transaction(write=True) as conn:
+                stored = (
+                    await conn.execute(sa.select(relay_cursors.c.position).where(relay_cursors.c.source == source))
+                ).scalar_one_or_none()
+                if stored is None:
+                    await conn.execute(
+                        self.dialect_insert(relay_cursors)
+                        .values(source=source, position=position, updated_at_ms=now_ms)
+                        .on_conflict_do_nothing(index_elements=[relay_cursors.c.source])
+                    )
+                elif newer(position, str(stored)):
+                    await conn.execute(
+                        sa.update(relay_cursors)
+                        .where(relay_cursors.c.source == source, relay_cursors.c.position == stored)
+                        .values(position=position, updated_at_ms=now_ms)
+                    )
 
     async def ping(self) -> None:
         """Round-trip to the store; :class:`LedgerUnavailable` when it does not answer (``/readyz``)."""

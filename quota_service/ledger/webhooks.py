@@ -108,6 +108,7 @@ class WebhookEndpoint:
     secret_env: str
     kinds: frozenset[EventKind] = field(default_factory=frozenset)
     tiers: frozenset[str] = field(default_factory=frozenset)
+    name: str = ""  # the operator's label (quotactl webhooks, logs); "" shows the id
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -157,6 +158,28 @@ def webhook_headers(key: bytes, msg_id: str, timestamp: int, body: bytes) -> dic
     }
 
 
+def _prepare(
+    endpoints: Sequence[WebhookEndpoint], env: Mapping[str, str]
+) -> tuple[dict[str, WebhookEndpoint], dict[str, bytes]]:
+    """The endpoints by id and their HMAC keys, read from ``env``; :class:`LedgerConfigError`
+    naming the webhook and the variable (never the value) for a missing or malformed secret."""
+    found: dict[str, WebhookEndpoint] = {}
+    keys: dict[str, bytes] = {}
+    for endpoint in endpoints:
+        label = f"webhook {endpoint.name!r}" if endpoint.name else f"webhook {endpoint.url[:200]!r}"
+        if endpoint.id in found:
+            raise LedgerConfigError(f"webhook url {endpoint.url[:200]!r} is listed twice")
+        secret = env.get(endpoint.secret_env)
+        if not secret:
+            raise LedgerConfigError(f"{label}: environment variable {endpoint.secret_env} is not set")
+        try:
+            keys[endpoint.id] = parse_secret(secret)
+        except LedgerConfigError as exc:
+            raise LedgerConfigError(f"{label}: {endpoint.secret_env}: {exc}") from None
+        found[endpoint.id] = endpoint
+    return found, keys
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One delivery's stored state (``quotactl webhooks``, tests). Times in unix ms;
@@ -176,6 +199,7 @@ class Delivery:
 @dataclass(frozen=True, slots=True)
 class _Claim:
     endpoint: WebhookEndpoint
+    key: bytes
     event_id: str
     attempts: int  # attempts made before this one: the fence for recording its result
 
@@ -208,23 +232,8 @@ class WebhookDeliverer:
             raise ValueError("concurrency, timeouts, poll interval and batch size must be positive")
         if any(s < 0 for s in schedule):
             raise ValueError("retry waits must not be negative")
-        env = os.environ if environ is None else environ
         self._ledger = ledger
-        self._endpoints: dict[str, WebhookEndpoint] = {}
-        self._keys: dict[str, bytes] = {}
-        for endpoint in endpoints:
-            if endpoint.id in self._endpoints:
-                raise LedgerConfigError(f"webhook url {endpoint.url[:200]!r} is listed twice")
-            secret = env.get(endpoint.secret_env)
-            if not secret:
-                raise LedgerConfigError(
-                    f"webhook {endpoint.url[:200]!r}: environment variable {endpoint.secret_env} is not set"
-                )
-            try:
-                self._keys[endpoint.id] = parse_secret(secret)
-            except LedgerConfigError as exc:
-                raise LedgerConfigError(f"webhook {endpoint.url[:200]!r}: {endpoint.secret_env}: {exc}") from None
-            self._endpoints[endpoint.id] = endpoint
+        self._endpoints, self._keys = _prepare(endpoints, os.environ if environ is None else environ)
         self._clock: Clock = clock or SystemClock()
         self._schedule = tuple(float(s) for s in schedule)
         self._concurrency = concurrency
@@ -243,6 +252,18 @@ class WebhookDeliverer:
     @property
     def endpoints(self) -> list[WebhookEndpoint]:
         return list(self._endpoints.values())
+
+    def set_endpoints(self, endpoints: Sequence[WebhookEndpoint], environ: Mapping[str, str] | None = None) -> None:
+        """Replace the endpoints (a policy reload), checked as in the constructor: on a
+        :class:`LedgerConfigError` nothing changes. A new endpoint starts at the newest event;
+        one that stays (same URL) keeps its cursor and deliveries; a removed one's pending
+        deliveries stay stored and resume if it comes back. Attempts in flight finish."""
+        found, keys = _prepare(endpoints, os.environ if environ is None else environ)
+        if list(found.values()) == list(self._endpoints.values()) and keys == self._keys:
+            return
+        self._endpoints, self._keys = found, keys
+        self._cursors_ready = False
+        self._wake.set()
 
     def _now_ms(self) -> int:
         return to_ms(self._clock.now())
@@ -416,7 +437,11 @@ class WebhookDeliverer:
                         )
                     ).first()
                     if claimed is not None:
-                        claims.append(_Claim(self._endpoints[endpoint_id], event_id, int(claimed.attempts)))
+                        claims.append(
+                            _Claim(
+                                self._endpoints[endpoint_id], self._keys[endpoint_id], event_id, int(claimed.attempts)
+                            )
+                        )
         return claims
 
     async def _dispatch_due(self) -> None:
@@ -447,7 +472,7 @@ class WebhookDeliverer:
         assert self._session is not None
         body = event_to_json(event)
         timestamp = int(self._clock.now().timestamp())
-        headers = webhook_headers(self._keys[claim.endpoint.id], event.id, timestamp, body)
+        headers = webhook_headers(claim.key, event.id, timestamp, body)
         status, error = 0, ""
         try:
             async with self._session.post(
@@ -516,10 +541,14 @@ class WebhookDeliverer:
 
     # -- visibility --------------------------------------------------------------------
 
-    async def deliveries(self, *, endpoint_id: str = "", state: str = "", limit: int = 1000) -> list[Delivery]:
-        """Stored deliveries, oldest first (``endpoint_id``/``state`` ``""``: any)."""
+    async def deliveries(
+        self, *, endpoint_id: str = "", state: str = "", limit: int = 1000, newest_first: bool = False
+    ) -> list[Delivery]:
+        """Stored deliveries, oldest first (``newest_first``: by last update, newest first;
+        ``endpoint_id``/``state`` ``""``: any)."""
         d = webhook_deliveries.c
-        query = sa.select(webhook_deliveries).order_by(d.created_at_ms, d.event_id).limit(limit)
+        order = (d.updated_at_ms.desc(), d.event_id.desc()) if newest_first else (d.created_at_ms, d.event_id)
+        query = sa.select(webhook_deliveries).order_by(*order).limit(limit)
         if endpoint_id:
             query = query.where(d.endpoint_id == endpoint_id)
         if state:
@@ -528,6 +557,14 @@ class WebhookDeliverer:
             async with self._ledger.transaction(write=False) as conn:
                 rows = (await conn.execute(query)).all()
         return [Delivery(**row._mapping) for row in rows]
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        """``{(endpoint_id, state): deliveries}`` over every stored delivery (every replica's)."""
+        d = webhook_deliveries.c
+        query = sa.select(d.endpoint_id, d.state, sa.func.count()).group_by(d.endpoint_id, d.state)
+        with translate_errors("webhook_counts"):
+            async with self._ledger.transaction(write=False) as conn:
+                return {(e, s): int(n) for e, s, n in (await conn.execute(query)).all()}
 
     async def _refresh_gauges(self, *, force: bool) -> None:
         if not force and time.monotonic() - self._gauges_at < 5.0:

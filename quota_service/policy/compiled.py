@@ -14,6 +14,7 @@ from decimal import ROUND_CEILING, Decimal
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
+from quota_service.policy.notifications import Notifications
 from quota_service.policy.units import COST_METRIC
 from quota_service.policy.windows import Window
 
@@ -205,6 +206,8 @@ class CompiledPolicy:
     reservation_ttl_seconds: int
     on_store_error: StoreErrorMode
     thresholds: Thresholds
+    notifications: Notifications = field(default_factory=Notifications)
+    ledger_retention_days: int = 0  # 0: events are kept for ever
 
     def tier_for(self, assigned: str | None) -> Tier | None:
         """The tier of a subject: its assigned tier, the default when none is assigned

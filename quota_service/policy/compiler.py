@@ -10,6 +10,9 @@ time:
 * ``hard_stops.global`` becomes ``global_limits`` (``LimitKind.GLOBAL``, no thresholds);
 * ``on_store_error`` and ``reservation_ttl_seconds`` inherit the policy's when a tier omits them;
 * ``features: ["*"]`` sets ``all_features`` (other names listed beside ``"*"`` are kept);
+* ``notifications.webhooks`` become :class:`~quota_service.policy.notifications.WebhookSpec`
+  (kinds without the ``EVENT_KIND_`` prefix, repeats dropped); ``ledger_retention_days``
+  absent is 0 (kept for ever);
 * caps become whole units (:mod:`~quota_service.policy.units`: ``cost_usd`` USD -> micro-dollars).
 
 Limits keep the order of the file (metric, then window as written). Every container in the
@@ -21,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from decimal import Decimal
 from types import MappingProxyType
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from quota_service.policy.compiled import (
@@ -31,7 +35,15 @@ from quota_service.policy.compiled import (
     Thresholds,
     Tier,
 )
-from quota_service.policy.model import PolicyModel, TierModel, TierThresholdsModel, describe, semantic_issues
+from quota_service.policy.model import (
+    NotificationsModel,
+    PolicyModel,
+    TierModel,
+    TierThresholdsModel,
+    describe,
+    semantic_issues,
+)
+from quota_service.policy.notifications import Notifications, WebhookSpec
 from quota_service.policy.units import exact_units
 from quota_service.policy.windows import Window
 
@@ -68,6 +80,24 @@ def compile_policy(model: PolicyModel, *, files: tuple[str, ...], version: str) 
         reservation_ttl_seconds=model.reservation_ttl_seconds,
         on_store_error=model.on_store_error,
         thresholds=defaults,
+        notifications=_notifications(model.notifications),
+        ledger_retention_days=model.ledger_retention_days or 0,
+    )
+
+
+def _notifications(model: NotificationsModel) -> Notifications:
+    """Webhooks in the file's order; a webhook without a name is named after its URL's host."""
+    return Notifications(
+        webhooks=tuple(
+            WebhookSpec(
+                name=hook.name or (urlsplit(hook.url).hostname or hook.url),
+                url=hook.url,
+                secret_env=hook.secret_env,
+                kinds=tuple(dict.fromkeys(hook.kinds)),
+                tiers=tuple(dict.fromkeys(hook.tiers)),
+            )
+            for hook in model.webhooks
+        )
     )
 
 

@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -62,6 +63,7 @@ from pydantic_core import PydanticCustomError
 
 from quota_service.errors import InvalidRequest
 from quota_service.policy.compiled import StoreErrorMode, UnpricedMode
+from quota_service.policy.notifications import EVENT_KIND_NAMES, EVENT_KIND_PREFIX
 from quota_service.policy.units import COST_METRIC, MAX_UNITS, METRIC_NAME, scale
 from quota_service.policy.validation import canonical_name
 from quota_service.policy.windows import WINDOW_ORDER, Window
@@ -75,10 +77,12 @@ __all__ = [
     "SUPPORTED_VERSION",
     "HardStopsModel",
     "Loc",
+    "NotificationsModel",
     "PolicyModel",
     "ThresholdsModel",
     "TierModel",
     "TierThresholdsModel",
+    "WebhookModel",
     "allowed_keys",
     "decimal_places",
     "describe",
@@ -111,6 +115,13 @@ MAX_PRICE_USD = Decimal(MAX_UNITS).scaleb(-6)
 #: Thresholds have at most 12 decimals: ``threshold * cap`` (cap < 2**53, 16 digits) then
 #: has at most 28 digits and is exact in the default decimal context.
 MAX_THRESHOLD_DECIMALS = 12
+#: Most webhooks one policy may list, and the longest webhook URL (characters).
+MAX_WEBHOOKS = 32
+MAX_WEBHOOK_URL_CHARS = 2048
+#: ``ledger_retention_days``: at least a day, at most a hundred years.
+MAX_RETENTION_DAYS = 36_500
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+WEBHOOK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: Longest text of a value quoted in an error message.
 _DESCRIBE_MAX_CHARS = 60
 
@@ -395,6 +406,63 @@ def _feature_name(value: object) -> object:
     return value
 
 
+def _webhook_url(value: str) -> str:
+    if len(value) > MAX_WEBHOOK_URL_CHARS:
+        raise _error(f"a webhook URL is at most {MAX_WEBHOOK_URL_CHARS} characters, got {len(value):,}")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise _error(f"webhook URL {describe(value)} contains spaces or control characters")
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise _error(f"webhook URL {describe(value)} must start with http:// or https://")
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise _error(f"webhook URL {describe(value)} has an invalid host or port") from None
+    if not host:
+        raise _error(f"webhook URL {describe(value)} has no host")
+    if parts.username is not None or parts.password is not None:
+        raise _error(
+            f"webhook URL {describe(value)} carries credentials (user:password@); "
+            "secrets never go in a policy file: the receiver checks the webhook-signature instead"
+        )
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not ENV_NAME.fullmatch(value):
+        raise _error(
+            f"{describe(value)} is not an environment variable name (letters, digits and '_', "
+            "not starting with a digit, at most 128 characters); name the variable that holds the secret, "
+            "never the secret itself"
+        )
+    return value
+
+
+def _event_kind(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    name = value.removeprefix(EVENT_KIND_PREFIX)
+    if name not in EVENT_KIND_NAMES:
+        raise _error(f"unknown event kind {describe(value)}; expected one of: {', '.join(EVENT_KIND_NAMES)}")
+    return name
+
+
+def _webhook_name(value: str) -> str:
+    if not WEBHOOK_NAME.fullmatch(value):
+        raise _error(
+            f"invalid webhook name {describe(value)}: use letters, digits, '_', '.' and '-', "
+            "starting with a letter or digit, at most 64 characters"
+        )
+    return value
+
+
+def _retention_days(value: int) -> int:
+    if not 1 <= value <= MAX_RETENTION_DAYS:
+        raise _error(f"must be a whole number of days from 1 to {MAX_RETENTION_DAYS}, got {describe(value)}")
+    return value
+
+
 Amount = Annotated[
     Decimal,
     BeforeValidator(_to_decimal),
@@ -436,6 +504,21 @@ PricePattern = Annotated[str, StringConstraints(pattern=PRICE_PATTERN.pattern), 
 FeatureName = Annotated[str, StringConstraints(pattern=FEATURE_NAME.pattern), BeforeValidator(_feature_name)]
 StoreErrorField = Annotated[StoreErrorMode, BeforeValidator(_enum_parser(StoreErrorMode))]
 UnpricedField = Annotated[UnpricedMode, BeforeValidator(_enum_parser(UnpricedMode))]
+
+WebhookUrl = Annotated[
+    str, AfterValidator(_webhook_url), WithJsonSchema({"type": "string", "pattern": "^[hH][tT][tT][pP][sS]?://"})
+]
+EnvName = Annotated[str, AfterValidator(_env_name), WithJsonSchema({"type": "string", "pattern": ENV_NAME.pattern})]
+EventKindName = Annotated[str, BeforeValidator(_event_kind), WithJsonSchema({"enum": list(EVENT_KIND_NAMES)})]
+WebhookName = Annotated[
+    str, AfterValidator(_webhook_name), WithJsonSchema({"type": "string", "pattern": WEBHOOK_NAME.pattern})
+]
+RetentionDays = Annotated[
+    int,
+    BeforeValidator(_to_int),
+    AfterValidator(_retention_days),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_RETENTION_DAYS}),
+]
 
 Caps = dict[MetricKey, dict[WindowKey, Amount]]
 """``{metric: {window: max}}``; ``cost_usd`` caps in USD, other metrics in whole units."""
@@ -518,6 +601,31 @@ class TierModel(_StrictModel):
     )
 
 
+class WebhookModel(_StrictModel):
+    """One webhook: where events are POSTed (Standard Webhooks), signed with the secret held
+    by the environment variable ``secret_env`` (never the secret itself)."""
+
+    name: WebhookName | None = Field(
+        default=None, description="A label for quotactl and the logs; defaults to the URL's host."
+    )
+    url: WebhookUrl = Field(description="http:// or https:// URL the events are POSTed to.")
+    secret_env: EnvName = Field(
+        description='Environment variable holding the Standard Webhooks secret "whsec_<base64>".'
+    )
+    kinds: list[EventKindName] = Field(
+        default_factory=list, description="Only these event kinds (EventKind names); empty or absent: every kind."
+    )
+    tiers: list[TierName] = Field(
+        default_factory=list, description="Only events of subjects in these tiers; empty or absent: every tier."
+    )
+
+
+class NotificationsModel(_StrictModel):
+    """Where events are delivered."""
+
+    webhooks: list[WebhookModel] = Field(default_factory=list, description="Webhook endpoints.")
+
+
 class PolicyModel(_StrictModel):
     """A whole policy (one file, or a directory's files merged)."""
 
@@ -554,6 +662,12 @@ class PolicyModel(_StrictModel):
     )
     hard_stops: HardStopsModel = Field(default_factory=HardStopsModel, description="Emergency limits.")
     tiers: dict[TierName, TierModel] = Field(description="The tiers, by name.")
+    notifications: NotificationsModel = Field(
+        default_factory=NotificationsModel, description="Where events are delivered (webhooks)."
+    )
+    ledger_retention_days: RetentionDays | None = Field(
+        default=None, description="Events older than this many days are removed from the ledger; absent: kept."
+    )
 
 
 # --- checks across fields ---------------------------------------------------------------
@@ -636,6 +750,30 @@ def semantic_issues(policy: PolicyModel) -> list[tuple[Loc, str]]:
     issues += _cap_issues(policy.hard_stops.per_subject, ("hard_stops", "per_subject"))
     issues += _cap_issues(policy.hard_stops.global_, ("hard_stops", "global"))
     issues += _price_issues(policy.prices)
+    issues += _notification_issues(policy)
+    return issues
+
+
+def _notification_issues(policy: PolicyModel) -> list[tuple[Loc, str]]:
+    issues: list[tuple[Loc, str]] = []
+    hooks = policy.notifications.webhooks
+    if len(hooks) > MAX_WEBHOOKS:
+        issues.append((("notifications", "webhooks"), f"{len(hooks)} webhooks; at most {MAX_WEBHOOKS}"))
+    urls: dict[str, int] = {}
+    names: dict[str, int] = {}
+    for index, hook in enumerate(hooks):
+        where: Loc = ("notifications", "webhooks", index)
+        if hook.url in urls:
+            issues.append(((*where, "url"), f"the same URL as webhooks[{urls[hook.url]}]; list each endpoint once"))
+        urls.setdefault(hook.url, index)
+        if hook.name is not None:
+            if hook.name in names:
+                issues.append(((*where, "name"), f"the same name as webhooks[{names[hook.name]}]"))
+            names.setdefault(hook.name, index)
+        for position, tier in enumerate(hook.tiers):
+            if tier not in policy.tiers:
+                defined = ", ".join(sorted(policy.tiers)) or "none"
+                issues.append(((*where, "tiers", position), f"tier {tier!r} is not defined (defined: {defined})"))
     return issues
 
 
@@ -652,12 +790,16 @@ def allowed_keys(loc: Sequence[str | int]) -> tuple[str, ...]:
     shape = tuple(loc)
     if len(shape) >= 2 and shape[0] == "tiers":
         shape = ("tiers", "*", *shape[2:])
+    if len(shape) >= 3 and shape[:2] == ("notifications", "webhooks") and isinstance(shape[2], int):
+        shape = ("notifications", "webhooks", "*", *shape[3:])
     models: dict[tuple[str | int, ...], type[BaseModel]] = {
         (): PolicyModel,
         ("thresholds",): ThresholdsModel,
         ("hard_stops",): HardStopsModel,
         ("tiers", "*"): TierModel,
         ("tiers", "*", "thresholds"): TierThresholdsModel,
+        ("notifications",): NotificationsModel,
+        ("notifications", "webhooks", "*"): WebhookModel,
     }
     model = models.get(shape)
     return _field_keys(model) if model is not None else ()

@@ -10,17 +10,20 @@ Amounts leave in the metric's own measure (USD for ``cost_usd``), times in unix 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 
 from quota.v1 import admin_pb2, admin_pb2_grpc, events_pb2
 from quota_service.admin import Admin, AuditRecord, UsageRow
-from quota_service.errors import InvalidRequest
+from quota_service.errors import InvalidRequest, NotFound
 from quota_service.ledger.convert import event_to_proto
 from quota_service.ledger.errors import LedgerOff
 from quota_service.ledger.events import EventKind
 from quota_service.ledger.feed import EventFeed
+from quota_service.ledger.schema import DELIVERY_DEAD, DELIVERY_DELIVERED, DELIVERY_PENDING
+from quota_service.ledger.webhooks import Delivery, WebhookDeliverer, WebhookEndpoint
 from quota_service.policy.domain import OverrideRecord
 from quota_service.policy.stops import EmergencyStop, StopScope
 from quota_service.policy.units import from_units
@@ -127,7 +130,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ``quotas``' Redis store (:func:`default_admin`)."""
 
     def __init__(
-        self, *, admin: Admin | None = None, quotas: Quotas | None = None, feed: EventFeed | None = None
+        self,
+        *,
+        admin: Admin | None = None,
+        quotas: Quotas | None = None,
+        feed: EventFeed | None = None,
+        webhooks: WebhookDeliverer | None = None,
     ) -> None:
         if admin is None:
             if quotas is None:
@@ -135,6 +143,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             admin = default_admin(quotas)
         self._admin = admin
         self._feed = feed
+        self._webhooks = webhooks
 
     def _events(self) -> EventFeed:
         if self._feed is None:
@@ -297,3 +306,80 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             subject=request.subject, kinds=event_kinds(request.kinds), after_id=request.after_id, on_start=started
         ):
             yield event_to_proto(event)
+
+    # -- webhooks ---------------------------------------------------------------------------------
+
+    @grpc_errors
+    async def ListWebhooks(
+        self, request: events_pb2.ListWebhooksRequest, context: Context
+    ) -> events_pb2.ListWebhooksResponse:
+        if self._webhooks is None:
+            raise LedgerOff("the ledger is off (serve --ledger-url none): there are no webhook deliveries")
+        if request.state and request.state not in DELIVERY_STATES:
+            raise InvalidRequest(f"state {request.state[:32]!r} is not one of {', '.join(DELIVERY_STATES)}")
+        if request.limit > MAX_DELIVERIES_LISTED:
+            raise InvalidRequest(f"limit must be at most {MAX_DELIVERIES_LISTED} (0: {DEFAULT_DELIVERIES_LISTED})")
+        deliverer = self._webhooks
+        counts = await deliverer.counts()
+        configured = {e.id: e for e in deliverer.endpoints}
+        known = list(configured) + sorted({e for e, _ in counts} - set(configured))
+        chosen = [
+            i for i in known if not request.webhook or request.webhook in (i, getattr(configured.get(i), "name", ""))
+        ]
+        if request.webhook and not chosen:
+            raise NotFound(f"no webhook named {request.webhook[:80]!r}")
+        deliveries: list[Delivery] = []
+        limit = request.limit or DEFAULT_DELIVERIES_LISTED
+        if request.webhook:
+            deliveries = await deliverer.deliveries(
+                endpoint_id=chosen[0], state=request.state, limit=limit, newest_first=True
+            )
+        else:
+            deliveries = await deliverer.deliveries(state=request.state, limit=limit, newest_first=True)
+        return events_pb2.ListWebhooksResponse(
+            webhooks=[webhook_message(i, configured.get(i), counts) for i in chosen],
+            deliveries=[delivery_message(d) for d in deliveries],
+        )
+
+
+DELIVERY_STATES = (DELIVERY_PENDING, DELIVERY_DELIVERED, DELIVERY_DEAD)
+DEFAULT_DELIVERIES_LISTED = 50
+MAX_DELIVERIES_LISTED = 1000
+
+
+def shown_url(url: str) -> str:
+    """A webhook URL without its query and fragment (they may carry a token)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def webhook_message(
+    endpoint_id: str, endpoint: WebhookEndpoint | None, counts: dict[tuple[str, str], int]
+) -> events_pb2.Webhook:
+    message = events_pb2.Webhook(
+        id=endpoint_id,
+        pending=counts.get((endpoint_id, DELIVERY_PENDING), 0),
+        delivered=counts.get((endpoint_id, DELIVERY_DELIVERED), 0),
+        dead=counts.get((endpoint_id, DELIVERY_DEAD), 0),
+        configured=endpoint is not None,
+    )
+    if endpoint is not None:
+        message.name = endpoint.name
+        message.url = shown_url(endpoint.url)
+        message.kinds.extend(sorted(cast(events_pb2.EventKind, int(k)) for k in endpoint.kinds))
+        message.tiers.extend(sorted(endpoint.tiers))
+    return message
+
+
+def delivery_message(delivery: Delivery) -> events_pb2.WebhookDelivery:
+    return events_pb2.WebhookDelivery(
+        webhook_id=delivery.endpoint_id,
+        event_id=delivery.event_id,
+        state=delivery.state,
+        attempts=delivery.attempts,
+        next_attempt_at_ms=delivery.next_attempt_at_ms,
+        last_status=delivery.last_status,
+        last_error=delivery.last_error,
+        created_at_ms=delivery.created_at_ms,
+        updated_at_ms=delivery.updated_at_ms,
+    )

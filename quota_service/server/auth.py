@@ -3,7 +3,8 @@ AdminService call, and what each token may do.
 
 Two roles (:class:`Role`): the **admin** token (``--admin-token``) may call everything; the
 **viewer** token (``--viewer-token``) may call the reads (:data:`READ_METHODS`: GetSubject,
-ListOverrides, ListStops, GetPolicyStatus, TopUsage, ListAudit, ListEvents, WatchEvents)
+ListOverrides, ListStops, GetPolicyStatus, TopUsage, ListAudit, ListEvents, WatchEvents,
+ListWebhooks)
 and gets ``PERMISSION_DENIED`` on every write, so a backend or a dashboard reader does not
 hold the power to stop everything. :func:`authorize` is the one decision, shared by the gRPC
 interceptor and the HTTP face.
@@ -48,6 +49,7 @@ READ_METHODS = frozenset(
         "ListAudit",
         "ListEvents",
         "WatchEvents",
+        "ListWebhooks",
     }
 )
 #: AdminService methods that answer with a stream (their refusal must be a stream too).

@@ -35,7 +35,9 @@ from quota_service.quotas import Quotas
 from quota_service.reload import LivePolicy
 from quota_service.server.admin import AdminServicer
 from quota_service.server.app import ConfigurationError, TlsFiles, admin_mode, create_server, ensure_free
+from quota_service.server.audit_relay import AuditRelay
 from quota_service.server.auth import AccessTokens
+from quota_service.server.notifications import Notifications, checked_loader
 from quota_service.stops import StopWatcher
 
 if TYPE_CHECKING:
@@ -95,9 +97,16 @@ async def serve(args: argparse.Namespace) -> int:
         # Before the embedded Redis or anything else: a port in use leaves nothing behind.
         # (A port shared on purpose is checked by the bind itself, in create_server.)
         await asyncio.to_thread(ensure_free, args.listen)
-    policy = LivePolicy(args.policies)
     # Before the embedded Redis: a bad --ledger-url leaves nothing behind.
     ledger = ledger_from_url(args.ledger_url or f"sqlite:///{Path(args.data_dir).resolve() / 'ledger.db'}")
+    try:
+        # Every load (this one and each reload) also checks that each webhook's secret is in
+        # the environment: a missing one stops start-up, or keeps the last good policy.
+        policy = LivePolicy(args.policies, loader=checked_loader(ledger_on=ledger is not None))
+    except BaseException:
+        if ledger is not None:
+            await ledger.close()
+        raise
     embedded: EmbeddedRedis | None = None
     redis_url = args.redis_url
     if not redis_url:
@@ -113,6 +122,20 @@ async def serve(args: argparse.Namespace) -> int:
     admin_store = RedisAdminStore(counters=store)
     stops = StopWatcher(store=admin_store)
     quotas = Quotas(policy=policy, store=store, stops=stops, request_budget_seconds=args.request_budget)
+    notifications = Notifications(ledger=ledger, policy=policy) if ledger is not None else None
+
+    def stored() -> None:  # new events in the ledger: wake the live tails and the deliverer
+        if feed is not None:
+            feed.notify()
+        if notifications is not None:
+            notifications.wake()
+
+    relay = AuditRelay(counters=store, ledger=ledger, on_stored=stored) if ledger is not None else None
+    background = (
+        asyncio.create_task(_start_background(ledger_ready, relay, notifications))
+        if ledger_ready is not None and relay is not None and notifications is not None
+        else None
+    )
     try:
         await _check_eviction(store, allow=args.allow_eviction)
         # Before serving: a replica never answers without knowing the emergency stops.
@@ -120,7 +143,16 @@ async def serve(args: argparse.Namespace) -> int:
         server, port, health_servicer = await create_server(
             quotas=quotas,
             listen=args.listen,
-            admin=AdminServicer(admin=Admin(quotas=quotas, store=admin_store, stops=stops), feed=feed),
+            admin=AdminServicer(
+                admin=Admin(
+                    quotas=quotas,
+                    store=admin_store,
+                    stops=stops,
+                    audit_sink=relay.record if relay is not None else None,
+                ),
+                feed=feed,
+                webhooks=notifications.deliverer if notifications is not None else None,
+            ),
             admin_token=args.admin_token,
             insecure_admin=args.insecure_admin,
             viewer_token=args.viewer_token,
@@ -128,6 +160,7 @@ async def serve(args: argparse.Namespace) -> int:
             reuse_port=args.reuse_port,
         )
     except BaseException:
+        await _stop_background(background, relay, notifications)
         await _close_ledger(ledger, ledger_ready)
         await stops.close()
         await store.close()
@@ -167,6 +200,7 @@ async def serve(args: argparse.Namespace) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await quotas.drain()  # for as long as the withdraw retries can last (about 10 s)
+        await _stop_background(background, relay, notifications)
         await _close_ledger(ledger, ledger_ready)
         await stops.close()
         await store.close()
@@ -211,6 +245,30 @@ async def _migrate(ledger: Ledger) -> None:
             log.error("ledger unavailable (%s); retrying in %.0f s", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
+
+
+async def _start_background(ready: asyncio.Task[None], relay: AuditRelay, notifications: Notifications) -> None:
+    """Once the ledger's schema is up to date: the audit relay and the webhook deliverer."""
+    await ready
+    await relay.start()
+    await notifications.start()
+    names = ", ".join(e.name or e.id for e in notifications.deliverer.endpoints) or "none"
+    log.info("webhooks: %s", names)
+
+
+async def _stop_background(
+    background: asyncio.Task[None] | None, relay: AuditRelay | None, notifications: Notifications | None
+) -> None:
+    if background is not None and not background.done():
+        background.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await background
+    if relay is not None:
+        with contextlib.suppress(Exception):
+            await relay.drain()  # the last admin changes of this replica reach the ledger
+        await relay.stop()
+    if notifications is not None:
+        await notifications.stop()
 
 
 async def _close_ledger(ledger: Ledger | None, ready: asyncio.Task[None] | None) -> None:

@@ -37,4 +37,6 @@ def test_schema_describes_the_top_level_keys() -> None:
         "prices",
         "hard_stops",
         "tiers",
+        "notifications",
+        "ledger_retention_days",
     ]

@@ -134,7 +134,17 @@ VIEWER = "viewer-token-of-the-dashboard"
 
 
 @pytest.mark.parametrize(
-    "method", ["GetSubject", "ListOverrides", "ListStops", "GetPolicyStatus", "TopUsage", "ListAudit", "ListEvents"]
+    "method",
+    [
+        "GetSubject",
+        "ListOverrides",
+        "ListStops",
+        "GetPolicyStatus",
+        "TopUsage",
+        "ListAudit",
+        "ListEvents",
+        "ListWebhooks",
+    ],
 )
 async def test_the_viewer_token_may_read(method: str) -> None:
     metadata = [("authorization", f"Bearer {VIEWER}")]
@@ -161,3 +171,16 @@ async def test_the_viewer_token_may_not_write(method: str) -> None:
 def test_the_viewer_token_must_differ_from_the_admin_token() -> None:
     with pytest.raises(ValueError, match="differ"):
         AccessTokens(admin="same", viewer="same")
+
+
+WRITES = ("SetTier", "SetOverride", "DeleteOverride", "EmergencyStop", "ResumeStop", "ReloadPolicies", "ResetUsage")
+
+
+def test_every_admin_method_is_either_a_read_or_a_write_the_viewer_may_not_call() -> None:
+    """A new RPC must be classified: the viewer may call exactly the reads."""
+    from quota.v1 import admin_pb2
+    from quota_service.server.auth import READ_METHODS
+
+    methods = set(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].methods_by_name)
+    assert methods == READ_METHODS | set(WRITES)
+    assert not READ_METHODS & set(WRITES)

@@ -110,6 +110,11 @@ class AdminServiceStub:
                 request_serializer=quota_dot_v1_dot_events__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=quota_dot_v1_dot_events__pb2.Event.FromString,
                 _registered_method=True)
+        self.ListWebhooks = channel.unary_unary(
+                '/quota.v1.AdminService/ListWebhooks',
+                request_serializer=quota_dot_v1_dot_events__pb2.ListWebhooksRequest.SerializeToString,
+                response_deserializer=quota_dot_v1_dot_events__pb2.ListWebhooksResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -205,6 +210,12 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWebhooks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -282,6 +293,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=quota_dot_v1_dot_events__pb2.WatchEventsRequest.FromString,
                     response_serializer=quota_dot_v1_dot_events__pb2.Event.SerializeToString,
+            ),
+            'ListWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhooks,
+                    request_deserializer=quota_dot_v1_dot_events__pb2.ListWebhooksRequest.FromString,
+                    response_serializer=quota_dot_v1_dot_events__pb2.ListWebhooksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -689,6 +705,33 @@ class AdminService:
             '/quota.v1.AdminService/WatchEvents',
             quota_dot_v1_dot_events__pb2.WatchEventsRequest.SerializeToString,
             quota_dot_v1_dot_events__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota.v1.AdminService/ListWebhooks',
+            quota_dot_v1_dot_events__pb2.ListWebhooksRequest.SerializeToString,
+            quota_dot_v1_dot_events__pb2.ListWebhooksResponse.FromString,
             options,
             channel_credentials,
             insecure,

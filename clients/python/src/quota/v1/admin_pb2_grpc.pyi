@@ -49,6 +49,7 @@ class AdminServiceStub:
     ListAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]
     ListEvents: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListEventsRequest, _events_pb2.ListEventsResponse]
     WatchEvents: _grpc.UnaryStreamMultiCallable[_events_pb2.WatchEventsRequest, _events_pb2.Event]
+    ListWebhooks: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListWebhooksRequest, _events_pb2.ListWebhooksResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -68,6 +69,7 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]  # type: ignore[assignment]
     ListEvents: _aio.UnaryUnaryMultiCallable[_events_pb2.ListEventsRequest, _events_pb2.ListEventsResponse]  # type: ignore[assignment]
     WatchEvents: _aio.UnaryStreamMultiCallable[_events_pb2.WatchEventsRequest, _events_pb2.Event]  # type: ignore[assignment]
+    ListWebhooks: _aio.UnaryUnaryMultiCallable[_events_pb2.ListWebhooksRequest, _events_pb2.ListWebhooksResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -174,5 +176,12 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _events_pb2.WatchEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_events_pb2.Event], _abc.AsyncIterator[_events_pb2.Event]]: ...
+
+    @_abc_1.abstractmethod
+    def ListWebhooks(
+        self,
+        request: _events_pb2.ListWebhooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.ListWebhooksResponse, _abc.Awaitable[_events_pb2.ListWebhooksResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

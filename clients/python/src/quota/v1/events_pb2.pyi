@@ -133,3 +133,65 @@ class WatchEventsRequest(_message.Message):
     kinds: _containers.RepeatedScalarFieldContainer[EventKind]
     after_id: str
     def __init__(self, subject: _Optional[str] = ..., kinds: _Optional[_Iterable[_Union[EventKind, str]]] = ..., after_id: _Optional[str] = ...) -> None: ...
+
+class ListWebhooksRequest(_message.Message):
+    __slots__ = ("webhook", "state", "limit")
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    webhook: str
+    state: str
+    limit: int
+    def __init__(self, webhook: _Optional[str] = ..., state: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class Webhook(_message.Message):
+    __slots__ = ("id", "name", "url", "kinds", "tiers", "pending", "delivered", "dead", "configured")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    DEAD_FIELD_NUMBER: _ClassVar[int]
+    CONFIGURED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    url: str
+    kinds: _containers.RepeatedScalarFieldContainer[EventKind]
+    tiers: _containers.RepeatedScalarFieldContainer[str]
+    pending: int
+    delivered: int
+    dead: int
+    configured: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., url: _Optional[str] = ..., kinds: _Optional[_Iterable[_Union[EventKind, str]]] = ..., tiers: _Optional[_Iterable[str]] = ..., pending: _Optional[int] = ..., delivered: _Optional[int] = ..., dead: _Optional[int] = ..., configured: _Optional[bool] = ...) -> None: ...
+
+class WebhookDelivery(_message.Message):
+    __slots__ = ("webhook_id", "event_id", "state", "attempts", "next_attempt_at_ms", "last_status", "last_error", "created_at_ms", "updated_at_ms")
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_STATUS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    webhook_id: str
+    event_id: str
+    state: str
+    attempts: int
+    next_attempt_at_ms: int
+    last_status: int
+    last_error: str
+    created_at_ms: int
+    updated_at_ms: int
+    def __init__(self, webhook_id: _Optional[str] = ..., event_id: _Optional[str] = ..., state: _Optional[str] = ..., attempts: _Optional[int] = ..., next_attempt_at_ms: _Optional[int] = ..., last_status: _Optional[int] = ..., last_error: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+
+class ListWebhooksResponse(_message.Message):
+    __slots__ = ("webhooks", "deliveries")
+    WEBHOOKS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    webhooks: _containers.RepeatedCompositeFieldContainer[Webhook]
+    deliveries: _containers.RepeatedCompositeFieldContainer[WebhookDelivery]
+    def __init__(self, webhooks: _Optional[_Iterable[_Union[Webhook, _Mapping]]] = ..., deliveries: _Optional[_Iterable[_Union[WebhookDelivery, _Mapping]]] = ...) -> None: ...
