@@ -66,11 +66,11 @@ from bench.run import (
     Children,
     Server,
     _progress,
-    _sigterm_as_interrupt,
     cpu_seconds,
     machine_info,
     redis_server_version,
     run_cell,
+    run_main,
     start_redis,
     start_server,
 )
@@ -694,15 +694,7 @@ def bench(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        with _sigterm_as_interrupt():
-            return bench(args)
-    except KeyboardInterrupt:
-        _progress("bench.flat: interrupted; every child process was stopped")
-        return 130
-    except (BenchError, grpc.RpcError, redis.RedisError, OSError) as exc:
-        _progress(f"bench.flat: {exc}")
-        return 2
+    return run_main("bench.flat", lambda: bench(args))
 
 
 if __name__ == "__main__":

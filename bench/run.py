@@ -824,17 +824,23 @@ def bench(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_main(name: str, run: Callable[[], int]) -> int:
+    """A benchmark's exit status: ``run()``'s, 130 when interrupted (SIGINT or SIGTERM; every
+    child is stopped by then), 2 with one line when it cannot go on."""
     try:
         with _sigterm_as_interrupt():
-            return bench(args)
+            return run()
     except KeyboardInterrupt:
-        _progress("bench: interrupted; every child process was stopped")
+        _progress(f"{name}: interrupted; every child process was stopped")
         return 130
     except (BenchError, grpc.RpcError, redis.RedisError, OSError) as exc:
-        _progress(f"bench: {exc}")
+        _progress(f"{name}: {exc}")
         return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_main("bench", lambda: bench(args))
 
 
 if __name__ == "__main__":

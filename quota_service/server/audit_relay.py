@@ -31,7 +31,7 @@ from quota_service.ledger.admin_events import audit_event
 from quota_service.ledger.errors import LedgerError
 from quota_service.ledger.events import Event
 from quota_service.ledger.store import Ledger
-from quota_service.store.admin_store import AUDIT_KEY
+from quota_service.store.admin_store import AUDIT_KEY, audit_record
 from quota_service.store.redis_store import RedisCounterStore, bounded_call
 
 __all__ = ["AUDIT_SOURCE", "AuditRelay", "stream_id_newer"]
@@ -58,16 +58,17 @@ def stream_id_newer(candidate: str, stored: str) -> bool:
 
 def _event(entry_id: str, fields: dict[str, Any]) -> Event | None:
     try:
+        record = audit_record(entry_id, fields)
         return audit_event(
-            entry_id=entry_id,
-            at_ms=int(fields.get("at", 0)),
-            actor=str(fields.get("actor", "")),
-            action=str(fields.get("action", "")),
-            target=str(fields.get("target", "")),
-            subject=str(fields.get("subject", "")),
-            before=str(fields.get("before", "null")),
-            after=str(fields.get("after", "null")),
-            reason=str(fields.get("reason", "")),
+            entry_id=record.entry_id,
+            at_ms=record.at_ms,
+            actor=record.actor,
+            action=record.action,
+            target=record.target,
+            subject=record.subject,
+            before=record.before,
+            after=record.after,
+            reason=record.reason,
         )
     except ValueError as exc:
         log.error("audit relay: entry %s cannot be an event, skipped: %s", entry_id, exc)

@@ -44,7 +44,7 @@ import importlib.resources
 import json
 import logging
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 from redis.asyncio import Redis
@@ -152,6 +152,22 @@ def parse_stops(raw: dict[str, str]) -> list[EmergencyStop]:
     order = list(StopScope)
     stops.sort(key=lambda s: (order.index(s.scope), s.target))
     return stops
+
+
+def audit_record(entry_id: str, fields: Mapping[str, Any]) -> AuditRecord:
+    """One entry of the audit stream (``AUDIT_KEY``) as a record; absent fields read empty
+    (``before``/``after``: ``null``). ``at`` that is not a number raises ``ValueError``."""
+    return AuditRecord(
+        at_ms=int(fields.get("at", 0)),
+        actor=str(fields.get("actor", "")),
+        action=str(fields.get("action", "")),
+        target=str(fields.get("target", "")),
+        subject=str(fields.get("subject", "")),
+        before=str(fields.get("before", "null")),
+        after=str(fields.get("after", "null")),
+        reason=str(fields.get("reason", "")),
+        entry_id=entry_id,
+    )
 
 
 class RedisAdminStore:
@@ -375,19 +391,7 @@ class RedisAdminStore:
             for entry_id, fields in page:
                 if subject and fields.get("subject") != subject:
                     continue
-                found.append(
-                    AuditRecord(
-                        at_ms=int(fields.get("at", 0)),
-                        actor=str(fields.get("actor", "")),
-                        action=str(fields.get("action", "")),
-                        target=str(fields.get("target", "")),
-                        subject=str(fields.get("subject", "")),
-                        before=str(fields.get("before", "null")),
-                        after=str(fields.get("after", "null")),
-                        reason=str(fields.get("reason", "")),
-                        entry_id=str(entry_id),
-                    )
-                )
+                found.append(audit_record(str(entry_id), fields))
                 if len(found) == limit:
                     break
             if len(page) < page_size:
