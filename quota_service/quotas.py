@@ -450,8 +450,12 @@ class Quotas:
 
     async def _check_and_reserve(self, policy: CompiledPolicy, request: QuotaRequest, sent: list[str]) -> ReserveAnswer:
         fresh = False
+        known: SubjectConfig | None = None  # read by the store in the step that found the plan stale
         for _ in range(STALE_RETRIES):
-            config, confirmed = await self._config(request.subject, fresh=fresh)
+            if known is not None:
+                config, confirmed = known, True
+            else:
+                config, confirmed = await self._config(request.subject, fresh=fresh)
             self._warn_missing_tier(policy, config)
             now = self.clock.now()
             stops = self.stops.active()
@@ -467,9 +471,14 @@ class Quotas:
                 raise StoreUnavailable("no time left before the request's deadline")
             if not command.dry_run:
                 sent.append(command.reservation_id)
+            ticket = self.configs.ticket()
             result = await self.store.reserve(command)
             if result.status is ReserveStatus.STALE_CONFIG:
-                fresh = True
+                if result.config is not None:  # read atomically in that step: plan on it, cache it
+                    known = result.config
+                    self.configs.put(request.subject, known, ticket)
+                else:
+                    known, fresh = None, True
                 continue
             if result.replayed:
                 if not confirmed and not result.answer:

@@ -106,6 +106,9 @@ class ReserveResult:
     #: strings); empty otherwise. With ``recorded_estimate`` they give every ask of the
     #: first decision again (the ``answer`` holds only what many requests share).
     recorded_rates: Mapping[str, str] = field(default_factory=dict)
+    #: On STALE_CONFIG: the subject's config as the store read it in the same step (the
+    #: caller plans again on it without reading it itself), or ``None`` if it did not.
+    config: SubjectConfig | None = None
 
 
 class ReservationState(enum.Enum):

@@ -449,8 +449,11 @@ class MemoryCounterStore:
             answer=command.answer,
         )
         values = dict(subject.values)
-        if subject.status == "stale_config":
-            return self._left("reserve", ReserveResult(ReserveStatus.STALE_CONFIG, "", values))
+        if subject.status == "stale_config":  # with the config now, as the Redis store answers
+            stale = ReserveResult(
+                ReserveStatus.STALE_CONFIG, "", values, config=self._config_now(command.subject, command.now_ms)
+            )
+            return self._left("reserve", stale)
         if command.dry_run:
             if command.global_charges:
                 await self._enter("global_step")
@@ -641,15 +644,24 @@ class MemoryCounterStore:
         await self._enter("subject_config")
         check_subject(subject)
         config = self._configs.get(subject)
+        if config is not None:
+            now_s = now_ms // 1000
+            for counter, override in list(config.overrides.items()):
+                if 0 < override.expires_at <= now_s:
+                    del config.overrides[counter]  # lazily, as config_get.lua: no version change
+        self._leave("subject_config")
+        return self._config_now(subject, now_ms)
+
+    def _config_now(self, subject: str, now_ms: int) -> SubjectConfig:
+        """The subject's config: its live overrides (expired ones left out, not deleted)."""
+        config = self._configs.get(subject)
         if config is None:
-            self._leave("subject_config")
             return SubjectConfig(tier=None, overrides=(), version="0")
         now_s = now_ms // 1000
-        for counter, override in list(config.overrides.items()):
-            if 0 < override.expires_at <= now_s:
-                del config.overrides[counter]  # lazily, as config_get.lua: no version change
-        live = sorted(config.overrides.values(), key=lambda o: (o.metric, WINDOW_ORDER.index(o.window)))
-        self._leave("subject_config")
+        live = sorted(
+            (o for o in config.overrides.values() if not 0 < o.expires_at <= now_s),
+            key=lambda o: (o.metric, WINDOW_ORDER.index(o.window)),
+        )
         return SubjectConfig(tier=config.tier, overrides=tuple(live), version=str(config.version))
 
     async def ping(self) -> None:

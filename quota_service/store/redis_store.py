@@ -371,10 +371,13 @@ class _StepReply:
     state: State | None
     has_global: bool
     estimate: str  # replays: the record's estimate (amounts, or a tombstone's units)
+    config: Sequence[Any] | None = None  # STALE_CONFIG: the config now, as config_get.lua returns it
 
     @classmethod
     def parse(cls, scope: _Scope, reply: Sequence[Any]) -> _StepReply:
-        status, generation, expires_ms, replayed, flat, recorded, plan, layout, state, has_global, estimate = reply
+        status, generation, expires_ms, replayed, flat, recorded, plan, layout, state, has_global, estimate = reply[:11]
+        if len(reply) not in (11, 12):
+            raise ValueError(f"{len(reply)} fields in a reserve reply")
         return cls(
             scope=scope.scope,
             status=Status(status),
@@ -388,6 +391,7 @@ class _StepReply:
             state=State(state) if state else None,
             has_global=has_global == YES,
             estimate=str(estimate),
+            config=reply[11] if len(reply) == 12 else None,
         )
 
     def recorded_values(self) -> dict[str, CounterValue]:
@@ -495,6 +499,16 @@ def _seconds_ceil(ms: int) -> int:
 
 def _override_field(metric: str, window: Window) -> str:
     return f"{metric}:{window.value}"
+
+
+def _config_from(subject: str, now_s: int, reply: Sequence[Any]) -> SubjectConfig:
+    """A config as config_get.lua (or a STALE_CONFIG answer) returns it: the live overrides
+    (``expires_at`` 0 or later than ``now_s``), sorted."""
+    tier, has_tier, version, flat = reply
+    overrides = [_override_from(subject, flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+    live = [o for o in overrides if o.expires_at == 0 or o.expires_at > now_s]
+    live.sort(key=lambda o: (o.metric, WINDOW_ORDER.index(o.window)))
+    return SubjectConfig(tier=tier if has_tier == YES else None, overrides=tuple(live), version=str(version))
 
 
 def _override_from(subject: str, field: str, raw: str) -> OverrideRecord:
@@ -697,6 +711,7 @@ class RedisCounterStore:
         command = prepared.command
         record = keys.record_key(scope.scope, name)
         subject_step = step is Step.SUBJECT
+        checks_config = step in (Step.SUBJECT, Step.DRY_RUN) and scope is prepared.own
         # A subject record answers its request_id; a company-wide one always records its values.
         request = bool(command.request_id) if subject_step else step is not Step.DRY_RUN
         script_keys = [
@@ -706,6 +721,8 @@ class RedisCounterStore:
             # Only the subject step touches the shared texts; other steps name any key of the slot.
             keys.plan_key(scope.scope, prepared.plan_digest) if subject_step else record,
             keys.layout_key(scope.scope, prepared.layout_digest) if subject_step else record,
+            # read for a STALE_CONFIG answer, by the steps that check the config version
+            keys.overrides_key(scope.scope) if checks_config else record,
             *scope.counter_keys,
         ]
         args: list[str | int] = [
@@ -719,7 +736,7 @@ class RedisCounterStore:
             self._sweep_limit,
             YES if request else NO,
             YES if (subject_step and prepared.company.refs) else NO,
-            (command.config_version or "") if step in (Step.SUBJECT, Step.DRY_RUN) and scope is prepared.own else "",
+            (command.config_version or "") if checks_config else "",
             prepared.plan if subject_step else "",
             prepared.layout if subject_step else protocol.layout_text("", scope.refs, ()),
             prepared.estimate if subject_step else "",
@@ -842,7 +859,7 @@ class RedisCounterStore:
                 expires_ms=prepared.expires_ms,
             )
         if first.status is Status.STALE_CONFIG:
-            return ReserveResult(ReserveStatus.STALE_CONFIG, "", first.values)
+            return self._stale(prepared, first)
         if first.status is Status.DUPLICATE:
             raise InvalidRequest(f"reservation id {command.reservation_id!r} is already in use")
         if not first.replayed:  # the common case, read straight off the replies
@@ -944,6 +961,21 @@ class RedisCounterStore:
             name.subject, name.name, name.generation, Settle.COMPENSATE, now_ms, global_values=global_values
         )
 
+    def _stale(self, prepared: _Prepared, reply: _StepReply) -> ReserveResult:
+        """STALE_CONFIG, with the config the script read in the same step (when it did)."""
+        subject = prepared.command.subject
+        config = (
+            parsed(
+                "reserve",
+                keys.config_key(subject),
+                functools.partial(_config_from, subject, prepared.command.now_ms // 1000),
+                reply.config,
+            )
+            if reply.config is not None
+            else None
+        )
+        return ReserveResult(ReserveStatus.STALE_CONFIG, "", reply.values, config=config)
+
     async def _recorded_or_current(
         self, refs: Sequence[CounterRef], recorded: Mapping[str, CounterValue], now_ms: int
     ) -> dict[CounterRef, CounterValue]:
@@ -960,7 +992,7 @@ class RedisCounterStore:
         )
         values = dict(checked.values)
         if checked.status is Status.STALE_CONFIG:  # its plan rests on a stale config
-            return ReserveResult(ReserveStatus.STALE_CONFIG, "", values)
+            return self._stale(prepared, checked)
         if prepared.company.refs:
             company = await self._step(
                 Step.DRY_RUN, prepared, prepared.company, name="", generation="", expires_ms=prepared.expires_ms
@@ -1132,16 +1164,10 @@ class RedisCounterStore:
         """Tier, live overrides (``expires_at`` 0 or later than ``now_ms``) and version, read
         atomically. Expired overrides are deleted on the way (no version change)."""
         check_subject(subject)
-        now_s = now_ms // 1000
-
-        def parse(reply: Sequence[Any]) -> SubjectConfig:
-            tier, has_tier, version, flat = reply
-            overrides = [_override_from(subject, flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-            live = [o for o in overrides if o.expires_at == 0 or o.expires_at > now_s]
-            live.sort(key=lambda o: (o.metric, WINDOW_ORDER.index(o.window)))
-            return SubjectConfig(tier=tier if has_tier == YES else None, overrides=tuple(live), version=str(version))
-
-        return await self._script("config_get", [keys.config_key(subject), keys.overrides_key(subject)], [now_s], parse)
+        parse = functools.partial(_config_from, subject, now_ms // 1000)
+        return await self._script(
+            "config_get", [keys.config_key(subject), keys.overrides_key(subject)], [now_ms // 1000], parse
+        )
 
     async def ping(self) -> None:
         client = self._client

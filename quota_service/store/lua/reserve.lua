@@ -10,7 +10,9 @@
 --                               key of the slot, never touched)
 -- KEYS[5]      l:{S}:<digest>   the layout text a denial's tombstone names (STEP.SUBJECT;
 --                               otherwise any key of the slot, never touched)
--- KEYS[6..5+n] q:{S}:...        counter hashes (fields "used", "held", in units)
+-- KEYS[6]      o:{S}            the subject's overrides hash (read for a STALE_CONFIG answer;
+--                               steps that check no config version: any key of the slot)
+-- KEYS[7..6+n] q:{S}:...        counter hashes (fields "used", "held", in units)
 --
 -- ARGV[1]  step            STEP.SUBJECT | STEP.DRY_RUN | STEP.GLOBAL | STEP.GLOBAL_REPLAY
 -- ARGV[2]  tag             "{S}": the hash tag the record's other keys are built from
@@ -26,10 +28,10 @@
 -- ARGV[11] config_version  expected HGET c:{S} version; "" skips the check
 -- ARGV[12] plan            the plan text stored under KEYS[4] if it is not there yet
 -- ARGV[13] layout          the layout text "<plan digest>\n<own layout>\n<company-wide layout>"
---                          (its digest names KEYS[5]); line 2 names KEYS[6..] in order
+--                          (its digest names KEYS[5]); line 2 names KEYS[7..] in order
 --                          (entries "<metric>:<window>:<window_id>@<resets_at>")
 -- ARGV[14] estimate        amounts "<metric>=<units> ..." kept in the record
--- ARGV[15..] four per counter of KEYS[6..], in order: ask, cap, block (units), and the
+-- ARGV[15..] four per counter of KEYS[7..], in order: ask, cap, block (units), and the
 --          counter key's expiry (unix s)
 --
 -- Gate, per counter with ask > 0 and uh = used + held: deny when uh >= block or uh + ask > cap.
@@ -44,7 +46,7 @@
 --               DUPLICATE | MISSING (STEP.GLOBAL_REPLAY without a record)
 --   generation  the reservation's generation (a replay: the recorded one)
 --   replayed    "1" when the answer is an existing record's
---   values      flat {used_1, held_1, ...} (strings, units) of KEYS[6..], now (before this step)
+--   values      flat {used_1, held_1, ...} (strings, units) of KEYS[7..], now (before this step)
 --   recorded    replays: the record's values as first decided ("" if it kept none)
 --   plan        replays: the plan text it names ("" if none)
 --   layout      replays: "<own layout>\n<company-wide layout>", naming the recorded values' counters
@@ -53,5 +55,7 @@
 --   estimate    replays: the record's estimate: amounts "<metric>=<units> ..." (state open or
 --               expired), or a tombstone's units "<u>,<u>" in the order of the plan text's
 --               estimated metrics (any other state); "" if it kept none
+--   config      STALE_CONFIG only (a 12th element): the subject's config now, as config_get.lua
+--               returns it: {tier, has_tier, version, overrides flat {field, json, ...}}
 
 return reserve_one(KEYS, ARGV)

@@ -10,6 +10,7 @@ local function reserve_args(KEYS, ARGV)
   local own_layout, global_layout = first_line(layouts)
   local a = {
     record_key = KEYS[1], open_key = KEYS[2], config_key = KEYS[3], plan_key = KEYS[4], layout_key = KEYS[5],
+    overrides_key = KEYS[6],
     step = ARGV[1], tag = ARGV[2], now_ms = num(ARGV[3]), name = ARGV[4], gen = ARGV[5],
     expires_ms = num(ARGV[6]), grace_ms = num(ARGV[7]), sweep_limit = num(ARGV[8]),
     request = ARGV[9] == YES, has_global = ARGV[10] == YES, config_version = ARGV[11],
@@ -20,10 +21,10 @@ local function reserve_args(KEYS, ARGV)
     a.plan_digest = string.match(KEYS[4], '[^:]*$')
     a.layout_digest = string.match(KEYS[5], '[^:]*$')
   end
-  for i = 1, #KEYS - 5 do
+  for i = 1, #KEYS - 6 do
     local at = 15 + 4 * (i - 1)
     a.counters[i] = {
-      key = KEYS[5 + i], ask = num(ARGV[at]), cap = num(ARGV[at + 1]), block = num(ARGV[at + 2]),
+      key = KEYS[6 + i], ask = num(ARGV[at]), cap = num(ARGV[at + 1]), block = num(ARGV[at + 2]),
       expire_at_ms = num(ARGV[at + 3]) * 1000,
     }
   end
@@ -74,6 +75,15 @@ local function answer_replay(a, ctx, rec)
   local plan = named_text(a.tag, KEY.PLAN, plan_digest, a.record_key)
   return {status, rec.gen, rec.expires_ms_text, YES, a.flat, rec.values, plan, layout, rec.state,
     rec.has_global and YES or NO, rec.estimate or ''}
+end
+
+-- The subject's config as config_get.lua reads it ({tier, has_tier, version, overrides flat}),
+-- for a STALE_CONFIG answer: the caller plans again on it without a round trip of its own.
+-- (Expired overrides are left for config_get.lua to delete; the caller skips them.)
+local function config_now(a)
+  local tier = on_key('HGET', a.config_key, 'tier')
+  local version = on_key('HGET', a.config_key, 'version') or '0'
+  return {tier or '', tier and YES or NO, version, on_key('HGETALL', a.overrides_key)}
 end
 
 local function config_is_current(a)
@@ -186,7 +196,9 @@ local function reserve_one(KEYS, ARGV)
     end
   end
   if not config_is_current(a) then
-    return reply(a, STATUS.STALE_CONFIG)
+    local stale = reply(a, STATUS.STALE_CONFIG)
+    stale[12] = config_now(a)
+    return stale
   end
   local denied = gate_denies(a)
   if a.step == STEP.DRY_RUN then

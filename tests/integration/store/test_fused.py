@@ -13,7 +13,8 @@ import redis.asyncio
 from support.charges import NOW_MS, charge, command, counter, global_counter
 
 from quota_service.errors import StoreDataError
-from quota_service.policy.domain import CounterRef, CounterValue
+from quota_service.policy.domain import CounterRef, CounterValue, OverrideRecord
+from quota_service.policy.windows import Window
 from quota_service.store import keys
 from quota_service.store.base import ReserveStatus
 from quota_service.store.redis_store import RedisCounterStore
@@ -101,3 +102,26 @@ async def test_a_global_denial_is_given_back_in_the_same_step(
     again = await store.reserve(denied)
     assert again.replayed and again.status is ReserveStatus.DENIED_GLOBAL
     assert await value(store, mine) == CounterValue(0, 0)
+
+
+async def test_a_stale_config_answer_carries_the_config_read_in_the_same_step(store: RedisCounterStore) -> None:
+    """A plan made on a config the subject no longer has (here: none at all, version "0")
+    is answered STALE_CONFIG with the config as it is, live overrides only, so the caller
+    plans again without a read of its own."""
+    await store.set_tier("payer", "pro_alpha")
+    await store.set_override(OverrideRecord("payer", "tokens", Window.DAY, 5_000, expires_at=0))
+    await store.set_override(OverrideRecord("payer", "cost_usd", Window.DAY, 9, expires_at=NOW_MS // 1000 - 1))
+    stale = await store.reserve(
+        command(charge(counter("payer"), 10, cap=100), subject="payer", config_version="0", request_id="S")
+    )
+    assert stale.status is ReserveStatus.STALE_CONFIG and stale.config is not None
+    assert stale.config.tier == "pro_alpha" and stale.config.version not in ("", "0")
+    assert [(o.metric, o.max_units) for o in stale.config.overrides] == [("tokens", 5_000)]  # the expired one left out
+    assert stale.config == await store.subject_config("payer", NOW_MS)
+    assert await value(store, counter("payer")) == CounterValue(0, 0)  # nothing held
+    again = await store.reserve(
+        command(
+            charge(counter("payer"), 10, cap=100), subject="payer", config_version=stale.config.version, request_id="S"
+        )
+    )
+    assert again.status is ReserveStatus.RESERVED and not again.replayed

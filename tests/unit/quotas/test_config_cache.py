@@ -146,8 +146,8 @@ async def test_a_cold_subject_takes_one_store_call_and_a_configured_one_retries_
     store: MemoryCounterStore, clock: ManualClock, policy_file: Path, monotonic: Monotonic
 ) -> None:
     """Nothing cached: the plan assumes no config (version "0"), and the reserve step checks
-    that atomically. A subject with a tier costs one STALE_CONFIG retry after a fresh read,
-    then is decided on its own tier, and cached."""
+    that atomically. A subject with a tier costs one STALE_CONFIG retry, on the config that
+    answer carries (no read of its own), then is decided on its own tier, and cached."""
     quotas = make(store, clock, policy_file, SubjectConfigCache(monotonic=monotonic))
     answer = await quotas.check_and_reserve(ask("newcomer"))
     assert answer.outcome.decision is Decision.ALLOW and answer.tier == "free_alpha"
@@ -156,9 +156,9 @@ async def test_a_cold_subject_takes_one_store_call_and_a_configured_one_retries_
     await store.set_tier("payer", "pro_alpha")
     answer = await quotas.check_and_reserve(ask("payer"))
     assert answer.outcome.decision is Decision.ALLOW and answer.tier == "pro_alpha"
-    assert (store.calls["subject_config"], store.calls["reserve"]) == (1, 3)  # stale, read, reserve again
+    assert (store.calls["subject_config"], store.calls["reserve"]) == (0, 3)  # stale (with the config), again
     await quotas.check_and_reserve(ask("payer"))
-    assert (store.calls["subject_config"], store.calls["reserve"]) == (1, 4)  # cached now
+    assert (store.calls["subject_config"], store.calls["reserve"]) == (0, 4)  # cached now
 
 
 async def until(predicate: Callable[[], bool], turns: int = 100_000) -> None:
