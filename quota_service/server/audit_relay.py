@@ -75,6 +75,10 @@ def _event(entry_id: str, fields: dict[str, Any]) -> Event | None:
         return None
 
 
+#: The longest stop() waits for its cancelled tasks (seconds).
+STOP_SECONDS = 5.0
+
+
 class AuditRelay:
     """See the module docstring. ``on_stored`` is called after events are stored (the event
     feed's and the webhook deliverer's wake-ups)."""
@@ -131,10 +135,18 @@ class AuditRelay:
             self._task = asyncio.create_task(self._run(), name="audit relay")
 
     async def stop(self) -> None:
+        """Cancel the relay and any direct insert; wait for them at most
+        :data:`STOP_SECONDS` (a ledger call that never returns must not hold up a shutdown;
+        whatever was not relayed stays in the stream for the next start)."""
         tasks = [t for t in (self._task, *self._direct) if t is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_SECONDS)
+            if pending:
+                log.warning(
+                    "audit relay: %d task(s) did not stop within %.0f s; left behind", len(pending), STOP_SECONDS
+                )
         self._task = None
 
     async def _read(self, after: str) -> list[Any]:
