@@ -123,7 +123,7 @@ async def test_a_burst_of_commits_releases_and_expiries_leaves_the_ledger_equal_
     released: set[str] = set()
     expiring: list[str] = []
     work = []
-    for i, (request, answer) in enumerate(granted):
+    for i, (_, answer) in enumerate(granted):
         if i % 3 == 0:
             used = rng.randint(0, 600)  # under and over the estimate
             committed[answer.reservation_id] = used
