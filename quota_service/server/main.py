@@ -37,6 +37,7 @@ from quota_service.server.admin import AdminServicer
 from quota_service.server.app import ConfigurationError, TlsFiles, admin_mode, create_server, ensure_free
 from quota_service.server.audit_relay import AuditRelay
 from quota_service.server.auth import AccessTokens
+from quota_service.server.cross_rules import CrossRules
 from quota_service.server.notifications import Notifications, checked_loader
 from quota_service.server.usage_relay import UsageRelay
 from quota_service.stops import StopWatcher
@@ -145,6 +146,14 @@ async def serve(args: argparse.Namespace) -> int:
         request_budget_seconds=args.request_budget,
         records=usage.record if ledger is not None else None,
     )
+    admin_core = Admin(
+        quotas=quotas,
+        store=admin_store,
+        stops=stops,
+        audit_sink=relay.record if relay is not None else None,
+    )
+    rules = CrossRules(admin=admin_core, policy=policy)  # on_cross: act on crossings the relay stores
+    usage.on_new = rules.on_new
     background = (
         asyncio.create_task(_start_background(ledger_ready, relay, notifications, usage))
         if ledger_ready is not None and relay is not None and notifications is not None
@@ -158,12 +167,7 @@ async def serve(args: argparse.Namespace) -> int:
             quotas=quotas,
             listen=args.listen,
             admin=AdminServicer(
-                admin=Admin(
-                    quotas=quotas,
-                    store=admin_store,
-                    stops=stops,
-                    audit_sink=relay.record if relay is not None else None,
-                ),
+                admin=admin_core,
                 feed=feed,
                 webhooks=notifications.deliverer if notifications is not None else None,
             ),
@@ -186,6 +190,7 @@ async def serve(args: argparse.Namespace) -> int:
 
         start_http_server(args.metrics_port, addr="127.0.0.1" if args.listen.startswith("127.") else "0.0.0.0")
     await server.start()
+    await rules.start()
     host = args.listen.rsplit(":", 1)[0]
     status = policy.status()
     log.info("listening on %s:%d (%s)", host, port, "TLS" if tls else "plaintext")
@@ -214,6 +219,7 @@ async def serve(args: argparse.Namespace) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await quotas.drain()  # for as long as the withdraw retries can last (about 10 s)
+        await rules.stop()
         await _stop_background(background, relay, notifications, usage)
         await _close_ledger(ledger, ledger_ready)
         await stops.close()

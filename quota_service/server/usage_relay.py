@@ -114,7 +114,8 @@ class UsageRelay:
         self._timeout = max(store.timeout_seconds, 1.0)  # background calls: not the request budget
         self._ledger = ledger
         self._on_stored = on_stored
-        self._on_new = on_new
+        #: Called with the events a pass stored for the first time (settable after construction).
+        self.on_new = on_new
         self._poll = poll_seconds
         self._reap_every = reap_seconds
         self._scan_every = scan_seconds
@@ -314,11 +315,11 @@ class UsageRelay:
             await self._tell_new(events, new_ids)
 
     async def _tell_new(self, events: Sequence[Event], new_ids: Sequence[str]) -> None:
-        if self._on_new is None:
+        if self.on_new is None:
             return
         fresh = set(new_ids)
         try:
-            await self._on_new([e for e in events if e.id in fresh])
+            await self.on_new([e for e in events if e.id in fresh])
         except Exception:
             log.exception("usage relay: acting on new events failed")
 
