@@ -359,6 +359,9 @@ def _lines(policy: CompiledPolicy, the_plan: Plan) -> tuple[str, str]:
     return lines
 
 
+#: The least number of seconds between two log lines about a full outbox.
+OUTBOX_LOG_SECONDS = 10.0
+
 #: Denials no store step records (decided before any store call, or because the store
 #: failed): the core hands their DENIED record to ``records``. The gate's denials
 #: (BLOCK_THRESHOLD, LIMIT_EXCEEDED, HARD_STOP, GLOBAL_LIMIT) are recorded by the store.
@@ -440,6 +443,7 @@ class Quotas:
         #: Where the DENIED records of denials decided without a store step go (the usage
         #: relay); ``None``: no ledger. Every other record is written by the store's own step.
         self._records = records
+        self._outbox_full_logged = float("-inf")
         if isinstance(self.stops, ConfigFeed):
             self.stops.follow_configs(self.configs)
 
@@ -523,7 +527,11 @@ class Quotas:
                 self._withdraw_later(sent[-1], request.request_id)
         except OutboxFull as exc:  # nothing was held: no spend goes unrecorded, whatever the tier says
             OUTBOX_REFUSALS.inc()
-            log.error("refusing a reservation for %r: %s", request.subject, exc)
+            if time.monotonic() - self._outbox_full_logged > OUTBOX_LOG_SECONDS:
+                self._outbox_full_logged = time.monotonic()
+                log.error(
+                    "refusing new reservations (%r and every other subject of its slot): %s", request.subject, exc
+                )
             tier = self._tier_of(policy, self.configs.get(request.subject))
             outcome = Outcome(Decision.DENY, Reason.STORE_ERROR, f"denied: {exc}")
             answer = ReserveAnswer(outcome, tier.name if tier else "", policy.version)

@@ -222,3 +222,37 @@ async def test_denials_are_recorded_with_the_deciding_limit_and_crossings_once(w
     await world.relay.drain()
     committed = {e.request_id: e for e in await all_events(world.ledger, subject=who, kinds=[EventKind.COMMITTED])}
     assert {rid for rid, e in committed.items() if e.decision is Decision.WARN} == {"t-7", "t-8", "t-9"}
+
+
+async def test_a_full_outbox_refuses_new_reservations_and_drains_back(
+    redis_url: str, ledger: Ledger, tmp_path: Path
+) -> None:
+    """The ledger down so long that the outbox reached its cap: new reservations are refused
+    (DENY STORE_ERROR, whatever the tier's on_store_error), settlements still go in, and once
+    the relay has stored the records the service grants again; nothing was lost."""
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(POLICY.replace("on_store_error: deny", "on_store_error: allow"))
+    store = RedisCounterStore.from_url(redis_url, timeout_seconds=5.0)
+    store = RedisCounterStore(client=store.client, timeout_seconds=5.0, outbox_cap=5)
+    relay = UsageRelay(store=store, ledger=ledger)
+    quotas = Quotas(policy=LivePolicy(policy_file), store=store, records=relay.record)
+    try:
+        open_ones = []
+        for i in range(5):
+            answer = await quotas.check_and_reserve(chat("full", 10, f"f-{i}"))  # type: ignore[arg-type]
+            assert answer.reservation_id
+            open_ones.append(answer.reservation_id)
+            if i < 4:
+                await quotas.commit(answer.reservation_id, {"tokens": 10})  # 4 COMMITTED entries wait
+        await quotas.commit(open_ones[4], {"tokens": 10})  # the 5th: the outbox is at its cap
+        refused = await quotas.check_and_reserve(chat("full", 10, "f-refused"))  # type: ignore[arg-type]
+        assert refused.outcome.decision is Decision.DENY and refused.outcome.reason is Reason.STORE_ERROR
+        assert "outbox" in refused.outcome.message and not refused.reservation_id
+        await relay.drain()  # the ledger is back: the records go in, the outbox empties
+        again = await quotas.check_and_reserve(chat("full", 10, "f-again"))  # type: ignore[arg-type]
+        assert again.reservation_id
+        events = await all_events(ledger, subject="full")
+        assert sorted(e.request_id for e in events if e.kind is EventKind.COMMITTED) == [f"f-{i}" for i in range(5)]
+        assert [e.reason for e in events if e.kind is EventKind.DENIED] == [Reason.STORE_ERROR]
+    finally:
+        await store.close()
