@@ -443,6 +443,9 @@ class Quotas:
         #: Where the DENIED records of denials decided without a store step go (the usage
         #: relay); ``None``: no ledger. Every other record is written by the store's own step.
         self._records = records
+        #: Set (to why) while the store has lost its data (the store identity guard): every
+        #: reservation is denied, settlements answer UNAVAILABLE (retried) until a restore.
+        self.lost = ""
         self._outbox_full_logged = float("-inf")
         if isinstance(self.stops, ConfigFeed):
             self.stops.follow_configs(self.configs)
@@ -510,6 +513,12 @@ class Quotas:
     async def check_and_reserve(self, request: QuotaRequest) -> ReserveAnswer:
         policy = self.policy.current
         sent: list[str] = []  # reservation ids of the reserve commands sent, in order
+        if self.lost:
+            answer = self._lost_answer(policy, request)
+            _decision_counter(answer.outcome.decision, answer.outcome.reason).inc()
+            if self._records is not None and not request.dry_run:
+                self._records(_denial_record(request, answer, to_ms(self.clock.now())))
+            return answer
         try:
             async with asyncio.timeout(deadline.remaining()):
                 answer = await self._check_and_reserve(policy, request, sent)
@@ -761,6 +770,19 @@ class Quotas:
             )
         return ReserveAnswer(outcome, tier.name if tier else "", policy.version)
 
+    def _lost_answer(self, policy: CompiledPolicy, request: QuotaRequest) -> ReserveAnswer:
+        """DENY ``STORE_ERROR`` whatever the tier says: the counters are gone, so nothing may be
+        granted until they are restored from the ledger."""
+        tier = self._tier_of(policy, self.configs.get(request.subject))
+        message = f"denied: the quota store lost its data ({self.lost}); an operator must run quota-service restore"
+        return ReserveAnswer(
+            Outcome(Decision.DENY, Reason.STORE_ERROR, message), tier.name if tier else "", policy.version
+        )
+
+    def _refuse_while_lost(self) -> None:
+        if self.lost:
+            raise StoreUnavailable(f"the quota store lost its data ({self.lost}); retry after it is restored")
+
     def _store_error(self, policy: CompiledPolicy, request: QuotaRequest, exc: StoreDataError) -> ReserveAnswer:
         """DENY ``STORE_ERROR``: damaged data is a bug, never an outage (no ``on_store_error``)."""
         tier = self._tier_of(policy, self.configs.get(request.subject))
@@ -871,6 +893,7 @@ class Quotas:
 
     async def commit(self, reservation_id: str, usage: Mapping[str, float]) -> SettleAnswer:
         subject = subject_of(reservation_id)
+        self._refuse_while_lost()
         with self._data_errors("commit", reservation_id):
             reservation = await self.store.get_reservation(reservation_id)
             if reservation is None:
@@ -923,6 +946,7 @@ class Quotas:
     async def release(self, reservation_id: str) -> bool:
         """Returns ``already_settled``."""
         subject_of(reservation_id)
+        self._refuse_while_lost()
         with self._data_errors("release", reservation_id):
             result = await self.store.release(reservation_id, to_ms(self.clock.now()))
         return result.already_settled
