@@ -66,3 +66,8 @@ STORE_LOST = Gauge(
     "1 while this replica fails closed because Redis lost its data (store identity gone); restore from the ledger",
     multiprocess_mode="livemax",
 )
+FAIL_OPEN = Counter(
+    "quota_fail_open_total",
+    "on_store_error: allow during an outage: requests granted within the allowance, denied past it, written back",
+    ["outcome"],
+)
