@@ -67,6 +67,7 @@ from bench.run import (
     Server,
     _progress,
     cpu_seconds,
+    flush_keeping_identity,
     machine_info,
     redis_server_version,
     run_cell,
@@ -79,6 +80,7 @@ from quota.v1 import quota_pb2, quota_pb2_grpc
 from quota_service.admin import override_units
 from quota_service.policy.domain import OverrideRecord
 from quota_service.policy.windows import Window
+from quota_service.server.store_identity import IDENTITY_KEY
 from quota_service.store import keys
 from quota_service.store.admin_store import OVERRIDE_INDEX_KEY, RedisAdminStore
 from quota_service.store.embedded import find_redis_server
@@ -320,7 +322,7 @@ def used_memory(url: str) -> int:
 
 def prefill(url: str, template: Sequence[TemplateKey], subjects: int) -> dict[str, Any]:
     with redis.Redis.from_url(url) as client:
-        client.flushdb()
+        flush_keeping_identity(client, db_only=True)
         sha = str(client.script_load(PREFILL_LUA))
     before = used_memory(url)
     started = time.perf_counter()
@@ -328,8 +330,9 @@ def prefill(url: str, template: Sequence[TemplateKey], subjects: int) -> dict[st
     seconds = time.perf_counter() - started
     after = used_memory(url)
     with redis.Redis.from_url(url) as client:
-        # the slot-wide keys (the outbox the servers' relays keep, the reaper's due index) are not a subject's
-        shared = (keys.outbox_key(keys.SINGLE_TAG), keys.due_key(keys.SINGLE_TAG))
+        # the slot-wide keys (the outbox the servers' relays keep, the reaper's due index, the store's
+        # identity) are not a subject's
+        shared = (keys.outbox_key(keys.SINGLE_TAG), keys.due_key(keys.SINGLE_TAG), IDENTITY_KEY)
         dbsize = int(client.dbsize()) - int(client.exists(*shared))
         sample = f"{template[0].kind}:{{{SUBJECT_PREFIX}{subjects - 1}}}{template[0].rest}"
         if dbsize != subjects * len(template) or not client.exists(sample):

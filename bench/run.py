@@ -46,6 +46,7 @@ import redis
 
 from bench.workload import FEATURE, MODEL, PROVIDER
 from quota.v1 import quota_pb2, quota_pb2_grpc
+from quota_service.server.store_identity import IDENTITY_KEY
 from quota_service.server.supervisor import die_with_parent
 from quota_service.store.embedded import find_redis_server, free_port
 
@@ -769,7 +770,7 @@ def bench(args: argparse.Namespace) -> int:
         with redis.Redis.from_url(redis_url) as admin:
             for round_no in range(1, args.rounds + 1):
                 for system, pool, pinned, c in plan:
-                    admin.flushall()
+                    flush_keeping_identity(admin)
                     prime = pool == "hot" and system not in primed
                     cell = run_cell(
                         children,
@@ -835,6 +836,19 @@ def bench(args: argparse.Namespace) -> int:
             _progress(f"bench: logs kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def flush_keeping_identity(client: redis.Redis, *, db_only: bool = False) -> None:
+    """Empty the benchmark's Redis between cells (``db_only``: the client's database only),
+    but for the store identity: the servers would otherwise (rightly) take the flush for a
+    Redis that lost its data and fail closed."""
+    identity = client.get(IDENTITY_KEY)
+    if db_only:
+        client.flushdb()
+    else:
+        client.flushall()
+    if identity is not None:
+        client.set(IDENTITY_KEY, identity)
 
 
 def run_main(name: str, run: Callable[[], int]) -> int:
