@@ -39,6 +39,7 @@ from quota_service.server.audit_relay import AuditRelay
 from quota_service.server.auth import AccessTokens
 from quota_service.server.notifications import Notifications, checked_loader
 from quota_service.stops import StopWatcher
+from quota_service.store.embedded import EmbeddedRedisError
 
 if TYPE_CHECKING:
     from quota_service.store.redis_store import RedisCounterStore
@@ -72,7 +73,7 @@ def serve_from_args(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
             print(f"error: {issue}", file=sys.stderr)
         print("quota-service: the policy files are not valid; not starting", file=sys.stderr)
         return 2
-    except QuotaServiceError as exc:
+    except (QuotaServiceError, EmbeddedRedisError) as exc:
         print(f"quota-service: {exc}", file=sys.stderr)
         return 2
 
@@ -111,7 +112,9 @@ async def serve(args: argparse.Namespace) -> int:
     redis_url = args.redis_url
     if not redis_url:
         embedded = EmbeddedRedis(data_dir=Path(args.data_dir), persistence=True)
-        await asyncio.to_thread(embedded.start)
+        # In the main thread, not a worker thread: the server's PR_SET_PDEATHSIG follows the
+        # thread that spawned it (see store.embedded). Nothing is served yet; the wait is short.
+        embedded.start()
         redis_url = embedded.url
         store_desc = f"embedded redis-server at {redis_url} (append-only file in {Path(args.data_dir).resolve()})"
     else:
