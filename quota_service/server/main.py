@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from grpc_health.v1 import health_pb2
 
 from quota_service.admin import Admin
+from quota_service.background import survived
 from quota_service.errors import PolicyError, QuotaServiceError, StoreUnavailable
 from quota_service.ledger.errors import LedgerUnavailable
 from quota_service.ledger.feed import EventFeed
@@ -246,8 +247,10 @@ async def _migrate(ledger: Ledger) -> None:
             return
         except LedgerUnavailable as exc:
             log.error("ledger unavailable (%s); retrying in %.0f s", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+        except Exception as exc:  # the relay and the webhooks wait on it: never give up
+            survived("ledger migration", exc)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0)
 
 
 async def _start_background(ready: asyncio.Task[None], relay: AuditRelay, notifications: Notifications) -> None:

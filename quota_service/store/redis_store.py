@@ -23,12 +23,16 @@ each lives, :mod:`quota_service.store.protocol` for what crosses to Lua):
   every write bumps the subject's config version in the same step.
 
 Failures: :func:`bounded_call` is the one place where redis-py's (and the OS's, and the
-deadline's) exceptions are translated. An outage (connection refused or lost, timeout,
-the request's deadline passed, Redis loading or busy with a script, a cluster failing over
-or reconfiguring, a read-only replica after a failover) becomes
-:class:`~quota_service.errors.StoreUnavailable`; anything Redis refuses otherwise
-(WRONGTYPE, a script error, out of memory, ...) and any reply that does not parse becomes
-:class:`~quota_service.errors.StoreDataError`, naming the key, logged once at ERROR.
+deadline's) exceptions are translated; every call of the client library goes through it.
+An outage (connection refused or lost, timeout, the request's deadline passed, Redis
+loading or busy with a script, a cluster failing over or reconfiguring, a read-only
+replica after a failover) becomes :class:`~quota_service.errors.StoreUnavailable`;
+anything Redis refuses otherwise (WRONGTYPE, a script error, out of memory, ...) and any
+reply that does not parse becomes :class:`~quota_service.errors.StoreDataError`, naming
+the key, logged once at ERROR. Any other exception raised from inside the client library
+(``AttributeError``, ``TypeError``, ``IndexError`` from redis-py's cluster client during a
+failover) is an outage as well: :class:`~quota_service.errors.StoreUnavailable`, counted
+(:mod:`quota_service.store.guard`).
 
 Deadlines: every Redis round trip is bounded by ``timeout_seconds`` cut to what is left of
 the request's deadline (:func:`quota_service.deadline.budget`); once that is gone, no I/O
@@ -77,7 +81,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from quota_service import deadline
-from quota_service.errors import InvalidRequest, NotFound, StoreDataError, StoreUnavailable
+from quota_service.errors import InvalidRequest, NotFound, QuotaServiceError, StoreDataError, StoreUnavailable
 from quota_service.policy.domain import (
     GLOBAL_SCOPE,
     CounterCharge,
@@ -102,6 +106,7 @@ from quota_service.store.base import (
     check_units,
 )
 from quota_service.store.batching import GroupCommit
+from quota_service.store.guard import client_fault
 from quota_service.store.protocol import NO, YES, Outcome, Settle, State, Status, Step
 
 __all__ = ["EvictionProblem", "RedisCounterStore", "bounded_call"]
@@ -207,7 +212,9 @@ async def bounded_call(
     The one place where redis-py's (and the OS's, and the deadline's) failures are
     translated: an outage becomes :class:`StoreUnavailable`, anything else Redis refuses
     :class:`StoreDataError` naming ``key`` (or the key a script named), logged at ERROR
-    unless ``refusal_expected`` (a probe that handles a refused command itself). With the
+    unless ``refusal_expected`` (a probe that handles a refused command itself); any other
+    exception from inside the client library is an outage too
+    (:func:`~quota_service.store.guard.client_fault`). With the
     deadline already gone, raises ``StoreUnavailable("request deadline passed")`` without
     any I/O."""
     budget = deadline.budget(seconds) if request_deadline else seconds
@@ -222,6 +229,12 @@ async def bounded_call(
         if _is_outage(exc):
             raise StoreUnavailable(f"redis {what} failed: {type(exc).__name__}: {exc}") from exc
         raise _data_error(what, key, exc, log_it=not refusal_expected) from exc
+    except QuotaServiceError:
+        raise  # already ours (a group commit's shed, say)
+    except Exception as exc:
+        # Not Redis' answer: the client library failed inside (its cluster client during a
+        # failover raised AttributeError, TypeError, IndexError). An outage to the caller.
+        raise client_fault(what, exc) from exc
 
 
 def parsed(what: str, key: str, parse: Callable[[R], T], reply: R) -> T:
