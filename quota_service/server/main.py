@@ -181,6 +181,7 @@ async def serve(args: argparse.Namespace) -> int:
     log.info("listening on %s:%d (%s)", host, port, "TLS" if tls else "plaintext")
     log.info("policy version %s from %s; tiers: %s", status.version, ", ".join(status.files), ", ".join(status.tiers))
     log.info("store: %s", store_desc)
+    _check_budget(args.request_budget, args.store_timeout)
     log.info("admin service: %s", _describe_access(token))
     if args.port_file:
         Path(args.port_file).write_text(f"{port}\n")
@@ -212,6 +213,30 @@ async def serve(args: argparse.Namespace) -> int:
             await asyncio.to_thread(embedded.stop)
         log.info("stopped")
     return 0
+
+
+def _check_budget(request_budget: float, store_timeout: float) -> None:
+    """Say so when the budget is not below the Python client's default attempt timeout. A
+    caller's own gRPC deadline (less ``quotas.REPLY_MARGIN_SECONDS``) bounds its request anyway;
+    the budget bounds the requests whose deadline is longer, or absent, and is what a
+    client's attempt timeout must stay above so that a slow store gets it an answer (the
+    on_store_error decision, or a retryable UNAVAILABLE) rather than a timed-out attempt."""
+    from quota_client.options import ClientOptions
+
+    attempt = ClientOptions().attempt_timeout
+    if request_budget >= attempt:
+        log.warning(
+            "--request-budget %.3g s is not below the Python client's default attempt timeout (%.3g s): "
+            "callers without a deadline of their own may wait longer than such a client's attempt during "
+            "a store failover; keep the budget below every client's attempt timeout",
+            request_budget,
+            attempt,
+        )
+    log.info(
+        "deadlines: %.3g s per request at most (every store call within it), %.3g s per store call",
+        request_budget,
+        min(store_timeout, request_budget),
+    )
 
 
 async def _reload(policy: LivePolicy) -> None:
