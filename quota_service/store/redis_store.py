@@ -61,7 +61,7 @@ from typing import Any, Final, TypeVar
 
 import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -106,8 +106,10 @@ from quota_service.store.base import (
     check_units,
 )
 from quota_service.store.batching import GroupCommit
+from quota_service.store.cluster import FailoverRedisCluster
 from quota_service.store.guard import client_fault
 from quota_service.store.protocol import NO, YES, Outcome, Settle, State, Status, Step
+from quota_service.store.urls import Deployment, parse_redis_url, redacted
 
 __all__ = ["EvictionProblem", "RedisCounterStore", "bounded_call"]
 
@@ -145,8 +147,6 @@ GLOBAL_BATCH: Final = 64
 #: Most whole reservations one fused script call carries (single Redis): a call of 64 runs
 #: for about as long as 64 calls of reserve.lua would, a few milliseconds.
 FUSED_BATCH: Final = 64
-_CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-_PLAIN_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
 
 #: What a store error looks like coming out of redis-py (or the OS).
 STORE_ERRORS: Final = (RedisError, RedisClusterException, OSError)
@@ -607,15 +607,16 @@ class RedisCounterStore:
         max_connections: int = 256,
         clock: Callable[[], float] = time.time,
     ) -> RedisCounterStore:
-        """A store for ``url``; nothing is connected until the first call.
+        """A store for ``url`` (:mod:`quota_service.store.urls` lists the forms); nothing is
+        connected until the first call.
 
-        ``redis://``, ``rediss://`` and ``unix://`` use one Redis; ``redis+cluster://host:port``
-        and ``rediss+cluster://`` use Redis Cluster, discovered from that node.
+        ``redis://``, ``rediss://`` and ``unix://`` use one Redis; ``redis+cluster://h1:p1,h2:p2,...``
+        and ``rediss+cluster://`` use Redis Cluster, discovered from any of those seed nodes
+        and riding out a master's failover (:class:`~quota_service.store.cluster.FailoverRedisCluster`).
         ``max_connections`` caps the connection pool (per node on a cluster); on a single
         Redis, a burst beyond it waits for a free connection within the deadline.
         """
-        scheme, sep, rest = url.partition("://")
-        scheme = scheme.lower()
+        target = parse_redis_url(url)
         socket_options: dict[str, Any] = {
             "decode_responses": True,
             "socket_timeout": timeout_seconds,
@@ -624,21 +625,25 @@ class RedisCounterStore:
             "retry": Retry(NoBackoff(), 1),
         }
         client: Redis | RedisCluster
-        if sep and scheme in _CLUSTER_SCHEMES:
-            client = RedisCluster.from_url(
-                f"{_CLUSTER_SCHEMES[scheme]}://{rest}", max_connections=max_connections, **socket_options
+        if target.deployment is Deployment.CLUSTER:
+            client = FailoverRedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in target.seeds],
+                username=target.username,
+                password=target.password,
+                ssl=target.tls,
+                # A master's slots uncovered for a moment fail alone, not the whole topology.
+                require_full_coverage=False,
+                max_connections=max_connections,
+                **socket_options,
             )
-        elif sep and scheme in _PLAIN_SCHEMES:
+        elif target.deployment is Deployment.SINGLE:
             pool = BlockingConnectionPool.from_url(
                 url, max_connections=max_connections, timeout=timeout_seconds, **socket_options
             )
             pool.connection_class = packing_in_c(pool.connection_class)
             client = Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
         else:
-            raise ValueError(
-                f"unsupported Redis URL {url!r}: use redis://, rediss://, unix://, redis+cluster:// "
-                "or rediss+cluster://"
-            )
+            raise ValueError(f"unsupported Redis URL {redacted(url)!r}: redis+sentinel:// is not supported yet")
         return cls(client=client, timeout_seconds=timeout_seconds, grace_seconds=grace_seconds, clock=clock)
 
     @property
