@@ -91,10 +91,10 @@ class LocalRedisCluster:
         """``redis+cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,...``: every node a seed."""
         return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
 
-    def roles(self) -> dict[int, str]:
-        """Port -> ``master`` / ``slave`` / ``fail`` as the live nodes see it (CLUSTER NODES)."""
+    def roles(self, skip: frozenset[int] = frozenset()) -> dict[int, str]:
+        """Port -> ``master`` / ``slave`` / ``fail`` as the live nodes (but ``skip``) see it (CLUSTER NODES)."""
         for node in self.nodes:
-            if not node.running:
+            if not node.running or node.port in skip:
                 continue
             try:
                 with redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True, socket_timeout=1) as client:
@@ -131,13 +131,14 @@ class LocalRedisCluster:
             time.sleep(0.005)
 
     def wait_promoted(self, dead: EmbeddedRedis, timeout: float = 30.0) -> float:
-        """Block until a replica of ``dead`` is a master and every slot is served by a live
-        master; returns the ``time.monotonic()`` instant it was first seen so."""
+        """Block until a replica of ``dead`` (killed, or frozen) is a master and every slot
+        is served by another master; returns the ``time.monotonic()`` instant it was first
+        seen so."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(redis.RedisError, EmbeddedRedisError):
-                roles = self.roles()
-                live = {node.port for node in self.nodes if node.running}
+                roles = self.roles(skip=frozenset({dead.port}))
+                live = {node.port for node in self.nodes if node.running and node is not dead}
                 if roles.get(dead.port) != "master" and self._covered_by(live):
                     return time.monotonic()
             time.sleep(0.01)

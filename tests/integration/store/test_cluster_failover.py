@@ -1,8 +1,10 @@
-"""A cluster master SIGKILLed under load, with a real 3-master / 3-replica cluster.
+"""A cluster master SIGKILLed (or frozen: SIGSTOP, as an unreachable host) under load, with a
+real 3-master / 3-replica cluster.
 
 The store is given every node as a seed (``redis+cluster://h1:p1,...``) and the master
 killed is the first seed. Measured and asserted: the requests of the other masters' slots
-keep succeeding; the dead master's slots are served again within
+keep succeeding (a frozen master: all but a few, :data:`FROZEN_ELSEWHERE_SHARE`); the dead
+master's slots are served again within
 :data:`RECOVERY_BOUND_SECONDS` of the replica's promotion (the topology is reloaded
 within a second); no request ends in anything but success or ``StoreUnavailable``; every
 acknowledged commit is in the counters afterwards. ``cluster-node-timeout`` is 1 s here so
@@ -12,6 +14,8 @@ the promotion comes quickly; the numbers are printed.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +33,9 @@ from quota_service.store.redis_store import RedisCounterStore
 pytestmark = [pytest.mark.cluster, pytest.mark.fault]
 
 RECOVERY_BOUND_SECONDS = 1.0
+#: With a frozen master, the share of the other masters' requests that may fail: a request
+#: waiting on a reload that asks the frozen node first (measured: 0 to 0.3 %).
+FROZEN_ELSEWHERE_SHARE = 0.02
 WORKERS = 12
 SUBJECTS = [f"user-{i}" for i in range(24)]
 
@@ -73,8 +80,9 @@ async def worker(
         await asyncio.sleep(0.002)
 
 
-async def test_a_killed_seed_master_fails_only_its_slots_and_recovers_after_promotion(
-    failover_cluster: LocalRedisCluster,
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+async def test_a_dead_seed_master_fails_only_its_slots_and_recovers_after_promotion(
+    failover_cluster: LocalRedisCluster, how: str
 ) -> None:
     cluster = failover_cluster
     dead = cluster.nodes[0]  # a master (redis-cli makes the first nodes masters), and the first seed
@@ -92,11 +100,19 @@ async def test_a_killed_seed_master_fails_only_its_slots_and_recovers_after_prom
         tasks = [asyncio.create_task(worker(store, i, stop, attempts, acked)) for i in range(WORKERS)]
         await asyncio.sleep(1.0)
         killed_at = time.monotonic()
-        cluster.kill(dead)
-        promoted_at = await asyncio.to_thread(cluster.wait_promoted, dead)
-        await asyncio.sleep(3.0)
-        stop.set()
-        await asyncio.gather(*tasks)
+        if how == "killed":
+            cluster.kill(dead)
+        else:
+            assert dead.pid is not None
+            os.kill(dead.pid, signal.SIGSTOP)
+        try:
+            promoted_at = await asyncio.to_thread(cluster.wait_promoted, dead)
+            await asyncio.sleep(3.0)
+            stop.set()
+            await asyncio.gather(*tasks)
+        finally:
+            if how == "frozen" and dead.pid is not None:
+                os.kill(dead.pid, signal.SIGCONT)
 
         before = [a for a in attempts if a.at < killed_at]
         assert before and all(a.ok for a in before)
@@ -106,17 +122,21 @@ async def test_a_killed_seed_master_fails_only_its_slots_and_recovers_after_prom
         recovery = max(0.0, last_dead_failure - promoted_at)
         after = [a for a in attempts if a.at > promoted_at + RECOVERY_BOUND_SECONDS]
         print(
-            f"\nkill -> promotion {promoted_at - killed_at:.2f} s; dead master's slots served again "
+            f"\n{how}: -> promotion {promoted_at - killed_at:.2f} s; dead master's slots served again "
             f"{recovery:.3f} s after the promotion; failed: {len(dead_failed)} of "
             f"{sum(1 for a in attempts if a.subject in on_dead)} on the dead master's slots, "
             f"{len(others_failed)} of {sum(1 for a in attempts if a.subject not in on_dead)} elsewhere; "
             f"topology reloads: {store.client.reloads}"
         )
         for failure in dead_failed[:2] + others_failed[:3]:
-            print("  e.g.", failure.subject, f"{failure.at - killed_at:+.2f} s", failure.error)
+            print("  e.g.", failure.subject, f"{failure.at - promoted_at:+.2f} s from the promotion", failure.error)
         assert recovery < RECOVERY_BOUND_SECONDS
         assert after and all(a.ok for a in after)
-        assert not others_failed, others_failed[:5]
+        elsewhere = sum(1 for a in attempts if a.subject not in on_dead)
+        if how == "killed":
+            assert not others_failed, others_failed[:5]
+        else:
+            assert len(others_failed) <= FROZEN_ELSEWHERE_SHARE * elsewhere, others_failed[:5]
 
         usage = {s: (await store.usage((counter(s),), NOW_MS))[counter(s)] for s in SUBJECTS}
         lost = {s: n - usage[s].used for s, n in acked.items() if usage[s].used < n}
