@@ -109,7 +109,8 @@ from quota_service.store.batching import GroupCommit
 from quota_service.store.cluster import FailoverRedisCluster
 from quota_service.store.guard import client_fault
 from quota_service.store.protocol import NO, YES, Outcome, Settle, State, Status, Step
-from quota_service.store.urls import Deployment, parse_redis_url, redacted
+from quota_service.store.sentinel import sentinel_master
+from quota_service.store.urls import Deployment, parse_redis_url
 
 __all__ = ["EvictionProblem", "RedisCounterStore", "bounded_call"]
 
@@ -612,7 +613,9 @@ class RedisCounterStore:
 
         ``redis://``, ``rediss://`` and ``unix://`` use one Redis; ``redis+cluster://h1:p1,h2:p2,...``
         and ``rediss+cluster://`` use Redis Cluster, discovered from any of those seed nodes
-        and riding out a master's failover (:class:`~quota_service.store.cluster.FailoverRedisCluster`).
+        and riding out a master's failover (:class:`~quota_service.store.cluster.FailoverRedisCluster`);
+        ``redis+sentinel://s1:p1,s2:p2/name[/db]`` uses the master the Sentinels call ``name``
+        (:mod:`quota_service.store.sentinel`).
         ``max_connections`` caps the connection pool (per node on a cluster); on a single
         Redis, a burst beyond it waits for a free connection within the deadline.
         """
@@ -643,7 +646,21 @@ class RedisCounterStore:
             pool.connection_class = packing_in_c(pool.connection_class)
             client = Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
         else:
-            raise ValueError(f"unsupported Redis URL {redacted(url)!r}: redis+sentinel:// is not supported yet")
+            client = sentinel_master(
+                target.seeds,
+                target.service,
+                timeout_seconds=timeout_seconds,
+                connection_options={
+                    **socket_options,
+                    "username": target.username,
+                    "password": target.password,
+                    "db": target.db,
+                    "ssl": target.tls,
+                    "max_connections": max_connections,
+                },
+            )
+            sentinel_pool = client.connection_pool
+            sentinel_pool.connection_class = packing_in_c(sentinel_pool.connection_class)
         return cls(client=client, timeout_seconds=timeout_seconds, grace_seconds=grace_seconds, clock=clock)
 
     @property
