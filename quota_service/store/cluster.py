@@ -30,11 +30,10 @@ This subclass changes those things and nothing else:
   :data:`MIN_REFRESH_INTERVAL_SECONDS` once the topology is known, so a dead master's
   failing requests refresh the topology continuously but cheaply: a promotion is picked
   up within that interval of the first node that knows it answering ``CLUSTER SLOTS``;
-* ``aclose()`` called by the client itself from inside a command or a pipeline (whose
-  failure on one node made redis-py close every node's connections: measured, the other
-  masters' requests failing 2.5-3 s after a promotion while a pipeline still reached the
-  dead node) only marks the topology for a reload and leaves the connections alone; the
-  store's own ``aclose()`` closes all.
+* ``aclose()`` called by the client itself from inside a command or a pipeline (redis-py's
+  ``ClusterPipeline.execute`` closes the whole client on a retryable error of one node; the
+  usage relay's outbox scan is a pipeline) only marks the topology for a reload and leaves
+  the connections alone; the store's own ``aclose()`` closes all.
 
 The seeds are every node of the URL (``redis+cluster://h1:p1,h2:p2,h3:p3``): a reload asks
 them (then every node learned since) in random order, the one that just failed last.
