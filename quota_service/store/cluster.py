@@ -21,7 +21,7 @@ measured here (tests/integration/store/test_cluster_failover.py):
 This subclass changes those things and nothing else:
 
 * a command cancelled by its request's deadline marks the topology for a reload, as a
-  connection error does (measured: the frozen master's slots served again 0.23-0.28 s
+  connection error does (measured: the frozen master's slots served again 0.04-0.44 s
   after the promotion; a killed one's 0.0-0.09 s);
 * a reload runs in a task of its own, outside any request, and a failed one keeps the
   connections and the last topology. Requests wait for a reload in flight at most
