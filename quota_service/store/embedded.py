@@ -27,6 +27,8 @@ One data dir, one server: :meth:`EmbeddedRedis.start` takes an exclusive ``flock
 lock is held until *both* the owner and its server are gone (an orphan still flushing its
 file keeps it). A second owner waits up to ``lock_wait_seconds`` for it (a killed owner's
 server exits within a moment), then refuses with :class:`DataDirLocked`, naming the holder.
+A redis-server running there without the lock (left by a version before it, or started by
+hand) is found by its working directory (Linux ``/proc``) and refused the same way.
 An orphan is never adopted: its options and port are not ours to trust, and refusing makes
 two servers on one append-only file impossible.
 
@@ -110,6 +112,29 @@ def _die_with(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
+def _servers_in(directory: Path) -> list[int]:
+    """Pids of the redis-server processes whose working directory is ``directory`` (Linux
+    ``/proc``; elsewhere, or where ``/proc`` is not readable, none are found)."""
+    found: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    target = str(directory.resolve())
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", encoding="utf-8", errors="replace") as comm:
+                if not comm.read().startswith("redis-server"):
+                    continue
+            if os.readlink(f"/proc/{entry}/cwd") == target:
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 class _DataDirLock:
     """An exclusive ``flock`` on ``<data_dir>/redis.lock``; its text names the holders."""
 
@@ -131,6 +156,16 @@ class _DataDirLock:
                             "quota-service (or its redis-server) or use another --data-dir"
                         ) from None
                     time.sleep(0.05)
+            # A server started without this lock (by a version before it, or by hand) may still
+            # run there: Linux tells by its working directory, which is the data dir.
+            stray = _servers_in(path.parent)
+            if stray:
+                raise DataDirLocked(
+                    f"the data dir {path.parent} is in use by redis-server pid {', '.join(map(str, stray))} "
+                    "(not started by this quota-service: no lock held): a second redis-server on the same "
+                    "append-only file would corrupt it. Stop it (SHUTDOWN, so it flushes its file) or use "
+                    "another --data-dir"
+                )
         except BaseException:
             os.close(fd)
             raise

@@ -22,7 +22,7 @@ import psutil
 import pytest
 import redis
 
-from quota_service.store.embedded import LOCK_NAME, DataDirLocked, EmbeddedRedis, find_redis_server
+from quota_service.store.embedded import LOCK_NAME, DataDirLocked, EmbeddedRedis, find_redis_server, free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.fault]
 
@@ -165,3 +165,36 @@ def test_the_lock_outlives_the_owner_while_its_server_runs(tmp_path: Path, owner
     wait_gone(redis_pid)
     EmbeddedRedis(data_dir=tmp_path / "data", lock_wait_seconds=5).start().stop()
     assert (tmp_path / "data" / LOCK_NAME).read_text() == ""
+
+
+def test_a_server_running_there_without_the_lock_is_refused(tmp_path: Path) -> None:
+    """An orphan left by a version before the lock (or a server started by hand) holds no
+    lock: it is found by its working directory, the data dir."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    port = free_port()
+    legacy = subprocess.Popen(
+        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--appendonly", "yes", "--save", ""],
+        cwd=data_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        started = time.monotonic()
+        while True:  # it answers before we look: a server that is there
+            assert legacy.poll() is None, "the stand-in server did not start"
+            try:
+                with redis.Redis(port=port, socket_timeout=0.5) as client:
+                    client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() - started < 5
+                time.sleep(0.02)
+        with pytest.raises(DataDirLocked, match=rf"in use by redis-server pid {legacy.pid} \(not started by"):
+            EmbeddedRedis(data_dir=data_dir, persistence=True, lock_wait_seconds=0).start()
+        assert legacy.poll() is None  # untouched
+    finally:
+        legacy.terminate()
+        legacy.wait()
+    with EmbeddedRedis(data_dir=data_dir, persistence=True, lock_wait_seconds=0) as server:
+        assert server.running
