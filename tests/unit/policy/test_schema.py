@@ -40,4 +40,5 @@ def test_schema_describes_the_top_level_keys() -> None:
         "notifications",
         "ledger_retention_days",
         "on_cross",
+        "fail_open_allowance",
     ]
