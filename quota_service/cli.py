@@ -29,7 +29,8 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--redis-url",
         default=os.environ.get("QUOTA_REDIS_URL", ""),
-        help="redis://, rediss://, unix:// or redis+cluster:// URL (env QUOTA_REDIS_URL); "
+        help="redis://, rediss://, unix://, redis+cluster://h1:p1,h2:p2,... (seed nodes) or "
+        "redis+sentinel://s1:p1,s2:p2,.../master[/db] URL (env QUOTA_REDIS_URL); "
         "empty: start an embedded redis-server with append-only persistence",
     )
     serve.add_argument(

@@ -40,6 +40,19 @@ COMMITS_REFUSED = Counter(
     "Commits refused for review: they reported more than commit_max_ratio times the estimate",
     ["tier"],
 )
+#: Exceptions from inside the Redis client library that are not Redis' own answers (an
+#: AttributeError from redis-py's cluster client during a failover, say): answered as an
+#: outage (StoreUnavailable). ``error`` is the exception's class name.
+STORE_CLIENT_FAULTS = Counter(
+    "quota_store_client_faults_total",
+    "Unexpected exceptions from inside the Redis client library, answered as store unavailable",
+    ["operation", "error"],
+)
+#: Exceptions a background task (withdraws, relays, subscriptions, polls, retention) caught
+#: and carried on after.
+BACKGROUND_ERRORS = Counter(
+    "quota_background_errors_total", "Exceptions caught by background tasks, which carried on", ["task"]
+)
 #: The usage outbox (Redis streams the usage relay drains into the ledger).
 OUTBOX_REFUSALS = Counter(
     "quota_outbox_refusals_total",

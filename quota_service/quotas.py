@@ -55,6 +55,7 @@ from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
 from quota_service import deadline
+from quota_service.background import survived
 from quota_service.clock import Clock, SystemClock, to_ms
 from quota_service.errors import (
     CommitRefused,
@@ -944,6 +945,9 @@ class Quotas:
                 return
             except StoreUnavailable as exc:
                 log.debug("withdraw of %s: %s (outcome unknown); retrying", reservation_id, exc)
+                continue
+            except Exception as exc:  # never die: the hold would stay until its TTL
+                survived("withdraw", exc)
                 continue
             if withdrawn:
                 WITHDRAWS.labels("withdrawn").inc()

@@ -42,6 +42,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
+from quota_service.background import survived
 from quota_service.errors import QuotaServiceError, StoreDataError, StoreUnavailable
 from quota_service.metrics import EMERGENCY_STOPS_ACTIVE
 from quota_service.policy.stops import EmergencyStop, StopScope
@@ -191,8 +192,8 @@ class StopWatcher:
                     subscribed = True
             except StoreUnavailable as exc:
                 log.debug("config subscription lost (%s); subscribing again", exc)
-            except Exception:  # a bug must not end the subscription for good
-                log.exception("config subscription failed; subscribing again")
+            except Exception as exc:  # a bug must not end the subscription for good
+                survived("config-subscription", exc)
             finally:
                 for listener in self._config_listeners:
                     listener.feed_down()
@@ -270,16 +271,18 @@ class StopWatcher:
         if pending:
             log.warning("stop watcher loops did not end on cancellation: %s", ", ".join(t.get_name() for t in pending))
 
-    async def _refresh_quietly(self) -> None:
+    async def _refresh_quietly(self, task: str) -> None:
         try:
             await self.refresh()
         except (StoreUnavailable, StoreDataError) as exc:
             self._failed(exc)
+        except Exception as exc:  # a bug must not end the loop: the last stops stay enforced
+            survived(task, exc)
 
     async def _poll_loop(self) -> None:
         while not self._closing:
             await asyncio.sleep(self._poll_interval)
-            await self._refresh_quietly()
+            await self._refresh_quietly("stops-poll")
 
     async def _subscription_loop(self) -> None:
         while not self._closing:
@@ -288,11 +291,11 @@ class StopWatcher:
                 async for _ in changes:
                     if self._closing:
                         break
-                    await self._refresh_quietly()
+                    await self._refresh_quietly("stops-subscription")
             except (StoreUnavailable, StoreDataError) as exc:
                 log.debug("stop subscription lost (%s); subscribing again", exc)
-            except Exception:  # a bug must not end the subscription for good; polling still runs
-                log.exception("stop subscription failed; subscribing again")
+            except Exception as exc:  # a bug must not end the subscription for good; polling still runs
+                survived("stops-subscription", exc)
             finally:
                 with contextlib.suppress(Exception):
                     await changes.aclose()

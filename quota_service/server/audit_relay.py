@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from quota_service.admin import AuditRecord
+from quota_service.background import survived
 from quota_service.errors import StoreDataError, StoreUnavailable
 from quota_service.ledger.admin_events import audit_event
 from quota_service.ledger.errors import LedgerError
@@ -129,6 +130,8 @@ class AuditRelay:
             self._on_stored()
         except LedgerError as exc:
             log.error("audit relay: event %s (audit entry not stored) lost: %s", event.id, exc)
+        except Exception as exc:
+            survived("audit relay direct insert", exc)
 
     async def start(self) -> None:
         if self._task is None:
@@ -188,7 +191,8 @@ class AuditRelay:
             except (LedgerError, StoreUnavailable, StoreDataError) as exc:
                 log.warning("audit relay: %s; retrying in %.1f s", exc, delay)
                 delay = min(delay * 2, 30.0)
-            except Exception:
-                log.exception("audit relay: pass failed")
+            except Exception as exc:
+                survived("audit relay", exc)
+                delay = min(delay * 2, 30.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from quota_service.admin import Admin
+from quota_service.background import survived
 from quota_service.errors import QuotaServiceError
 from quota_service.ledger.events import Event, EventKind
 from quota_service.policy.domain import GLOBAL_SCOPE
@@ -105,5 +106,5 @@ class CrossRules:
                 await self.lift_expired()
             except QuotaServiceError as exc:
                 log.warning("lifting expired stops: %s", exc)
-            except Exception:
-                log.exception("lifting expired stops failed")
+            except Exception as exc:
+                survived("cross rules: lifting expired stops", exc)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from grpc_health.v1 import health_pb2
 
 from quota_service.admin import Admin
+from quota_service.background import survived
 from quota_service.errors import PolicyError, QuotaServiceError, StoreUnavailable
 from quota_service.ledger.errors import LedgerUnavailable
 from quota_service.ledger.feed import EventFeed
@@ -42,6 +43,7 @@ from quota_service.server.notifications import Notifications, checked_loader
 from quota_service.server.store_identity import IdentityGuard, StoreIdentity
 from quota_service.server.usage_relay import UsageRelay
 from quota_service.stops import StopWatcher
+from quota_service.store.embedded import EmbeddedRedisError
 
 if TYPE_CHECKING:
     from quota_service.store.redis_store import RedisCounterStore
@@ -75,7 +77,7 @@ def serve_from_args(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
             print(f"error: {issue}", file=sys.stderr)
         print("quota-service: the policy files are not valid; not starting", file=sys.stderr)
         return 2
-    except QuotaServiceError as exc:
+    except (QuotaServiceError, EmbeddedRedisError) as exc:
         print(f"quota-service: {exc}", file=sys.stderr)
         return 2
 
@@ -114,7 +116,9 @@ async def serve(args: argparse.Namespace) -> int:
     redis_url = args.redis_url
     if not redis_url:
         embedded = EmbeddedRedis(data_dir=Path(args.data_dir), persistence=True)
-        await asyncio.to_thread(embedded.start)
+        # In the main thread, not a worker thread: the server's PR_SET_PDEATHSIG follows the
+        # thread that spawned it (see store.embedded). Nothing is served yet; the wait is short.
+        embedded.start()
         redis_url = embedded.url
         store_desc = f"embedded redis-server at {redis_url} (append-only file in {Path(args.data_dir).resolve()})"
     else:
@@ -201,6 +205,7 @@ async def serve(args: argparse.Namespace) -> int:
     log.info("listening on %s:%d (%s)", host, port, "TLS" if tls else "plaintext")
     log.info("policy version %s from %s; tiers: %s", status.version, ", ".join(status.files), ", ".join(status.tiers))
     log.info("store: %s", store_desc)
+    _check_budget(args.request_budget, args.store_timeout)
     log.info("admin service: %s", _describe_access(token))
     if args.port_file:
         Path(args.port_file).write_text(f"{port}\n")
@@ -236,6 +241,30 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_budget(request_budget: float, store_timeout: float) -> None:
+    """Say so when the budget is not below the Python client's default attempt timeout. A
+    caller's own gRPC deadline (less ``quotas.REPLY_MARGIN_SECONDS``) bounds its request anyway;
+    the budget bounds the requests whose deadline is longer, or absent, and is what a
+    client's attempt timeout must stay above so that a slow store gets it an answer (the
+    on_store_error decision, or a retryable UNAVAILABLE) rather than a timed-out attempt."""
+    from quota_client.options import ClientOptions
+
+    attempt = ClientOptions().attempt_timeout
+    if request_budget >= attempt:
+        log.warning(
+            "--request-budget %.3g s is not below the Python client's default attempt timeout (%.3g s): "
+            "callers without a deadline of their own may wait longer than such a client's attempt during "
+            "a store failover; keep the budget below every client's attempt timeout",
+            request_budget,
+            attempt,
+        )
+    log.info(
+        "deadlines: %.3g s per request at most (every store call within it), %.3g s per store call",
+        request_budget,
+        min(store_timeout, request_budget),
+    )
+
+
 async def _reload(policy: LivePolicy) -> None:
     # Any failure (a bad file, or a loader bug) is recorded and logged by LivePolicy, with its
     # traceback; the last good policy stays. Nothing may escape into the loop's task handler.
@@ -269,8 +298,10 @@ async def _migrate(ledger: Ledger) -> None:
             return
         except LedgerUnavailable as exc:
             log.error("ledger unavailable (%s); retrying in %.0f s", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+        except Exception as exc:  # the relay and the webhooks wait on it: never give up
+            survived("ledger migration", exc)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0)
 
 
 async def _start_background(

@@ -24,6 +24,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from quota_service.background import surviving
 from quota_service.clock import Clock, SystemClock, to_ms
 from quota_service.errors import PolicyError, PolicyIssue
 from quota_service.ledger.errors import LedgerConfigError, LedgerError
@@ -173,7 +174,8 @@ class Notifications:
     async def _follow_policy(self) -> None:
         while True:
             await asyncio.sleep(self._follow)
-            self.apply(self._policy.current)
+            with surviving("webhooks follow the policy"):
+                self.apply(self._policy.current)
 
     async def retention_pass(self) -> int:
         """Remove the events past ``ledger_retention_days`` now (0 days: none); how many."""
@@ -187,6 +189,6 @@ class Notifications:
 
     async def _retention(self) -> None:
         while True:
-            with contextlib.suppress(LedgerError):
+            with contextlib.suppress(LedgerError), surviving("ledger retention"):
                 await self.retention_pass()
             await asyncio.sleep(self._retention_every)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from quota_service.background import survived
 from quota_service.errors import StoreUnavailable
 from quota_service.ledger.errors import LedgerError
 from quota_service.ledger.events import EventKind
@@ -212,5 +213,5 @@ class IdentityGuard:
             await asyncio.sleep(self._seconds)
             try:
                 await self.check_once()
-            except Exception:
-                log.exception("store identity check failed")
+            except Exception as exc:
+                survived("store identity check", exc)

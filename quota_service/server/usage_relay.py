@@ -46,6 +46,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
+from quota_service.background import survived
 from quota_service.errors import StoreDataError, StoreUnavailable
 from quota_service.ledger.errors import LedgerError
 from quota_service.ledger.events import Event
@@ -320,8 +321,8 @@ class UsageRelay:
         fresh = set(new_ids)
         try:
             await self.on_new([e for e in events if e.id in fresh])
-        except Exception:
-            log.exception("usage relay: acting on new events failed")
+        except Exception as exc:
+            survived("usage relay: acting on new events", exc)
 
     async def _keep_dead(self, tag: str, dead: Sequence[tuple[str, dict[str, str]]]) -> None:
         async def keep() -> None:
@@ -376,7 +377,7 @@ class UsageRelay:
             except (LedgerError, StoreUnavailable, StoreDataError) as exc:
                 log.warning("usage relay: %s; retrying in %.1f s", exc, delay)
                 delay = min(max(delay * 2, 0.5), 10.0)
-            except Exception:
-                log.exception("usage relay: pass failed")
+            except Exception as exc:
+                survived("usage relay", exc)
                 delay = min(max(delay * 2, 0.5), 10.0)
             await asyncio.sleep(delay)

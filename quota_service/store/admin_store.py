@@ -57,7 +57,7 @@ from quota_service.policy.domain import GLOBAL_SCOPE, OverrideRecord, SubjectCon
 from quota_service.policy.stops import EmergencyStop, StopScope
 from quota_service.policy.windows import Window
 from quota_service.store import keys
-from quota_service.store.redis_store import STORE_ERRORS, RedisCounterStore, bounded_call
+from quota_service.store.redis_store import RedisCounterStore, bounded_call
 
 __all__ = [
     "AUDIT_KEY",
@@ -287,6 +287,16 @@ class RedisAdminStore:
         raw: dict[Any, Any] = await self._call("hgetall", lambda: client.hgetall(STOPS_KEY))
         return parse_stops({str(k): str(v) for k, v in raw.items()})
 
+    async def _next_message(self, pubsub: Any, what: str, wait_seconds: float) -> Any:
+        """The subscription's next message, or ``None`` after ``wait_seconds`` of silence. Raises
+        :class:`StoreUnavailable` when it broke (through ``bounded_call``, like every call)."""
+        return await bounded_call(
+            what,
+            wait_seconds + self._timeout,
+            lambda: pubsub.get_message(ignore_subscribe_messages=True, timeout=wait_seconds),
+            request_deadline=False,
+        )
+
     async def stop_changes(self) -> AsyncGenerator[None, None]:
         """Yields once subscribed to the stops channel, then once per message on it.
 
@@ -299,16 +309,11 @@ class RedisAdminStore:
             await self._call("subscribe", lambda: pubsub.subscribe(STOPS_CHANNEL))
             yield None
             while True:
-                try:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=SUBSCRIPTION_POLL_SECONDS
-                    )
-                except STORE_ERRORS as exc:
-                    raise StoreUnavailable(f"redis stop subscription broke: {type(exc).__name__}: {exc}") from exc
+                message = await self._next_message(pubsub, "stop subscription", SUBSCRIPTION_POLL_SECONDS)
                 if message is not None and message.get("type") == "message":
                     yield None
         finally:
-            with contextlib.suppress(*STORE_ERRORS, TimeoutError):
+            with contextlib.suppress(Exception):  # closing a broken subscription: nothing to tell
                 async with asyncio.timeout(self._timeout):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
@@ -331,10 +336,7 @@ class RedisAdminStore:
             yield None
             heard = loop.time()
             while True:
-                try:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=CONFIG_HEARTBEAT_SECONDS)
-                except STORE_ERRORS as exc:
-                    raise StoreUnavailable(f"redis config subscription broke: {type(exc).__name__}: {exc}") from exc
+                message = await self._next_message(pubsub, "config subscription", CONFIG_HEARTBEAT_SECONDS)
                 now = loop.time()
                 if message is None or message.get("type") != "message":
                     if now - heard > CONFIG_SILENCE_SECONDS:
@@ -349,7 +351,7 @@ class RedisAdminStore:
                 if subject is not None:
                     yield subject
         finally:
-            with contextlib.suppress(*STORE_ERRORS, TimeoutError):
+            with contextlib.suppress(Exception):  # closing a broken subscription: nothing to tell
                 async with asyncio.timeout(self._timeout):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 

@@ -23,12 +23,16 @@ each lives, :mod:`quota_service.store.protocol` for what crosses to Lua):
   every write bumps the subject's config version in the same step.
 
 Failures: :func:`bounded_call` is the one place where redis-py's (and the OS's, and the
-deadline's) exceptions are translated. An outage (connection refused or lost, timeout,
-the request's deadline passed, Redis loading or busy with a script, a cluster failing over
-or reconfiguring, a read-only replica after a failover) becomes
-:class:`~quota_service.errors.StoreUnavailable`; anything Redis refuses otherwise
-(WRONGTYPE, a script error, out of memory, ...) and any reply that does not parse becomes
-:class:`~quota_service.errors.StoreDataError`, naming the key, logged once at ERROR.
+deadline's) exceptions are translated; every call of the client library goes through it.
+An outage (connection refused or lost, timeout, the request's deadline passed, Redis
+loading or busy with a script, a cluster failing over or reconfiguring, a read-only
+replica after a failover) becomes :class:`~quota_service.errors.StoreUnavailable`;
+anything Redis refuses otherwise (WRONGTYPE, a script error, out of memory, ...) and any
+reply that does not parse becomes :class:`~quota_service.errors.StoreDataError`, naming
+the key, logged once at ERROR. Any other exception raised from inside the client library
+(``AttributeError``, ``TypeError``, ``IndexError`` from redis-py's cluster client during a
+failover) is an outage as well: :class:`~quota_service.errors.StoreUnavailable`, counted
+(:mod:`quota_service.store.guard`).
 
 Deadlines: every Redis round trip is bounded by ``timeout_seconds`` cut to what is left of
 the request's deadline (:func:`quota_service.deadline.budget`); once that is gone, no I/O
@@ -57,7 +61,7 @@ from typing import Any, Final, NoReturn, TypeVar
 
 import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -77,7 +81,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from quota_service import deadline
-from quota_service.errors import InvalidRequest, NotFound, OutboxFull, StoreDataError, StoreUnavailable
+from quota_service.errors import (
+    InvalidRequest,
+    NotFound,
+    OutboxFull,
+    QuotaServiceError,
+    StoreDataError,
+    StoreUnavailable,
+)
 from quota_service.policy.domain import (
     GLOBAL_SCOPE,
     CounterCharge,
@@ -103,7 +114,11 @@ from quota_service.store.base import (
     check_units,
 )
 from quota_service.store.batching import GroupCommit
+from quota_service.store.cluster import FailoverRedisCluster
+from quota_service.store.guard import client_fault
 from quota_service.store.protocol import NO, YES, Outcome, Settle, State, Status, Step
+from quota_service.store.sentinel import sentinel_master
+from quota_service.store.urls import Deployment, parse_redis_url
 
 __all__ = ["EvictionProblem", "RedisCounterStore", "bounded_call"]
 
@@ -157,9 +172,6 @@ REAP_SCOPES: Final = 200
 def _ignore_tag(_tag: str) -> None:
     return None
 
-
-_CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-_PLAIN_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
 
 #: What a store error looks like coming out of redis-py (or the OS).
 STORE_ERRORS: Final = (RedisError, RedisClusterException, OSError)
@@ -225,7 +237,9 @@ async def bounded_call(
     The one place where redis-py's (and the OS's, and the deadline's) failures are
     translated: an outage becomes :class:`StoreUnavailable`, anything else Redis refuses
     :class:`StoreDataError` naming ``key`` (or the key a script named), logged at ERROR
-    unless ``refusal_expected`` (a probe that handles a refused command itself). With the
+    unless ``refusal_expected`` (a probe that handles a refused command itself); any other
+    exception from inside the client library is an outage too
+    (:func:`~quota_service.store.guard.client_fault`). With the
     deadline already gone, raises ``StoreUnavailable("request deadline passed")`` without
     any I/O."""
     budget = deadline.budget(seconds) if request_deadline else seconds
@@ -240,6 +254,12 @@ async def bounded_call(
         if _is_outage(exc):
             raise StoreUnavailable(f"redis {what} failed: {type(exc).__name__}: {exc}") from exc
         raise _data_error(what, key, exc, log_it=not refusal_expected) from exc
+    except QuotaServiceError:
+        raise  # already ours (a group commit's shed, say)
+    except Exception as exc:
+        # Not Redis' answer: the client library failed inside (its cluster client during a
+        # failover raised AttributeError, TypeError, IndexError). An outage to the caller.
+        raise client_fault(what, exc) from exc
 
 
 def parsed(what: str, key: str, parse: Callable[[R], T], reply: R) -> T:
@@ -624,15 +644,18 @@ class RedisCounterStore:
         clock: Callable[[], float] = time.time,
         outbox: bool = True,
     ) -> RedisCounterStore:
-        """A store for ``url``; nothing is connected until the first call.
+        """A store for ``url`` (:mod:`quota_service.store.urls` lists the forms); nothing is
+        connected until the first call.
 
-        ``redis://``, ``rediss://`` and ``unix://`` use one Redis; ``redis+cluster://host:port``
-        and ``rediss+cluster://`` use Redis Cluster, discovered from that node.
+        ``redis://``, ``rediss://`` and ``unix://`` use one Redis; ``redis+cluster://h1:p1,h2:p2,...``
+        and ``rediss+cluster://`` use Redis Cluster, discovered from any of those seed nodes
+        and riding out a master's failover (:class:`~quota_service.store.cluster.FailoverRedisCluster`);
+        ``redis+sentinel://s1:p1,s2:p2/name[/db]`` uses the master the Sentinels call ``name``
+        (:mod:`quota_service.store.sentinel`).
         ``max_connections`` caps the connection pool (per node on a cluster); on a single
         Redis, a burst beyond it waits for a free connection within the deadline.
         """
-        scheme, sep, rest = url.partition("://")
-        scheme = scheme.lower()
+        target = parse_redis_url(url)
         socket_options: dict[str, Any] = {
             "decode_responses": True,
             "socket_timeout": timeout_seconds,
@@ -641,21 +664,39 @@ class RedisCounterStore:
             "retry": Retry(NoBackoff(), 1),
         }
         client: Redis | RedisCluster
-        if sep and scheme in _CLUSTER_SCHEMES:
-            client = RedisCluster.from_url(
-                f"{_CLUSTER_SCHEMES[scheme]}://{rest}", max_connections=max_connections, **socket_options
+        if target.deployment is Deployment.CLUSTER:
+            client = FailoverRedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in target.seeds],
+                username=target.username,
+                password=target.password,
+                ssl=target.tls,
+                # A master's slots uncovered for a moment fail alone, not the whole topology.
+                require_full_coverage=False,
+                max_connections=max_connections,
+                **socket_options,
             )
-        elif sep and scheme in _PLAIN_SCHEMES:
+        elif target.deployment is Deployment.SINGLE:
             pool = BlockingConnectionPool.from_url(
                 url, max_connections=max_connections, timeout=timeout_seconds, **socket_options
             )
             pool.connection_class = packing_in_c(pool.connection_class)
             client = Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
         else:
-            raise ValueError(
-                f"unsupported Redis URL {url!r}: use redis://, rediss://, unix://, redis+cluster:// "
-                "or rediss+cluster://"
+            client = sentinel_master(
+                target.seeds,
+                target.service,
+                timeout_seconds=timeout_seconds,
+                connection_options={
+                    **socket_options,
+                    "username": target.username,
+                    "password": target.password,
+                    "db": target.db,
+                    "ssl": target.tls,
+                    "max_connections": max_connections,
+                },
             )
+            sentinel_pool = client.connection_pool
+            sentinel_pool.connection_class = packing_in_c(sentinel_pool.connection_class)
         return cls(
             client=client, timeout_seconds=timeout_seconds, grace_seconds=grace_seconds, clock=clock, outbox=outbox
         )
