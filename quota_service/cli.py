@@ -118,6 +118,17 @@ def _build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus /metrics on this port (0: off)",
     )
     serve.add_argument(
+        "--http",
+        default=os.environ.get("QUOTA_HTTP", ""),
+        help="HOST:PORT for the dashboard, the JSON API (Connect), /metrics, /healthz and /readyz "
+        "(env QUOTA_HTTP; empty: off; port 0 picks a free one)",
+    )
+    serve.add_argument(
+        "--http-port-file",
+        default="",
+        help="write the bound --http port to this file once serving (for scripts and tests using port 0)",
+    )
+    serve.add_argument(
         "--port-file",
         default="",
         help="write the bound port to this file once serving (for scripts and tests using port 0)",

@@ -38,6 +38,8 @@ from quota_service.server.app import ConfigurationError, TlsFiles, admin_mode, c
 from quota_service.server.audit_relay import AuditRelay
 from quota_service.server.auth import AccessTokens
 from quota_service.server.notifications import Notifications, checked_loader
+from quota_service.server.servicers import QuotaServicer
+from quota_service.server.web import Readiness, WebServer, start_http
 from quota_service.stops import StopWatcher
 
 if TYPE_CHECKING:
@@ -97,6 +99,8 @@ async def serve(args: argparse.Namespace) -> int:
         # Before the embedded Redis or anything else: a port in use leaves nothing behind.
         # (A port shared on purpose is checked by the bind itself, in create_server.)
         await asyncio.to_thread(ensure_free, args.listen)
+        if args.http:
+            await asyncio.to_thread(ensure_free, args.http)
     # Before the embedded Redis: a bad --ledger-url leaves nothing behind.
     ledger = ledger_from_url(args.ledger_url or f"sqlite:///{Path(args.data_dir).resolve() / 'ledger.db'}")
     try:
@@ -116,6 +120,7 @@ async def serve(args: argparse.Namespace) -> int:
         store_desc = f"embedded redis-server at {redis_url} (append-only file in {Path(args.data_dir).resolve()})"
     else:
         store_desc = _redact(redis_url)
+    web: WebServer | None = None
     ledger_ready = asyncio.create_task(_migrate(ledger)) if ledger is not None else None
     feed = EventFeed(ledger=ledger) if ledger is not None else None
     store = RedisCounterStore.from_url(redis_url, timeout_seconds=args.store_timeout, grace_seconds=args.grace_seconds)
@@ -140,25 +145,45 @@ async def serve(args: argparse.Namespace) -> int:
         await _check_eviction(store, allow=args.allow_eviction)
         # Before serving: a replica never answers without knowing the emergency stops.
         await stops.start()
+        # One servicer of each service, shared by gRPC and the HTTP face (--http).
+        quota_servicer = QuotaServicer(quotas=quotas)
+        admin_servicer = AdminServicer(
+            admin=Admin(
+                quotas=quotas,
+                store=admin_store,
+                stops=stops,
+                audit_sink=relay.record if relay is not None else None,
+            ),
+            feed=feed,
+            webhooks=notifications.deliverer if notifications is not None else None,
+        )
         server, port, health_servicer = await create_server(
             quotas=quotas,
             listen=args.listen,
-            admin=AdminServicer(
-                admin=Admin(
-                    quotas=quotas,
-                    store=admin_store,
-                    stops=stops,
-                    audit_sink=relay.record if relay is not None else None,
-                ),
-                feed=feed,
-                webhooks=notifications.deliverer if notifications is not None else None,
-            ),
+            admin=admin_servicer,
+            quota_servicer=quota_servicer,
             admin_token=args.admin_token,
             insecure_admin=args.insecure_admin,
             viewer_token=args.viewer_token,
             tls=tls,
             reuse_port=args.reuse_port,
         )
+        if args.http:
+            web = await start_http(
+                args.http,
+                quota_servicer=quota_servicer,
+                admin_servicer=admin_servicer,
+                tokens=token,
+                feed=feed,
+                readiness=Readiness(
+                    store=store.ping,
+                    stops_loaded=lambda: stops.loaded,
+                    policy_version=lambda: policy.current.version,
+                    ledger=ledger.ping if ledger is not None else None,
+                ),
+                reuse_port=args.reuse_port,
+                port_file=args.http_port_file,
+            )
     except BaseException:
         await _stop_background(background, relay, notifications)
         await _close_ledger(ledger, ledger_ready)
@@ -192,6 +217,8 @@ async def serve(args: argparse.Namespace) -> int:
     finally:
         log.info("draining: health NOT_SERVING, %.0f s grace for in-flight calls", DRAIN_SECONDS)
         await health_servicer.enter_graceful_shutdown()
+        if web is not None:  # SSE streams end now; JSON calls in flight get the grace
+            await web.close()
         with contextlib.suppress(Exception):
             await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(DRAIN_SECONDS)
