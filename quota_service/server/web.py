@@ -14,6 +14,7 @@ path                            what
                                 ``"degraded"`` but still 200 (the quota path does not need it)
 ``GET /metrics``                Prometheus (every worker's sum under ``serve --workers`` with
                                 ``PROMETHEUS_MULTIPROC_DIR`` set)
+``GET /session``                the role of the ``Authorization`` token (admin or viewer)
 ``GET /events``                 Server-Sent Events: the event feed's live tail (viewer or admin
                                 token, as WatchEvents), a ``tick`` every second; resumes after
                                 ``Last-Event-ID``
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import grpc
 from aiohttp import web
 from google.protobuf import json_format
 
@@ -139,6 +141,7 @@ class WebServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/events", self._events)
+        app.router.add_get("/session", self._session)
         app.router.add_route("*", "/quota.v1.{service}/{method}", connect)
         return app
 
@@ -207,6 +210,17 @@ class WebServer:
         body = await asyncio.to_thread(generate_latest, registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def _session(self, request: web.Request) -> web.StreamResponse:
+        """The role of the request's token (``{"role": "admin"}`` or ``"viewer"``), so the page
+        shows the admin controls only to an admin (the server refuses them anyway)."""
+        if self.tokens is None:
+            return error_response(grpc.StatusCode.UNIMPLEMENTED, "AdminService is not served (no tokens)")
+        try:
+            role = authorize(self.tokens, "GetSubject", metadata_of(request))
+        except QuotaServiceError as exc:
+            return error_of(exc)
+        return web.json_response({"role": role.value}, headers={"Cache-Control": "no-store"})
+
     # -- live events ----------------------------------------------------------------------
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
@@ -214,8 +228,6 @@ class WebServer:
         for each stored event (``?kinds=THRESHOLD_CROSSED,STOP_CHANGED`` filters), ``event:
         tick`` every :data:`TICK_SECONDS`, ``event: reset`` when ``Last-Event-ID`` is no longer
         in the ledger (the tail restarts from now: reload what you show)."""
-        import grpc
-
         if self.tokens is None:
             return error_response(grpc.StatusCode.UNIMPLEMENTED, "AdminService is not served: no live events")
         try:
