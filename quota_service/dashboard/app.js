@@ -41,6 +41,11 @@ function usd(value) {
   const digits = v !== 0 && Math.abs(v) < 1 ? 4 : 2;
   return v.toLocaleString(undefined, { style: "currency", currency: "USD", minimumFractionDigits: digits, maximumFractionDigits: digits });
 }
+function usdShort(value) {
+  const v = Number(value || 0);
+  if (v === 0) return "$0";
+  return v >= 1 ? `$${v.toFixed(2)}` : `$${Number(v.toPrecision(2))}`;
+}
 function pct(ratio) {
   return `${(Number(ratio || 0) * 100).toLocaleString(undefined, { maximumFractionDigits: 1 })} %`;
 }
@@ -436,8 +441,9 @@ views.overview = {
       const [activity, hot] = await Promise.all([admin("GetActivity", { minutes: 60 }).catch(() => null), hotSubjects(names)]);
       if (activity) {
         const rows = activity.buckets.map((b) => ({ start: Number(b.start), allow: Number(b.allow), warn: Number(b.warn), deny: Number(b.deny), cost: Number(b.costUsd) }));
-        fill("answers-chart", charts.stackedColumns(rows, [{ key: "allow", colour: "var(--allow)" }, { key: "warn", colour: "var(--warn)" }, { key: "deny", colour: "var(--deny)" }], { yLabel: "answers per minute" }));
-        fill("spend-chart", charts.columns(rows, "cost", "var(--accent)", usd, { yLabel: "spend per minute" }));
+        const width = Math.max(280, $("answers-chart").clientWidth || 600);
+        fill("answers-chart", charts.stackedColumns(rows, [{ key: "allow", colour: "var(--allow)" }, { key: "warn", colour: "var(--warn)" }, { key: "deny", colour: "var(--deny)" }], { width, yLabel: "answers per minute" }));
+        fill("spend-chart", charts.columns(rows, "cost", "var(--accent)", usdShort, { width, yLabel: "spend per minute", floor: 0.01 }));
       } else {
         fill("answers-chart", h("p", { class: "muted" }, "The ledger is off: no per-minute history."));
         fill("spend-chart", h("p", { class: "muted" }, "The ledger is off: no per-minute history."));
@@ -565,7 +571,17 @@ function feedItem(event) {
     } catch {
       detail = {};
     }
-    return h("li", {}, h("time", {}, timeMs(event.atMs)), h("span", { class: "badge stop" }, "STOP"), JSON.stringify(detail).slice(0, 160));
+    const pulled = detail.action === "EmergencyStop";
+    const stop = (pulled ? detail.after : detail.before) || detail.after || {};
+    const target = !stop.scope ? detail.target || "a stop" : stop.scope === "GLOBAL" ? "everything (GLOBAL)" : `${stop.scope} ${stop.target || ""}`;
+    return h(
+      "li",
+      {},
+      h("time", {}, timeMs(event.atMs)),
+      h("span", { class: pulled ? "badge stop" : "badge allow" }, pulled ? "STOP" : "RESUMED"),
+      h("strong", {}, target),
+      h("span", { class: "muted" }, detail.reason || stop.reason || "")
+    );
   }
   const threshold = String(event.threshold || "").replace("THRESHOLD_", "");
   const level = threshold === "WARN" ? "WARN" : "DENY";
@@ -819,12 +835,12 @@ views.policy = {
       h(
         "table",
         {},
-        h("thead", {}, h("tr", {}, h("th", {}, "Provider/model"), h("th", {}, "Metric"), h("th", { class: "num" }, "USD per unit"), h("th", { class: "num" }, "per 1M"))),
+        h("thead", {}, h("tr", {}, h("th", {}, "Provider/model"), h("th", {}, "Metric"), h("th", { class: "num" }, "USD per unit"), h("th", { class: "num" }, "per 1M tokens"))),
         h(
           "tbody",
           {},
           (policy.prices || []).map((p) =>
-            h("tr", {}, h("td", { class: "mono" }, p.pattern), h("td", {}, p.metric), h("td", { class: "num" }, `$${p.usdPerUnit}`), h("td", { class: "num" }, usd(Number(p.usdPerUnit) * 1e6)))
+            h("tr", {}, h("td", { class: "mono" }, p.pattern), h("td", {}, p.metric), h("td", { class: "num" }, `$${p.usdPerUnit}`), h("td", { class: "num" }, p.metric === "tokens" ? `$${(Number(p.usdPerUnit) * 1e6).toFixed(2)}` : "—"))
           )
         )
       )

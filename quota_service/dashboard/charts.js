@@ -33,14 +33,13 @@ function limitBar({ used, held, max, warnAt, blockAt, state, label }) {
 }
 
 // Stacked columns: `series` is [{key, colour}], `rows` [{start, <key>: n}], one column a row.
-function stackedColumns(rows, series, { height = 180, yLabel = "" } = {}) {
-  const width = 600;
+function stackedColumns(rows, series, { height = 180, width = 600, yLabel = "" } = {}) {
   const pad = { l: 36, r: 6, t: 8, b: 20 };
   const svg = svgEl("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img" });
   svg.appendChild(svgEl("title", {}, yLabel));
   const totals = rows.map((r) => series.reduce((sum, s) => sum + (r[s.key] || 0), 0));
-  const top = niceMax(Math.max(1, ...totals));
-  axes(svg, { width, height, pad, top, rows, format: (v) => String(Math.round(v)) });
+  const top = niceMax(Math.max(2, ...totals));
+  axes(svg, { width, height, pad, top, rows, format: (v) => (Number.isInteger(v) ? String(v) : v.toFixed(1)) });
   const step = (width - pad.l - pad.r) / Math.max(1, rows.length);
   rows.forEach((row, i) => {
     let y = height - pad.b;
@@ -57,16 +56,12 @@ function stackedColumns(rows, series, { height = 180, yLabel = "" } = {}) {
   return svg;
 }
 
-function columns(rows, key, colour, format, { height = 180, yLabel = "" } = {}) {
-  return stackedColumnsFormatted(rows, key, colour, format, height, yLabel);
-}
-
-function stackedColumnsFormatted(rows, key, colour, format, height, yLabel) {
-  const width = 600;
+// One series of columns; `floor` is the smallest top of the y axis.
+function columns(rows, key, colour, format, { height = 180, width = 600, yLabel = "", floor = 1e-6 } = {}) {
   const pad = { l: 52, r: 6, t: 8, b: 20 };
   const svg = svgEl("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img" });
   svg.appendChild(svgEl("title", {}, yLabel));
-  const top = niceMax(Math.max(1e-6, ...rows.map((r) => r[key] || 0)));
+  const top = niceMax(Math.max(floor, ...rows.map((r) => r[key] || 0)));
   axes(svg, { width, height, pad, top, rows, format });
   const step = (width - pad.l - pad.r) / Math.max(1, rows.length);
   rows.forEach((row, i) => {
