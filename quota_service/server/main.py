@@ -180,6 +180,7 @@ async def serve(args: argparse.Namespace) -> int:
                     stops_loaded=lambda: stops.loaded,
                     policy_version=lambda: policy.current.version,
                     ledger=ledger.ping if ledger is not None else None,
+                    ledger_migrated=lambda: ledger_ready is not None and ledger_ready.done(),
                 ),
                 reuse_port=args.reuse_port,
                 port_file=args.http_port_file,

@@ -84,12 +84,13 @@ Probe = Callable[[], Awaitable[None]]
 class Readiness:
     """What ``/readyz`` checks. ``store``: pings Redis (raises when it does not answer);
     ``stops_loaded``: the emergency stops were read; ``ledger``: pings the ledger store
-    (``None``: no ledger)."""
+    (``None``: no ledger), once ``ledger_migrated`` says its schema is up to date."""
 
     store: Probe
     stops_loaded: Callable[[], bool]
     policy_version: Callable[[], str]
     ledger: Probe | None = None
+    ledger_migrated: Callable[[], bool] = lambda: True
 
     async def check(self) -> tuple[bool, dict[str, Any]]:
         checks: dict[str, str] = {"policy": "ok", "stops": "ok" if self.stops_loaded() else "not read yet"}
@@ -97,7 +98,7 @@ class Readiness:
         ready = checks["redis"] == "ok" and checks["stops"] == "ok"
         status = "ok" if ready else "not ready"
         if self.ledger is not None:
-            checks["ledger"] = await _probe(self.ledger)
+            checks["ledger"] = await _probe(self.ledger) if self.ledger_migrated() else "schema not migrated yet"
             if ready and checks["ledger"] != "ok":
                 status = "degraded"
         return ready, {"status": status, "policy_version": self.policy_version(), "checks": checks}

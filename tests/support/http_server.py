@@ -51,6 +51,13 @@ class HttpServerProcess(ServerProcess):
                 raise RuntimeError(f"no HTTP port file:\n{self.log()}")
             time.sleep(0.05)
         self.http_port = int(self.http_port_file.read_text())
+        while True:  # ready: Redis, the stops and the ledger's schema (the ledger migrates in the background)
+            status, body, _ = get(self, "/readyz")
+            if status == 200 and json.loads(body)["status"] == "ok":
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready: {body!r}\n{self.log()}")
+            time.sleep(0.05)
 
     @property
     def http_url(self) -> str:
