@@ -276,3 +276,24 @@ def test_sigterm_drains_with_event_streams_open(http_server: HttpServerProcess) 
             reply.read()
         http_server.process = None
     assert "stopped" in http_server.log()
+
+
+def test_every_worker_serves_the_http_face(redis_url: str, tmp_path: Path) -> None:
+    server = HttpServerProcess(redis_url=redis_url, workdir=tmp_path, extra_args=("--workers", "2"))
+    server.start(timeout=40)
+    try:
+        for i in range(20):  # new connections, spread by the kernel over both workers
+            status, answer = call(server, "QuotaService", "GetUsage", {"subject": f"w{i}"})
+            assert (status, answer["tier"]) == (200, "free_alpha")
+        status, body, _ = get(server, "/metrics")
+        assert status == 200
+        # Whichever worker answers /metrics sums every worker's counts.
+        count = next(
+            float(line.rsplit(" ", 1)[1])
+            for line in body.decode().splitlines()
+            if line.startswith('quota_rpc_seconds_count{method="GetUsage"}')
+        )
+        assert count >= 20
+        assert server.stop() == 0
+    finally:
+        server.stop()
