@@ -783,7 +783,7 @@ views.policy = {
         h(
           "section",
           { class: "card" },
-          h("div", { class: "toolbar" }, h("h2", {}, "Policy in force"), isAdmin() ? h("button", { class: "secondary", onclick: () => act("Policies reloaded", () => admin("ReloadPolicies")) }, "Reload now") : null),
+          h("div", { class: "toolbar" }, h("h2", {}, "Policy in force"), isAdmin() ? h("button", { class: "secondary", id: "policy-reload", onclick: () => act("Policies reloaded", () => admin("ReloadPolicies")) }, "Reload now") : null),
           h("div", { id: "policy-status" })
         ),
         card("Company-wide caps", h("div", { id: "policy-global", class: "scroll" }))

@@ -22,28 +22,34 @@ def screenshot(page: Any, name: str) -> None:
 
 
 class HttpServerProcess(ServerProcess):
-    """:class:`ServerProcess` with the HTTP face on a free port (``http_url``) and a viewer token."""
+    """:class:`ServerProcess` with the HTTP face on a free port (``http_url``) and a viewer
+    token. A restart comes back on the same HTTP port (so an open page reconnects to it)."""
 
-    def __init__(self, *, redis_url: str, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        workdir: Path,
+        extra_args: tuple[str, ...] = (),
+        policies: Path | None = None,
+    ) -> None:
         self.http_port_file = workdir / "http-port"
-        super().__init__(
-            redis_url=redis_url,
-            workdir=workdir,
-            extra_args=(
-                "--http",
-                "127.0.0.1:0",
-                "--http-port-file",
-                str(workdir / "http-port"),
-                "--viewer-token",
-                VIEWER_TOKEN,
-                *extra_args,
-            ),
-        )
+        self.http_extra_args = extra_args
+        super().__init__(redis_url=redis_url, workdir=workdir, **({"policies": policies} if policies else {}))
         self.viewer_token = VIEWER_TOKEN
         self.http_port = 0
 
     def start(self, timeout: float = 20.0) -> None:
         self.http_port_file.unlink(missing_ok=True)
+        self.extra_args = (
+            "--http",
+            f"127.0.0.1:{self.http_port}",
+            "--http-port-file",
+            str(self.http_port_file),
+            "--viewer-token",
+            VIEWER_TOKEN,
+            *self.http_extra_args,
+        )
         super().start(timeout)
         deadline = time.monotonic() + 5
         while not self.http_port_file.exists() or not self.http_port_file.read_text().strip():

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import shutil
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from support.http_server import HttpServerProcess, screenshot
+from support.server_process import SHIPPED_POLICIES
 
 from quota.v1 import quota_pb2, quota_pb2_grpc
 from quota_service.ledger import ledger_from_url
@@ -259,3 +262,37 @@ def test_a_viewer_sees_no_stop_button_and_is_refused(http_server: HttpServerProc
     assert status[1]["code"] == "permission_denied"
     with grpc.insecure_channel(http_server.target) as channel:
         assert reserve(quota_pb2_grpc.QuotaServiceStub(channel), "erin", 10).decision == quota_pb2.ALLOW
+
+
+def test_the_page_reconnects_after_a_server_restart(http_server: HttpServerProcess, page: Any) -> None:
+    login(page, http_server, http_server.admin_token)
+    http_server.stop()
+    page.wait_for_selector("#live.off", timeout=8000)
+    http_server.start()
+    page.wait_for_selector("#live.on", timeout=15000)  # backoff doubles from 0.5 s, at most 10 s
+    with grpc.insecure_channel(http_server.target) as channel:
+        spend(quota_pb2_grpc.QuotaServiceStub(channel), "frank", 100)
+    page.wait_for_selector('#top-day tr[data-subject="frank"]', timeout=SPEND_VISIBLE_SECONDS * 1000)
+
+
+def test_a_failed_reload_shows_its_file_and_line(redis_url: str, tmp_path: Path, page: Any) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(SHIPPED_POLICIES, policies)
+    server = HttpServerProcess(redis_url=redis_url, workdir=tmp_path, policies=policies, extra_args=("--no-watch",))
+    server.start()
+    try:
+        login(page, server, server.admin_token)
+        page.goto(server.http_url + "/#/policy")
+        page.wait_for_selector("#policy-version")
+        version = page.inner_text("#policy-version")
+        text = (policies / "alpha.yaml").read_text()
+        (policies / "alpha.yaml").write_text(text.replace("warn_at: 0.80", "warn_at: 1.80", 1))
+        page.click("#policy-reload")
+        page.wait_for_selector("#policy-error .badge.deny", timeout=5000)
+        error = page.inner_text("#policy-error")
+        assert "alpha.yaml:" in error
+        assert "warn_at" in error
+        assert page.inner_text("#policy-version") == version  # the last good policy stays
+        screenshot(page, "policy-reload-error")
+    finally:
+        server.stop()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quota_service.ledger import Ledger
-from quota_service.ledger import analytics
+from quota_service.ledger import Ledger, analytics
 from quota_service.ledger.events import Event, EventKind, new_event_id, record_id
 from quota_service.policy.domain import Decision, Reason
 
@@ -65,7 +64,9 @@ async def seeded(ledger: Ledger) -> Ledger:
     await ledger.insert(
         [
             usage(EventKind.COMMITTED, 1, at_ms=T0 + 10, subject="a", tokens=100, cost_micros=60),
-            usage(EventKind.COMMITTED, 2, at_ms=T0 + 20, subject="a", tokens=50, cost_micros=30, decision=Decision.WARN),
+            usage(
+                EventKind.COMMITTED, 2, at_ms=T0 + 20, subject="a", tokens=50, cost_micros=30, decision=Decision.WARN
+            ),
             usage(EventKind.EXPIRED, 3, at_ms=T0 + MINUTE + 5, subject="b", tokens=300, cost_micros=180),
             usage(EventKind.RELEASED, 4, at_ms=T0 + MINUTE + 6, subject="b"),
             usage(EventKind.DENIED, 5, at_ms=T0 + MINUTE + 7, subject="b", tokens=999),
