@@ -104,7 +104,7 @@ const admin = (method, body) => rpc("AdminService", method, body);
 async function act(label, fn) {
   try {
     await fn();
-    toast(label);
+    toast(`${label}: done`);
     await refresh(true);
   } catch (err) {
     toast(`${label} failed: ${err.code || ""} ${err.message}`, true);
@@ -548,12 +548,12 @@ function renderStops(stops) {
 
 async function stopAll() {
   const reason = await confirmWithReason("Stop all API calls?", "Every CheckAndReserve on every replica is denied (EMERGENCY_STOP) within a second, until you resume.");
-  if (reason) await act("Emergency stop pulled", () => admin("EmergencyStop", { scope: "GLOBAL", reason }));
+  if (reason) await act("Stop all", () => admin("EmergencyStop", { scope: "GLOBAL", reason }));
 }
 
 async function resume(stop) {
   const reason = await confirmWithReason(`Resume ${stopLabel(stop)}?`, "Requests it covers are decided by their limits again.");
-  if (reason) await act("Stop lifted", () => admin("ResumeStop", { scope: stop.scope, target: stop.target || "", reason }));
+  if (reason) await act("Resume", () => admin("ResumeStop", { scope: stop.scope, target: stop.target || "", reason }));
 }
 
 function renderFeed() {
@@ -663,7 +663,7 @@ function subjectActions(subject) {
     {},
     h(
       "form",
-      { class: "inline", onsubmit: (e) => { e.preventDefault(); act("Tier set", () => admin("SetTier", { subject, tier: value("set-tier"), reason: "dashboard" })); } },
+      { class: "inline", onsubmit: (e) => { e.preventDefault(); act("Set tier", () => admin("SetTier", { subject, tier: value("set-tier"), reason: "dashboard" })); } },
       h("div", {}, h("label", { for: "set-tier" }, "Tier"), h("select", { id: "set-tier" })),
       h("button", { type: "submit" }, "Set tier")
     ),
@@ -675,7 +675,7 @@ function subjectActions(subject) {
         id: "override-form",
         onsubmit: (e) => {
           e.preventDefault();
-          act("Override set", () =>
+          act("Set override", () =>
             admin("SetOverride", { subject, metric: value("ov-metric"), window: value("ov-window"), max: Number(value("ov-max")), ttlSeconds: String(Math.round(Number(value("ov-ttl") || 0) * 3600)), reason: value("ov-reason") })
           );
         },
@@ -698,7 +698,7 @@ function subjectActions(subject) {
           id: "reset-usage",
           onclick: async () => {
             const reason = await confirmWithReason(`Reset ${subject}'s usage?`, "Every counter of the current windows goes back to zero (open reservations stay).");
-            if (reason) await act("Usage reset", () => admin("ResetUsage", { subject, reason }));
+            if (reason) await act("Reset usage", () => admin("ResetUsage", { subject, reason }));
           },
         },
         "Reset usage"
@@ -712,8 +712,8 @@ function subjectActions(subject) {
             const stopped = e.target.dataset.stopped === "1";
             const reason = await confirmWithReason(stopped ? `Resume ${subject}?` : `Stop ${subject}?`, stopped ? "Its requests are decided by its limits again." : "Every request of this subject is denied (EMERGENCY_STOP) until resumed.");
             if (!reason) return;
-            if (stopped) await act("Subject resumed", () => admin("ResumeStop", { scope: "SUBJECT", target: subject, reason }));
-            else await act("Subject stopped", () => admin("EmergencyStop", { scope: "SUBJECT", target: subject, reason }));
+            if (stopped) await act("Resume subject", () => admin("ResumeStop", { scope: "SUBJECT", target: subject, reason }));
+            else await act("Stop subject", () => admin("EmergencyStop", { scope: "SUBJECT", target: subject, reason }));
           },
         },
         "Stop subject"
@@ -739,7 +739,7 @@ function overridesTable(subject, overrides) {
           h("td", { class: "num" }, amount(o.metric, o.max)),
           h("td", {}, Number(o.expiresAt) ? when(o.expiresAt) : "never"),
           h("td", {}, o.reason || ""),
-          isAdmin() ? h("td", {}, h("button", { class: "small secondary", onclick: () => act("Override deleted", () => admin("DeleteOverride", { subject, metric: o.metric, window: o.window })) }, "Delete")) : null
+          isAdmin() ? h("td", {}, h("button", { class: "small secondary", onclick: () => act("Delete override", () => admin("DeleteOverride", { subject, metric: o.metric, window: o.window })) }, "Delete")) : null
         )
       )
     )
@@ -783,7 +783,7 @@ views.policy = {
         h(
           "section",
           { class: "card" },
-          h("div", { class: "toolbar" }, h("h2", {}, "Policy in force"), isAdmin() ? h("button", { class: "secondary", id: "policy-reload", onclick: () => act("Policies reloaded", () => admin("ReloadPolicies")) }, "Reload now") : null),
+          h("div", { class: "toolbar" }, h("h2", {}, "Policy in force"), isAdmin() ? h("button", { class: "secondary", id: "policy-reload", onclick: () => act("Reload policies", () => admin("ReloadPolicies")) }, "Reload now") : null),
           h("div", { id: "policy-status" })
         ),
         card("Company-wide caps", h("div", { id: "policy-global", class: "scroll" }))
