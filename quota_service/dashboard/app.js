@@ -150,6 +150,10 @@ function logout(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   state.token = "";
   state.role = "";
+  state.feed = [];
+  state.feedLoaded = false;
+  state.lastEventId = "";
+  state.policy = null;
   stream.stop();
   showLogin(message || "");
 }
@@ -412,11 +416,21 @@ views.overview = {
     );
   },
   async refresh() {
-    const [company, stops, day, month] = await Promise.all([
+    if (!state.feedLoaded) {
+      state.feedLoaded = true;
+      const recent = await admin("ListEvents", { kinds: ["THRESHOLD_CROSSED", "STOP_CHANGED"], sinceMs: String(Date.now() - 3600000), pageSize: 100 }).catch(() => null);
+      if (recent) {
+        const known = new Set(state.feed.map((e) => e.id));
+        state.feed.push(...(recent.events || []).filter((e) => !known.has(e.id)));
+        state.feed.sort((a, b) => Number(b.atMs) - Number(a.atMs));
+      }
+    }
+    const [company, stops, day, month, tokens] = await Promise.all([
       admin("GetCompanyUsage"),
       admin("ListStops"),
       admin("TopUsage", { metric: "cost_usd", window: "day", n: 10 }),
       admin("TopUsage", { metric: "cost_usd", window: "month", n: 10 }),
+      admin("TopUsage", { metric: "tokens", window: "day", n: 10 }),
     ]);
     const dayCap = (company.limits || []).find((l) => l.metric === "cost_usd" && l.window === "day");
     const monthCap = (company.limits || []).find((l) => l.metric === "cost_usd" && l.window === "month");
@@ -437,7 +451,7 @@ views.overview = {
     // The slower parts: the ledger's per-minute chart and the subjects near their lines.
     if (!this.slowAt || Date.now() - this.slowAt > 4000) {
       this.slowAt = Date.now();
-      const names = [...new Set([...(day.entries || []), ...(month.entries || [])].map((e) => e.subject))];
+      const names = [...new Set([...(day.entries || []), ...(tokens.entries || []), ...(month.entries || [])].map((e) => e.subject))];
       const [activity, hot] = await Promise.all([admin("GetActivity", { minutes: 60 }).catch(() => null), hotSubjects(names)]);
       if (activity) {
         const rows = activity.buckets.map((b) => ({ start: Number(b.start), allow: Number(b.allow), warn: Number(b.warn), deny: Number(b.deny), cost: Number(b.costUsd) }));
@@ -488,7 +502,7 @@ async function hotSubjects(names) {
       if ((warnAt > 0 && ratio >= warnAt) || ratio >= blockAt) found.push({ subject: view.subject, limit, level: ratio >= blockAt ? "DENY" : "WARN" });
     }
   }
-  if (!found.length) return h("p", { class: "muted" }, "No subject among today's and this month's top spenders is past a warn or block line.");
+  if (!found.length) return h("p", { class: "muted" }, "No subject among the top spenders and token users is past a warn or block line.");
   found.sort((a, b) => Number(b.limit.ratio) - Number(a.limit.ratio));
   return h(
     "table",
@@ -650,11 +664,29 @@ views.subject = {
     }
     if (!this.recordsAt || Date.now() - this.recordsAt > 5000) {
       this.recordsAt = Date.now();
-      const page = await admin("ListEvents", { subject, sinceMs: String(Date.now() - 86400000), pageSize: 500 }).catch(() => ({ events: [] }));
-      fill("subject-records", recordsTable((page.events || []).slice(-50).reverse()));
+      fill("subject-records", recordsTable(await recentEvents(subject, 50)));
     }
   },
 };
+
+// The newest `count` events of a subject: ListEvents pages oldest first, so read forward from
+// an hour ago (then a day ago when that is too few), at most a few pages, and keep the tail.
+async function recentEvents(subject, count) {
+  let events = [];
+  for (const hours of [1, 24]) {
+    events = [];
+    let token = "";
+    for (let page = 0; page < 10; page++) {
+      const reply = await admin("ListEvents", { subject, sinceMs: String(Date.now() - hours * 3600000), pageSize: 500, pageToken: token }).catch(() => null);
+      if (!reply) return [];
+      events = events.concat(reply.events || []).slice(-count);
+      token = reply.nextPageToken || "";
+      if (!token) break;
+    }
+    if (events.length >= count) break;
+  }
+  return events.reverse();
+}
 
 function subjectActions(subject) {
   const value = (id) => $(id).value.trim();
@@ -998,7 +1030,7 @@ views.audit = {
               h("td", { class: "mono" }, e.actor),
               h("td", {}, e.action),
               h("td", {}, e.target),
-              h("td", { class: "mono" }, `${e.before || "—"} → ${e.after || "—"}`),
+              h("td", {}, `${auditValue(e.before)} → ${auditValue(e.after)}`),
               h("td", {}, e.reason || "")
             )
           )
@@ -1007,6 +1039,24 @@ views.audit = {
     );
   },
 };
+
+// An audit entry's before/after (JSON text) for a person: "—" for nothing, an object as its
+// fields (without who/when, which the row shows), anything else as it is.
+function auditValue(text) {
+  if (!text) return "—";
+  let value;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return text;
+  }
+  if (value === null || value === "") return "—";
+  if (typeof value !== "object") return String(value);
+  const parts = Object.entries(value)
+    .filter(([key, v]) => key !== "created_at" && key !== "created_by" && v !== "" && v !== null)
+    .map(([key, v]) => `${key}: ${key === "expires_at" && Number(v) ? when(v) : typeof v === "object" ? JSON.stringify(v) : v}`);
+  return parts.join(", ") || "—";
+}
 
 // -- start ----------------------------------------------------------------------------------
 

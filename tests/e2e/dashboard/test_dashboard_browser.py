@@ -65,7 +65,7 @@ def spend(stub: quota_pb2_grpc.QuotaServiceStub, subject: str, tokens: int, mode
     stub.Commit(quota_pb2.CommitRequest(reservation_id=answer.reservation_id, usage={"tokens": tokens}), timeout=5)
 
 
-def seed_ledger(server: HttpServerProcess) -> None:
+def seed_ledger(server: HttpServerProcess, subjects: tuple[str, ...] = tuple(f"user-{i}" for i in range(7))) -> None:
     """Usage records and a threshold event in the server's ledger, through the Ledger API
     (the service itself writes usage records once the Redis outbox relay lands)."""
 
@@ -87,7 +87,7 @@ def seed_ledger(server: HttpServerProcess) -> None:
                     id=record_id(EventKind.COMMITTED, f"seed{i}"),
                     kind=EventKind.COMMITTED,
                     at_ms=at,
-                    subject=f"user-{i % 7}",
+                    subject=subjects[i % len(subjects)],
                     tier=tier,
                     feature=feature,
                     provider=provider,
@@ -105,7 +105,7 @@ def seed_ledger(server: HttpServerProcess) -> None:
                         id=new_event_id(EventKind.DENIED, at),
                         kind=EventKind.DENIED,
                         at_ms=at,
-                        subject=f"user-{i % 7}",
+                        subject=subjects[i % len(subjects)],
                         tier=tier,
                         feature=feature,
                         provider=provider,
@@ -216,6 +216,8 @@ def test_override_set_on_the_subject_page_shows_the_new_cap(http_server: HttpSer
     page.click("#ov-submit")
     page.wait_for_selector(".limit[data-kind='override'] .cap:has-text('5,000')", timeout=3000)
     assert "launch week" in page.inner_text("#subject-overrides")
+    seed_ledger(http_server, subjects=("dave",))
+    page.wait_for_selector("#subject-records td:has-text('COMMITTED')", timeout=8000)
     with grpc.insecure_channel(http_server.target) as channel:
         # 700 used + 3,000 asked passes the tier's 1,000 but not the override's 5,000 (the
         # per-subject hard stop of 1,000 tokens a day still applies: it denies).
