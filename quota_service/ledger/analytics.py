@@ -131,66 +131,80 @@ async def activity(ledger: Ledger, *, since_ms: int, until_ms: int) -> list[Minu
     return [MinuteActivity(int(m) * 60, int(a or 0), int(w or 0), int(d or 0), int(c or 0)) for m, a, w, d, c in rows]
 
 
-def _dimension(ledger: Ledger, name: str) -> sa.ColumnElement[Any]:
-    if name == "model":
-        return (events.c.provider + "/" + events.c.model).label("key")
-    if name not in DIMENSIONS:
-        raise ValueError(f"unknown dimension {name!r}")
-    return events.c[name].label("key")
-
-
-async def spend_by(ledger: Ledger, dimension: str, *, since_ms: int, until_ms: int) -> list[SpendRow]:
-    """Spend, tokens, images and records per value of ``dimension`` (one of
-    :data:`DIMENSIONS`), highest spend first."""
-    key = _dimension(ledger, dimension)
-    cost = sa.func.sum(events.c.cost_micros).label("cost")
+async def spend_by(ledger: Ledger, *, since_ms: int, until_ms: int) -> dict[str, list[SpendRow]]:
+    """Spend, tokens, images and records per value of each of :data:`DIMENSIONS` (``model``
+    as ``provider/model``), highest spend first. One scan: the database groups the period's
+    records by (tier, feature, provider, model), a few dozen groups, which are then summed
+    per dimension here."""
     query = (
         sa.select(
-            key,
-            cost,
+            events.c.tier,
+            events.c.feature,
+            events.c.provider,
+            events.c.model,
+            sa.func.sum(events.c.cost_micros),
             sa.func.sum(_usage(ledger, "tokens")),
             sa.func.sum(_usage(ledger, "images")),
             sa.func.count(),
         )
         .where(events.c.kind.in_(CHARGING_KINDS), *_window(since_ms, until_ms))
-        .group_by(key)
-        .order_by(cost.desc(), key)
+        .group_by(events.c.tier, events.c.feature, events.c.provider, events.c.model)
     )
-    rows = await _all(ledger, f"analytics_by_{dimension}", query)
-    return [SpendRow(str(k), int(c or 0), int(t or 0), int(i or 0), int(n or 0)) for k, c, t, i, n in rows]
+    totals: dict[str, dict[str, list[int]]] = {name: {} for name in DIMENSIONS}
+    for tier, feature, provider, model, cost, tokens, images, records in await _all(ledger, "analytics_spend", query):
+        keys = {"tier": tier, "feature": feature, "provider": provider, "model": f"{provider}/{model}"}
+        for name, key in keys.items():
+            row = totals[name].setdefault(str(key), [0, 0, 0, 0])
+            row[0] += int(cost or 0)
+            row[1] += int(tokens or 0)
+            row[2] += int(images or 0)
+            row[3] += int(records or 0)
+    return {
+        name: sorted((SpendRow(key, *values) for key, values in groups.items()), key=lambda r: (-r.cost_micros, r.key))
+        for name, groups in totals.items()
+    }
 
 
 async def daily_distribution(
-    ledger: Ledger, metric: str, *, since_ms: int, until_ms: int, day_offset_ms: int = 0
-) -> list[DailyDistribution]:
-    """Per tier: every (subject, day) total of ``metric`` in the period (days start at
-    ``day_offset_ms`` past UTC midnight: the policy timezone's offset) reduced to its
-    count, p50, p95 and max, in units."""
+    ledger: Ledger, metrics: Sequence[str], *, since_ms: int, until_ms: int, day_offset_ms: int = 0
+) -> dict[str, list[DailyDistribution]]:
+    """Per metric and tier: every (subject, day) total in the period (days start at
+    ``day_offset_ms`` past UTC midnight: the policy timezone's offset) reduced to its count,
+    p50, p95 and max, in units. One scan of the period; the ranking runs in the database."""
     day = ((events.c.at_ms + day_offset_ms) // DAY_MS).label("day")
     daily = (
-        sa.select(events.c.tier, events.c.subject, day, sa.func.sum(_usage(ledger, metric)).label("total"))
+        sa.select(
+            events.c.tier,
+            events.c.subject,
+            day,
+            *(sa.func.sum(_usage(ledger, metric)).label(f"total_{i}") for i, metric in enumerate(metrics)),
+        )
         .where(events.c.kind.in_(CHARGING_KINDS), *_window(since_ms, until_ms))
         .group_by(events.c.tier, events.c.subject, day)
         .subquery("daily")
     )
-    ranked = sa.select(
-        daily.c.tier,
-        daily.c.total,
-        sa.func.row_number().over(partition_by=daily.c.tier, order_by=daily.c.total).label("rank"),
-        sa.func.count().over(partition_by=daily.c.tier).label("n"),
-    ).subquery("ranked")
+    ranks = []
+    for i in range(len(metrics)):
+        total = daily.c[f"total_{i}"]
+        ranks += [total, sa.func.row_number().over(partition_by=daily.c.tier, order_by=total).label(f"rank_{i}")]
+    ranked = sa.select(daily.c.tier, sa.func.count().over(partition_by=daily.c.tier).label("n"), *ranks).subquery()
 
-    def at(percent: int) -> sa.ColumnElement[Any]:
+    def at(i: int, percent: int) -> sa.ColumnElement[Any]:
         # nearest rank: ceil(percent / 100 * n), in integer arithmetic
-        return sa.func.max(sa.case((ranked.c.rank == (ranked.c.n * percent + 99) // 100, ranked.c.total), else_=None))
+        rank, total = ranked.c[f"rank_{i}"], ranked.c[f"total_{i}"]
+        return sa.func.max(sa.case((rank == (ranked.c.n * percent + 99) // 100, total), else_=None))
 
-    query = (
-        sa.select(ranked.c.tier, sa.func.max(ranked.c.n), at(50), at(95), sa.func.max(ranked.c.total))
-        .group_by(ranked.c.tier)
-        .order_by(ranked.c.tier)
-    )
-    rows = await _all(ledger, "analytics_daily", query)
-    return [DailyDistribution(str(t), int(n or 0), int(p or 0), int(q or 0), int(m or 0)) for t, n, p, q, m in rows]
+    columns: list[sa.ColumnElement[Any]] = []
+    for i in range(len(metrics)):
+        columns += [at(i, 50), at(i, 95), sa.func.max(ranked.c[f"total_{i}"])]
+    query = sa.select(ranked.c.tier, sa.func.max(ranked.c.n), *columns).group_by(ranked.c.tier).order_by(ranked.c.tier)
+    found: dict[str, list[DailyDistribution]] = {metric: [] for metric in metrics}
+    for row in await _all(ledger, "analytics_daily", query):
+        tier, n = str(row[0]), int(row[1] or 0)
+        for i, metric in enumerate(metrics):
+            p50, p95, top = (int(v or 0) for v in row[2 + 3 * i : 5 + 3 * i])
+            found[metric].append(DailyDistribution(tier, n, p50, p95, top))
+    return found
 
 
 async def _all(ledger: Ledger, operation: str, query: sa.Select[Any]) -> Sequence[tuple[Any, ...]]:

@@ -151,24 +151,24 @@ async def analytics_report(
     chosen = period or "today"
     since, until = period_bounds(chosen, now, policy)
     bounds = {"since_ms": since * 1000, "until_ms": until * 1000}
-    groups = {d: await analytics.spend_by(ledger, d, **bounds) for d in analytics.DIMENSIONS}
+    groups = await analytics.spend_by(ledger, **bounds)
     offset = now.astimezone(policy.timezone).utcoffset() or timedelta(0)
-    daily = []
-    for metric in DISTRIBUTION_METRICS:
-        for row in await analytics.daily_distribution(
-            ledger, metric, day_offset_ms=int(offset.total_seconds() * 1000), **bounds
-        ):
-            daily.append(
-                admin_pb2.DailyUsage(
-                    tier=row.tier,
-                    metric=metric,
-                    subject_days=row.subject_days,
-                    p50=from_units(metric, row.p50),
-                    p95=from_units(metric, row.p95),
-                    max=from_units(metric, row.max),
-                    cap=_daily_cap(policy, row.tier, metric),
-                )
-            )
+    distributions = await analytics.daily_distribution(
+        ledger, DISTRIBUTION_METRICS, day_offset_ms=int(offset.total_seconds() * 1000), **bounds
+    )
+    daily = [
+        admin_pb2.DailyUsage(
+            tier=row.tier,
+            metric=metric,
+            subject_days=row.subject_days,
+            p50=from_units(metric, row.p50),
+            p95=from_units(metric, row.p95),
+            max=from_units(metric, row.max),
+            cap=_daily_cap(policy, row.tier, metric),
+        )
+        for metric, rows in distributions.items()
+        for row in rows
+    ]
     by_tier = groups["tier"]
     return admin_pb2.GetAnalyticsResponse(
         period=chosen,

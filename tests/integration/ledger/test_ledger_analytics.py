@@ -98,19 +98,24 @@ async def test_activity_counts_answers_and_spend_per_minute(seeded: Ledger) -> N
 
 
 async def test_spend_by_dimension_sums_charging_records_only(seeded: Ledger) -> None:
-    by_tier = await analytics.spend_by(seeded, "tier", since_ms=T0, until_ms=T0 + DAY)
-    assert by_tier == [
+    groups = await analytics.spend_by(seeded, since_ms=T0, until_ms=T0 + DAY)
+    assert groups["tier"] == [
         analytics.SpendRow("pro_alpha", 15_000, 1000, 0, 1),
         analytics.SpendRow("free_alpha", 270, 450, 0, 3),  # the EXPIRED record counts its estimate
     ]
-    by_model = await analytics.spend_by(seeded, "model", since_ms=T0, until_ms=T0 + DAY)
-    assert [(r.key, r.cost_micros) for r in by_model] == [("anthropic/claude", 15_000), ("openai/gpt-4o-mini", 270)]
+    assert [(r.key, r.cost_micros) for r in groups["model"]] == [
+        ("anthropic/claude", 15_000),
+        ("openai/gpt-4o-mini", 270),
+    ]
+    assert [(r.key, r.records) for r in groups["provider"]] == [("anthropic", 1), ("openai", 3)]
 
 
 async def test_daily_distribution_is_nearest_rank_per_tier(seeded: Ledger) -> None:
-    rows = await analytics.daily_distribution(seeded, "tokens", since_ms=T0 - DAY, until_ms=T0 + DAY)
+    rows = await analytics.daily_distribution(seeded, ("tokens", "cost_usd"), since_ms=T0 - DAY, until_ms=T0 + DAY)
     # free_alpha: (a, yesterday) 7, (a, today) 150, (b, today) 300 -> p50 150, p95 300
-    assert rows == [
+    assert rows["tokens"] == [
         analytics.DailyDistribution("free_alpha", subject_days=3, p50=150, p95=300, max=300),
         analytics.DailyDistribution("pro_alpha", subject_days=1, p50=1000, p95=1000, max=1000),
     ]
+    # cost per subject-day: 1, 90, 180 micro-dollars
+    assert rows["cost_usd"][0] == analytics.DailyDistribution("free_alpha", 3, p50=90, p95=180, max=180)
