@@ -115,7 +115,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         default=int(os.environ.get("QUOTA_METRICS_PORT", "0")),
-        help="serve Prometheus /metrics on this port (0: off)",
+        help="serve Prometheus /metrics on this port (0: off); --http serves /metrics too",
     )
     serve.add_argument(
         "--http",

@@ -381,6 +381,8 @@ function stopLabel(stop) {
 views.overview = {
   every: 1000,
   mount() {
+    this.tops = null;
+    this.slowAt = 0;
     $("view").replaceChildren(
       h("div", { id: "stop-banner" }),
       h(
@@ -425,13 +427,22 @@ views.overview = {
         state.feed.sort((a, b) => Number(b.atMs) - Number(a.atMs));
       }
     }
-    const [company, stops, day, month, tokens] = await Promise.all([
-      admin("GetCompanyUsage"),
-      admin("ListStops"),
-      admin("TopUsage", { metric: "cost_usd", window: "day", n: 10 }),
-      admin("TopUsage", { metric: "cost_usd", window: "month", n: 10 }),
-      admin("TopUsage", { metric: "tokens", window: "day", n: 10 }),
-    ]);
+    const [company, stops] = await Promise.all([admin("GetCompanyUsage"), admin("ListStops")]);
+    // TopUsage scans Redis: ask again only when the company-wide counters moved (at most once
+    // a second), else every 15 s; every 2 s when the policy has no company-wide cap to watch.
+    const spendKey = JSON.stringify((company.limits || []).map((l) => [l.used, l.held]));
+    const age = Date.now() - (this.topsAt || 0);
+    const idle = (company.limits || []).length ? 15000 : 2000;
+    if (!this.tops || (spendKey !== this.spendKey && age >= 1000) || age >= idle) {
+      this.tops = await Promise.all([
+        admin("TopUsage", { metric: "cost_usd", window: "day", n: 10 }),
+        admin("TopUsage", { metric: "cost_usd", window: "month", n: 10 }),
+        admin("TopUsage", { metric: "tokens", window: "day", n: 10 }),
+      ]);
+      this.topsAt = Date.now();
+      this.spendKey = spendKey;
+    }
+    const [day, month, tokens] = this.tops;
     const dayCap = (company.limits || []).find((l) => l.metric === "cost_usd" && l.window === "day");
     const monthCap = (company.limits || []).find((l) => l.metric === "cost_usd" && l.window === "month");
     const daySpend = dayCap ? Number(dayCap.used) + Number(dayCap.held) : sum(day.entries);
