@@ -5,12 +5,12 @@ without ``--reuse-port``, exits 2 with one line before anything is started), the
 bad file stops start-up with its errors), the store (an embedded redis-server when no URL
 is given), the emergency stops (read before the first request is served; if the store
 cannot be read, the replica serves but denies everything until it can, see
-:mod:`quota_service.stops`), the gRPC server. With ``--http``, the HTTP face (:mod:`quota_service.server.web`: dashboard, JSON API, SSE,
-health, metrics) shares the same servicers and loop. SIGTERM/SIGINT: health goes NOT_SERVING,
-the HTTP face ends its event streams and closes,
-in-flight calls get ``--grace`` seconds to finish, then the stop watcher, the store (and an
-embedded Redis) shut down. SIGHUP reloads the policy files; so does an edit of them unless
-``--no-watch``.
+:mod:`quota_service.stops`), the gRPC server and, with ``--http``, the HTTP face
+(:mod:`quota_service.server.web`: dashboard, JSON API, SSE, health, metrics) on the same
+servicers and loop. SIGTERM/SIGINT: health goes NOT_SERVING, the HTTP face ends its event
+streams and closes, in-flight calls get ``--grace`` seconds to finish, then the stop
+watcher, the store (and an embedded Redis) shut down. SIGHUP reloads the policy files; so
+does an edit of them unless ``--no-watch``.
 """
 
 from __future__ import annotations
