@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test proto sync-client lint bench bench-flat check-policy clean
+.PHONY: run test proto sync-client lint bench bench-flat bench-ledger check-policy clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench: $(BENCH_STAMP)
 ## Flat cost (issue 8): 1,000 vs 1,000,000 subjects, 0 vs 100,000 overrides (needs ~2.5 GB for Redis).
 bench-flat: $(STAMP)
 	$(BIN)/python -m bench.flat $(ARGS)
+
+## The usage ledger's cost (issue 9): reserve + commit with the ledger off, on SQLite (and ARGS="--ledger-url URL").
+bench-ledger: $(STAMP)
+	$(BIN)/python -m bench.ledger $(ARGS)
 
 check-policy: $(STAMP)
 	$(BIN)/quota-service check-policy policies

@@ -14,7 +14,9 @@ N channels, each its own TCP connection (a local subchannel pool), the workers s
 them, so a server of several processes sharing a port (SO_REUSEPORT) gets its connections
 spread by the kernel; every system gets the same. ``--prime`` first sends one
 ``dry_run`` call per subject (not measured), so a server's per-subject caches are warm as
-in a steady state.
+in a steady state. ``--commit``: each call is a CheckAndReserve and, when granted, the
+Commit of its estimate (the whole money path, one usage record per call; latency and
+requests/s are of the pair).
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ async def run(
     pick: str = "roundrobin",
     channels: int = 1,
     prime_all: bool = False,
+    commit: bool = False,
 ) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:12]
     draw = random.Random(run_id).randrange if pick == "random" else None
@@ -141,6 +144,9 @@ async def run(
                 try:
                     reply = await stub.CheckAndReserve(request, timeout=CALL_TIMEOUT)
                     outcome = DECISION_NAMES.get(reply.decision, "UNSPECIFIED")
+                    if commit and reply.reservation_id:
+                        settle = quota_pb2.CommitRequest(reservation_id=reply.reservation_id, usage=request.usage)
+                        await stub.Commit(settle, timeout=CALL_TIMEOUT)
                 except grpc.aio.AioRpcError as exc:
                     outcome = f"error:{exc.code().name}"
                 t1 = time.perf_counter()
@@ -187,6 +193,7 @@ async def run(
         "pid": os.getpid(),
         "pick": pick,
         "channels": count,
+        "commit": commit,
     }
 
 
@@ -204,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--pick", choices=("roundrobin", "random"), default="roundrobin", help="how subjects are drawn")
     parser.add_argument("--channels", type=int, default=1, help="channels (TCP connections), at most --concurrency")
+    parser.add_argument("--commit", action="store_true", help="commit each granted reservation (reserve + commit)")
     args = parser.parse_args(argv)
     if not args.target.startswith("127.0.0.1:"):
         parser.error("the load generator only talks to 127.0.0.1")
@@ -221,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pick=args.pick,
             channels=args.channels,
             prime_all=args.prime_all_channels,
+            commit=args.commit,
         )
     )
     print(json.dumps(report), flush=True)

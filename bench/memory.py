@@ -9,7 +9,9 @@ one), and reports Redis' ``used_memory`` growth:
   ``request_id``, round robin over ``--subjects`` subjects), before any Commit;
 * **per settled request**: after committing every one of them and waiting
   ``--settle-seconds`` (default 10 s), i.e. what a request costs for as long as its
-  answer is kept for replays (its reservation's lifetime plus the store's grace).
+  answer is kept for replays (its reservation's lifetime plus the store's grace), once its
+  usage record has left the outbox for the ledger (the outbox is emptied as the usage relay
+  empties it); and **per record waiting in the outbox** (while the ledger is down).
 
 Every request estimates ``TOKENS_PER_REQUEST`` tokens; with ``--vary-asks`` request ``i``
 estimates ``10 + i % 97`` (as real token estimates vary from call to call: what is
@@ -45,6 +47,7 @@ from quota_service.policy.domain import Decision
 from quota_service.policy.validation import build_request
 from quota_service.quotas import Quotas
 from quota_service.reload import LivePolicy
+from quota_service.store import keys
 from quota_service.store.embedded import EmbeddedRedis
 from quota_service.store.redis_store import RedisCounterStore
 
@@ -65,6 +68,7 @@ class MemoryReport:
     bytes_per_open_reservation: float
     bytes_per_settled_request: float
     keys_per_settled_request: float
+    bytes_per_waiting_record: float
     denied: int
     vary_asks: bool = False
 
@@ -130,8 +134,15 @@ async def measure(
     async def warm_up(quotas: Quotas) -> None:  # one request per subject, settled
         await commit_all(quotas, await reserve_all(quotas, [-1 - i for i in range(subjects)]))
 
+    async def drain_outbox() -> int:  # what the usage relay does once the ledger has the records
+        key = keys.outbox_key(keys.SINGLE_TAG)
+        entries = int(await raw.xlen(key))
+        await raw.xtrim(key, maxlen=0, approximate=False)
+        return entries
+
     try:
         await phase(warm_up)
+        await drain_outbox()
         baseline = await retained_memory(raw)
         keys_before = int(await raw.dbsize())
 
@@ -141,6 +152,8 @@ async def measure(
         await phase(lambda quotas: commit_all(quotas, reserved))
         if settle_seconds > 0:
             await asyncio.sleep(settle_seconds)
+        pending = await retained_memory(raw)
+        records = await drain_outbox()
         settled = await retained_memory(raw)
         keys_after = int(await raw.dbsize())
         granted = sum(1 for rid, _ in reserved if rid)
@@ -151,6 +164,7 @@ async def measure(
             bytes_per_open_reservation=(opened - baseline) / max(granted, 1),
             bytes_per_settled_request=(settled - baseline) / requests,
             keys_per_settled_request=(keys_after - keys_before) / requests,
+            bytes_per_waiting_record=(pending - settled) / max(records, 1),
             denied=requests - granted,
             vary_asks=vary_asks,
         )
@@ -197,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(used_memory, {report.settle_seconds:g} s after the last commit):\n"
             f"  per open reservation: {report.bytes_per_open_reservation:8.0f} bytes\n"
             f"  per settled request:  {report.bytes_per_settled_request:8.0f} bytes "
-            f"({report.keys_per_settled_request:.2f} keys)"
+            f"({report.keys_per_settled_request:.2f} keys), its usage record stored in the ledger\n"
+            f"  per usage record waiting in the outbox: {report.bytes_per_waiting_record:8.0f} bytes"
         )
         if report.denied:
             print(f"  warning: {report.denied} requests were denied (the measure counts them as settled)")

@@ -214,10 +214,17 @@ def start_redis(children: Children) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_server(
-    children: Children, system: str, redis_url: str, policies: Path, channels: int = 1, name: str = ""
+    children: Children,
+    system: str,
+    redis_url: str,
+    policies: Path,
+    channels: int = 1,
+    name: str = "",
+    extra_args: Sequence[str] = (),
 ) -> Server:
     """Start ``system`` (a name of :data:`SYSTEMS`); ``name`` (default: ``system``) names its
-    log and port file, so one system may run twice."""
+    log and port file, so one system may run twice. ``extra_args``: more ``serve`` options
+    (quota-service only, e.g. ``--ledger-url none``)."""
     name = name or system
     port_file = children.workdir / f"{name}.port"
     if system in ("quota", "quota2"):
@@ -239,6 +246,9 @@ def start_server(
             "--no-watch",
             "--workers",
             "2" if system == "quota2" else "1",
+            "--data-dir",
+            str(children.workdir / f"{name}-data"),
+            *extra_args,
         ]
     elif system == "floor":
         args = [sys.executable, "-m", "bench.servers", "--mode", "floor", "--port-file", str(port_file)]
@@ -314,6 +324,7 @@ def run_cell(
     subjects: int | None = None,
     pick: str | None = None,
     on_window: Callable[[str], None] | None = None,
+    commit: bool = False,
 ) -> dict[str, Any]:
     """One load-generator process against one server; server and Redis CPU sampled over the
     measured window only. ``pinned``: the load generator runs under ``taskset -c 0``.
@@ -345,6 +356,8 @@ def run_cell(
         "--channels",
         str(args.channels),
     ]
+    if commit:
+        command.append("--commit")
     if prime:
         command.append("--prime")
         if len(with_children(server.process.pid)) > 2:  # a supervisor and its workers

@@ -333,6 +333,7 @@ def stop_json(stop: EmergencyStop | None) -> dict[str, Any] | None:
         "reason": stop.reason,
         "created_at": stop.created_at,
         "created_by": stop.created_by,
+        **({"expires_at": stop.expires_at} if stop.expires_at else {}),
     }
 
 
@@ -560,14 +561,16 @@ class Admin:
     # -- emergency stops ----------------------------------------------------------------------
 
     async def emergency_stop(
-        self, scope: StopScope | None, target: str, *, actor: str, reason: str = ""
+        self, scope: StopScope | None, target: str, *, actor: str, reason: str = "", ttl_seconds: int = 0
     ) -> EmergencyStop:
         """Pull a stop: every request it covers is denied (EMERGENCY_STOP) on this replica
-        at once, on every replica within a second, across restarts, until :meth:`resume_stop`.
+        at once, on every replica within a second, across restarts, until :meth:`resume_stop`
+        (or, with ``ttl_seconds``, until it lifts itself then: a rule's stop).
         Pulling the same scope and target again replaces its reason."""
         scope, target = validate_stop(scope, target, self.policy)
         validate_reason(reason)
-        stop = EmergencyStop(scope, target, reason, self._now_ms() // 1000, actor)
+        now_s = self._now_ms() // 1000
+        stop = EmergencyStop(scope, target, reason, now_s, actor, now_s + ttl_seconds if ttl_seconds > 0 else 0)
         previous = await self.store.put_stop(stop)
         await self._refresh_stops()
         await self._audit(

@@ -9,6 +9,7 @@
     ├── CommitRefused           a Commit past commit_max_ratio x estimate   -> FAILED_PRECONDITION
     ├── StoreUnavailable        Redis unreachable or timing out (an outage) -> (decided by on_store_error)
     ├── StoreDataError          damaged data or a script error (a bug)      -> DENY STORE_ERROR / INTERNAL
+    ├── OutboxFull              the usage outbox is full (ledger long down)  -> DENY STORE_ERROR / UNAVAILABLE
     ├── Unauthenticated         admin call without credentials             -> UNAUTHENTICATED
     └── PermissionDenied        admin call with wrong credentials          -> PERMISSION_DENIED
 
@@ -90,6 +91,12 @@ class StoreDataError(QuotaServiceError):
     def __init__(self, message: str, *, key: str = "") -> None:
         self.key = key
         super().__init__(message)
+
+
+class OutboxFull(QuotaServiceError):
+    """The outbox of usage records waiting for the ledger reached its cap (the ledger store
+    has been unreachable for long): a new reservation is refused, whatever the tier's
+    ``on_store_error`` says, so that no spend is ever unrecorded. Settlements still go on."""
 
 
 class Unauthenticated(QuotaServiceError):

@@ -40,3 +40,24 @@ COMMITS_REFUSED = Counter(
     "Commits refused for review: they reported more than commit_max_ratio times the estimate",
     ["tier"],
 )
+#: The usage outbox (Redis streams the usage relay drains into the ledger).
+OUTBOX_REFUSALS = Counter(
+    "quota_outbox_refusals_total",
+    "Reservations refused because the usage outbox was full (the ledger store was down for long)",
+)
+OUTBOX_PENDING = Gauge(
+    "quota_outbox_pending",
+    "Usage records and events waiting in the Redis outbox for the ledger (as the last relay pass saw)",
+    multiprocess_mode="livemax",
+)
+OUTBOX_RELAYED = Counter("quota_outbox_relayed_total", "Outbox entries stored in the ledger by this replica")
+OUTBOX_LAG = Histogram(
+    "quota_outbox_lag_seconds",
+    "From an outbox entry's append to its storage in the ledger",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 30.0, 300.0),
+)
+RECORDS_DROPPED = Counter(
+    "quota_records_dropped_total",
+    "Records the service could not keep (denials decided without the store, buffered in memory, over the cap)",
+)
+REAPED = Counter("quota_reaper_sweeps_total", "Scopes whose expired reservations the reaper settled")

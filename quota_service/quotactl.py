@@ -200,10 +200,17 @@ def overrides_table(overrides: Sequence[admin_pb2.Override]) -> str:
 
 def stops_table(stops: Sequence[admin_pb2.Stop]) -> str:
     rows = [
-        [scope_name(s.scope), s.target or "*", fmt.timestamp(s.created_at), s.created_by or "-", s.reason or "-"]
+        [
+            scope_name(s.scope),
+            s.target or "*",
+            fmt.timestamp(s.created_at),
+            fmt.timestamp(s.expires_at) if s.expires_at else "until resumed",
+            s.created_by or "-",
+            s.reason or "-",
+        ]
         for s in stops
     ]
-    return fmt.table(["SCOPE", "TARGET", "SINCE (UTC)", "BY", "REASON"], rows)
+    return fmt.table(["SCOPE", "TARGET", "SINCE (UTC)", "UNTIL (UTC)", "BY", "REASON"], rows)
 
 
 def policy_status_text(status: admin_pb2.PolicyStatus) -> str:

@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import json
 import logging
 import random
 import time
@@ -55,8 +56,23 @@ from typing import Any, Protocol, runtime_checkable
 
 from quota_service import deadline
 from quota_service.clock import Clock, SystemClock, to_ms
-from quota_service.errors import CommitRefused, InvalidRequest, NotFound, StoreDataError, StoreUnavailable
-from quota_service.metrics import COMMITS_REFUSED, DECISIONS, STORE_DATA_ERRORS, STORE_ERRORS, WITHDRAWS
+from quota_service.errors import (
+    CommitRefused,
+    InvalidRequest,
+    NotFound,
+    OutboxFull,
+    StoreDataError,
+    StoreUnavailable,
+)
+from quota_service.ledger.events import Event, EventKind, new_event_id
+from quota_service.metrics import (
+    COMMITS_REFUSED,
+    DECISIONS,
+    OUTBOX_REFUSALS,
+    STORE_DATA_ERRORS,
+    STORE_ERRORS,
+    WITHDRAWS,
+)
 from quota_service.policy import replay
 from quota_service.policy.compiled import CompiledPolicy, StoreErrorMode, Tier
 from quota_service.policy.domain import GLOBAL_SCOPE, CounterRef, CounterValue, Decision, Reason, SubjectConfig
@@ -75,6 +91,7 @@ from quota_service.policy.units import COST_METRIC
 from quota_service.policy.validation import QuotaRequest
 from quota_service.reload import LivePolicy
 from quota_service.stops import ConfigListener
+from quota_service.store import keys
 from quota_service.store.base import (
     CounterStore,
     Reservation,
@@ -82,6 +99,7 @@ from quota_service.store.base import (
     ReserveResult,
     ReserveStatus,
     SettledCounter,
+    threshold_lines,
 )
 from quota_service.store.keys import new_reservation_id, subject_of
 
@@ -329,6 +347,63 @@ def _answer_text(policy: CompiledPolicy, the_plan: Plan) -> str:
     return text
 
 
+def _lines(policy: CompiledPolicy, the_plan: Plan) -> tuple[str, str]:
+    """The threshold lines of ``the_plan``'s counters (subject's, company-wide): encoded once
+    per plan shape, like the answer text."""
+    shape = the_plan.shape
+    if shape is not None and shape.policy is policy and shape.lines is not None:
+        return shape.lines
+    lines = (threshold_lines(the_plan.counters), threshold_lines(the_plan.global_counters))
+    if shape is not None and shape.policy is policy:
+        shape.lines = lines
+    return lines
+
+
+#: The least number of seconds between two log lines about a full outbox.
+OUTBOX_LOG_SECONDS = 10.0
+
+#: Denials no store step records (decided before any store call, or because the store
+#: failed): the core hands their DENIED record to ``records``. The gate's denials
+#: (BLOCK_THRESHOLD, LIMIT_EXCEEDED, HARD_STOP, GLOBAL_LIMIT) are recorded by the store.
+_UNRECORDED_DENIALS = frozenset(
+    {
+        Reason.EMERGENCY_STOP,
+        Reason.FEATURE_NOT_ALLOWED,
+        Reason.UNPRICED_MODEL,
+        Reason.UNKNOWN_TIER,
+        Reason.STORE_UNAVAILABLE,
+        Reason.STORE_ERROR,
+    }
+)
+
+
+def _denial_record(request: QuotaRequest, answer: ReserveAnswer, at_ms: int) -> Event:
+    """The DENIED record of a denial no store step recorded. With a request_id its id is
+    derived from (subject, request_id), so a retried request is recorded once."""
+    if request.request_id:
+        name = keys.ReservationName(request.subject, keys.request_name(request.subject, request.request_id), "")
+        event_id = f"den_{name.reservation_id.removeprefix(keys.RESERVATION_PREFIX)}"
+    else:
+        event_id = new_event_id(EventKind.DENIED, at_ms)
+    outcome = answer.outcome
+    return Event(
+        id=event_id,
+        kind=EventKind.DENIED,
+        at_ms=at_ms,
+        subject=request.subject,
+        tier=answer.tier,
+        feature=request.feature,
+        provider=request.provider,
+        model=request.model,
+        request_id=request.request_id,
+        estimate=dict(request.usage),
+        decision=Decision.DENY,
+        reason=outcome.reason,
+        policy_version=answer.policy_version,
+        detail=json.dumps({"message": outcome.message[:1024]}, separators=(",", ":")),
+    )
+
+
 class Quotas:
     """The quota path (see the module docstring). Dependencies are keyword-only:
 
@@ -350,6 +425,7 @@ class Quotas:
         withdraw_backoff: Backoff | None = None,
         max_pending_withdraws: int = MAX_PENDING_WITHDRAWS,
         rng: random.Random | None = None,
+        records: Callable[[Event], None] | None = None,
     ) -> None:
         if request_budget_seconds <= 0:
             raise ValueError("request_budget_seconds must be positive")
@@ -364,6 +440,10 @@ class Quotas:
         self._rng = rng or random.Random()
         self._withdraws: set[asyncio.Task[None]] = set()
         self._missing_tiers_logged: set[tuple[str, str]] = set()
+        #: Where the DENIED records of denials decided without a store step go (the usage
+        #: relay); ``None``: no ledger. Every other record is written by the store's own step.
+        self._records = records
+        self._outbox_full_logged = float("-inf")
         if isinstance(self.stops, ConfigFeed):
             self.stops.follow_configs(self.configs)
 
@@ -445,7 +525,25 @@ class Quotas:
             answer = self._store_error(policy, request, exc)
             if sent:
                 self._withdraw_later(sent[-1], request.request_id)
+        except OutboxFull as exc:  # nothing was held: no spend goes unrecorded, whatever the tier says
+            OUTBOX_REFUSALS.inc()
+            if time.monotonic() - self._outbox_full_logged > OUTBOX_LOG_SECONDS:
+                self._outbox_full_logged = time.monotonic()
+                log.error(
+                    "refusing new reservations (%r and every other subject of its slot): %s", request.subject, exc
+                )
+            tier = self._tier_of(policy, self.configs.get(request.subject))
+            outcome = Outcome(Decision.DENY, Reason.STORE_ERROR, f"denied: {exc}")
+            answer = ReserveAnswer(outcome, tier.name if tier else "", policy.version)
         _decision_counter(answer.outcome.decision, answer.outcome.reason).inc()
+        if (
+            self._records is not None
+            and answer.outcome.decision is Decision.DENY
+            and answer.outcome.reason in _UNRECORDED_DENIALS
+            and not request.dry_run
+            and not answer.replayed
+        ):
+            self._records(_denial_record(request, answer, to_ms(self.clock.now())))
         return answer
 
     async def _check_and_reserve(self, policy: CompiledPolicy, request: QuotaRequest, sent: list[str]) -> ReserveAnswer:
@@ -613,6 +711,9 @@ class Quotas:
             },
             dry_run=request.dry_run,
             answer="" if request.dry_run else _answer_text(policy, the_plan),
+            policy_version=policy.version,
+            estimate_cost=the_plan.cost,
+            lines=_lines(policy, the_plan),
         )
 
     def _answer(

@@ -123,6 +123,7 @@ class StopWatcher:
         self._log_every = log_every
         self._monotonic = monotonic
         self._stops: tuple[EmergencyStop, ...] = (NOT_LOADED,)
+        self._expiring = False  # some stop lifts itself (filtered by time in active())
         self._loaded = False
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -139,7 +140,11 @@ class StopWatcher:
 
     def active(self) -> Sequence[EmergencyStop]:
         """The stops in force, from memory (never I/O). Before the first successful load:
-        one GLOBAL stop that denies everything (fail closed)."""
+        one GLOBAL stop that denies everything (fail closed). A stop past its ``expires_at``
+        (a rule's) is no longer in force, even before anyone has lifted it in the store."""
+        if self._expiring:
+            now = time.time()
+            return tuple(stop for stop in self._stops if stop.in_force(now))
         return self._stops
 
     @property
@@ -200,6 +205,7 @@ class StopWatcher:
             stops = tuple(await self._store.list_stops())
             changed = stops != self._stops
             self._stops = stops
+            self._expiring = any(stop.expires_at for stop in stops)
             first = not self._loaded
             self._loaded = True
             self.refreshes += 1

@@ -411,11 +411,15 @@ class Ledger:
         """Store ``batch`` in one transaction, skipping every event whose id is already stored
         (and repeats within the batch); how many rows are new. Raises
         :class:`LedgerUnavailable` (nothing stored) when the store is down: retry the same batch."""
+        return len(await self.insert_new(batch))
+
+    async def insert_new(self, batch: Iterable[Event]) -> list[str]:
+        """:meth:`insert`, answering the ids of the rows that are new (the ones this call stored)."""
         unique: dict[str, Event] = {}
         for item in batch:
             unique.setdefault(item.id, item)
         if not unique:
-            return 0
+            return []
         with translate_errors("insert"):
             async with self._write_lock, self.transaction(write=True) as conn:
                 if self._postgres:
@@ -429,8 +433,8 @@ class Ledger:
                     .on_conflict_do_nothing(index_elements=[events.c.id])
                     .returning(events.c.id)
                 )
-                inserted = len((await conn.execute(statement, rows)).all())
-        metrics.LEDGER_INSERTED.inc(inserted)
+                inserted = [str(row[0]) for row in (await conn.execute(statement, rows)).all()]
+        metrics.LEDGER_INSERTED.inc(len(inserted))
         return inserted
 
     async def list_events(

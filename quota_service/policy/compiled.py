@@ -166,6 +166,21 @@ def micros_at(rates: Mapping[str, Decimal], usage: Mapping[str, int]) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class CrossRule:
+    """``on_cross``: when a subject's limit on ``metric`` / ``window`` reaches ``threshold``
+    (warn, block or cap), stop the subject for ``stop_seconds``."""
+
+    name: str
+    metric: str
+    window: Window
+    threshold: str
+    stop_seconds: int
+
+    def matches(self, metric: str, window: Window, threshold: str) -> bool:
+        return self.metric == metric and self.window is window and self.threshold == threshold
+
+
+@dataclass(frozen=True, slots=True)
 class Tier:
     """A tier, fully resolved: its limits, its hard stops (its own, else the policy's
     ``hard_stops.per_subject``), its thresholds and failure mode."""
@@ -182,6 +197,8 @@ class Tier:
     #: A Commit may report at most this many times the reservation's estimate of a metric
     #: (and at least this many units of it, whatever the estimate); more is refused for review.
     commit_max_ratio: int = 10
+    #: The policy's and then the tier's own ``on_cross`` rules.
+    on_cross: tuple[CrossRule, ...] = ()
 
     def commit_bound(self, estimate: int) -> int:
         """The most units of a metric a Commit may report against ``estimate`` units."""

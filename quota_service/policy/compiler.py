@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 from quota_service.policy.compiled import (
     CompiledPolicy,
+    CrossRule,
     Limit,
     LimitKind,
     PriceTable,
@@ -36,6 +37,7 @@ from quota_service.policy.compiled import (
     Tier,
 )
 from quota_service.policy.model import (
+    CrossRuleModel,
     NotificationsModel,
     PolicyModel,
     TierModel,
@@ -124,7 +126,13 @@ def _tier(
             model.reservation_ttl_seconds if tier.reservation_ttl_seconds is None else tier.reservation_ttl_seconds
         ),
         commit_max_ratio=model.commit_max_ratio if tier.commit_max_ratio is None else tier.commit_max_ratio,
+        on_cross=tuple(_cross_rule(rule) for rule in [*model.on_cross, *tier.on_cross]),
     )
+
+
+def _cross_rule(rule: CrossRuleModel) -> CrossRule:
+    name = rule.name or f"{rule.metric}-{rule.window.value}-{rule.threshold}"
+    return CrossRule(name, rule.metric, rule.window, rule.threshold, rule.stop_subject_for)
 
 
 def _merge_thresholds(own: TierThresholdsModel | None, defaults: Thresholds) -> Thresholds:

@@ -235,7 +235,17 @@ class PlanShape:
     (the overlap of its windows). ``checked``: every metric name, cap and block line is
     one the store accepts (see :class:`PlannedCharges`)."""
 
-    __slots__ = ("answer", "checked", "company", "company_refs", "own", "policy", "valid_from", "valid_until")
+    __slots__ = (
+        "answer",
+        "checked",
+        "company",
+        "company_refs",
+        "lines",
+        "own",
+        "policy",
+        "valid_from",
+        "valid_until",
+    )
 
     def __init__(
         self,
@@ -259,6 +269,8 @@ class PlanShape:
         )
         #: The plan-level replay text (:func:`quota_service.policy.replay.encode`), once known.
         self.answer: str | None = None
+        #: The caller's encoding of the threshold lines (subject's, company-wide), once known.
+        self.lines: tuple[str, str] | None = None
 
 
 def _is_units(value: object) -> bool:

@@ -457,6 +457,33 @@ def _webhook_name(value: str) -> str:
     return value
 
 
+#: ``stop_subject_for``: a whole number then s, m, h or d ("90s", "30m", "1h", "2d").
+_DURATION = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: A rule's stop lasts at least a second and at most 30 days.
+MAX_STOP_SECONDS = 30 * 86400
+CROSS_THRESHOLDS = ("warn", "block", "cap")
+
+
+def _duration(value: object) -> object:
+    """A duration: "<n>s|m|h|d" (or a whole number of seconds), as seconds."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        seconds = int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+    else:
+        raise _error(f'must be a duration such as "90s", "30m", "1h" or "2d", got {describe(value)}')
+    if not 1 <= seconds <= MAX_STOP_SECONDS:
+        raise _error(f"must be from 1 second to 30 days, got {describe(value)}")
+    return seconds
+
+
+def _cross_threshold(value: object) -> object:
+    if not isinstance(value, str) or value not in CROSS_THRESHOLDS:
+        raise _error(f"must be one of {', '.join(CROSS_THRESHOLDS)}, got {describe(value)}")
+    return value
+
+
 def _retention_days(value: int) -> int:
     if not 1 <= value <= MAX_RETENTION_DAYS:
         raise _error(f"must be a whole number of days from 1 to {MAX_RETENTION_DAYS}, got {describe(value)}")
@@ -513,6 +540,12 @@ EventKindName = Annotated[str, BeforeValidator(_event_kind), WithJsonSchema({"en
 WebhookName = Annotated[
     str, AfterValidator(_webhook_name), WithJsonSchema({"type": "string", "pattern": WEBHOOK_NAME.pattern})
 ]
+StopFor = Annotated[
+    int,
+    BeforeValidator(_duration),
+    WithJsonSchema({"type": ["string", "integer"], "pattern": _DURATION.pattern}),
+]
+CrossThreshold = Annotated[str, BeforeValidator(_cross_threshold), WithJsonSchema({"enum": list(CROSS_THRESHOLDS)})]
 RetentionDays = Annotated[
     int,
     BeforeValidator(_to_int),
@@ -576,6 +609,22 @@ class HardStopsModel(_StrictModel):
     )
 
 
+class CrossRuleModel(_StrictModel):
+    """A rule that acts when a limit is crossed: stop the subject for a while (the burn-rate
+    brake for runaway agent loops). Matches the subject's limits on ``metric`` and ``window``
+    (the tier's, an override's or a hard stop's) when used + held reaches ``threshold``."""
+
+    name: WebhookName | None = Field(
+        default=None, description="A label for the stop and the events; defaults to metric-window-threshold."
+    )
+    metric: MetricKey = Field(description="The limit's metric, e.g. cost_usd.")
+    window: WindowKey = Field(description="The limit's window: minute, hour, day or month.")
+    threshold: CrossThreshold = Field(description="warn, block or cap: the line whose crossing acts.")
+    stop_subject_for: StopFor = Field(
+        description='How long the subject is stopped (EMERGENCY_STOP) after the crossing: "90s", "30m", "1h", "2d".'
+    )
+
+
 class TierModel(_StrictModel):
     """One tier. ``None`` fields inherit the policy's setting."""
 
@@ -598,6 +647,9 @@ class TierModel(_StrictModel):
     )
     commit_max_ratio: CommitRatio | None = Field(
         default=None, description="Overrides the policy's commit_max_ratio for this tier."
+    )
+    on_cross: list[CrossRuleModel] = Field(
+        default_factory=list, description="Rules for this tier's subjects, added to the policy's on_cross."
     )
 
 
@@ -667,6 +719,10 @@ class PolicyModel(_StrictModel):
     )
     ledger_retention_days: RetentionDays | None = Field(
         default=None, description="Events older than this many days are removed from the ledger; absent: kept."
+    )
+    on_cross: list[CrossRuleModel] = Field(
+        default_factory=list,
+        description="Rules that act when a subject's limit is crossed (every tier), e.g. stop the subject for 1h.",
     )
 
 
@@ -790,6 +846,10 @@ def allowed_keys(loc: Sequence[str | int]) -> tuple[str, ...]:
     shape = tuple(loc)
     if len(shape) >= 2 and shape[0] == "tiers":
         shape = ("tiers", "*", *shape[2:])
+    if len(shape) >= 2 and shape[0] == "on_cross" and isinstance(shape[1], int):
+        shape = ("on_cross", "*", *shape[2:])
+    if len(shape) >= 4 and shape[2] == "on_cross" and isinstance(shape[3], int):
+        shape = (*shape[:3], "*", *shape[4:])
     if len(shape) >= 3 and shape[:2] == ("notifications", "webhooks") and isinstance(shape[2], int):
         shape = ("notifications", "webhooks", "*", *shape[3:])
     models: dict[tuple[str | int, ...], type[BaseModel]] = {
@@ -800,6 +860,8 @@ def allowed_keys(loc: Sequence[str | int]) -> tuple[str, ...]:
         ("tiers", "*", "thresholds"): TierThresholdsModel,
         ("notifications",): NotificationsModel,
         ("notifications", "webhooks", "*"): WebhookModel,
+        ("on_cross", "*"): CrossRuleModel,
+        ("tiers", "*", "on_cross", "*"): CrossRuleModel,
     }
     model = models.get(shape)
     return _field_keys(model) if model is not None else ()

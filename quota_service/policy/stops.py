@@ -10,6 +10,7 @@ subjects and tier names exactly).
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,11 @@ class EmergencyStop:
     reason: str = ""
     created_at: int = 0
     created_by: str = ""
+    #: Unix seconds when it lifts itself (a rule's stop, ``on_cross``); 0: until resumed.
+    expires_at: int = 0
+
+    def in_force(self, now: float) -> bool:
+        return self.expires_at == 0 or now < self.expires_at
 
     def covers(self, request: QuotaRequest, tier: str) -> bool:
         match self.scope:
@@ -50,7 +56,10 @@ class EmergencyStop:
 
     def describe(self) -> str:
         where = "everything" if self.scope is StopScope.GLOBAL else f"{self.scope.value.lower()} {self.target!r}"
-        return f"emergency stop on {where}" + (f": {self.reason}" if self.reason else "")
+        until = ""
+        if self.expires_at:
+            until = time.strftime(" until %Y-%m-%d %H:%M:%S UTC", time.gmtime(self.expires_at))
+        return f"emergency stop on {where}{until}" + (f": {self.reason}" if self.reason else "")
 
 
 __all__ = ["EmergencyStop", "StopScope"]

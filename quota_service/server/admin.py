@@ -86,6 +86,7 @@ def stop_message(stop: EmergencyStop) -> admin_pb2.Stop:
         reason=stop.reason,
         created_at=stop.created_at,
         created_by=stop.created_by,
+        expires_at=stop.expires_at,
     )
 
 

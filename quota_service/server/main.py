@@ -39,8 +39,10 @@ from quota_service.server.admin import AdminServicer
 from quota_service.server.app import ConfigurationError, TlsFiles, admin_mode, create_server, ensure_free
 from quota_service.server.audit_relay import AuditRelay
 from quota_service.server.auth import AccessTokens
+from quota_service.server.cross_rules import CrossRules
 from quota_service.server.notifications import Notifications, checked_loader
 from quota_service.server.servicers import QuotaServicer
+from quota_service.server.usage_relay import UsageRelay
 from quota_service.server.web import Readiness, WebServer, start_http
 from quota_service.stops import StopWatcher
 
@@ -125,10 +127,14 @@ async def serve(args: argparse.Namespace) -> int:
     web: WebServer | None = None
     ledger_ready = asyncio.create_task(_migrate(ledger)) if ledger is not None else None
     feed = EventFeed(ledger=ledger) if ledger is not None else None
-    store = RedisCounterStore.from_url(redis_url, timeout_seconds=args.store_timeout, grace_seconds=args.grace_seconds)
+    store = RedisCounterStore.from_url(
+        redis_url,
+        timeout_seconds=args.store_timeout,
+        grace_seconds=args.grace_seconds,
+        outbox=ledger is not None,  # no ledger: the scripts append no usage records
+    )
     admin_store = RedisAdminStore(counters=store)
     stops = StopWatcher(store=admin_store)
-    quotas = Quotas(policy=policy, store=store, stops=stops, request_budget_seconds=args.request_budget)
     notifications = Notifications(ledger=ledger, policy=policy) if ledger is not None else None
 
     def stored() -> None:  # new events in the ledger: wake the live tails and the deliverer
@@ -138,10 +144,27 @@ async def serve(args: argparse.Namespace) -> int:
             notifications.wake()
 
     relay = AuditRelay(counters=store, ledger=ledger, on_stored=stored) if ledger is not None else None
+    # The usage relay drains the outboxes into the ledger; its reaper runs with or without one.
+    usage = UsageRelay(store=store, ledger=ledger, on_stored=stored)
+    quotas = Quotas(
+        policy=policy,
+        store=store,
+        stops=stops,
+        request_budget_seconds=args.request_budget,
+        records=usage.record if ledger is not None else None,
+    )
+    admin_core = Admin(
+        quotas=quotas,
+        store=admin_store,
+        stops=stops,
+        audit_sink=relay.record if relay is not None else None,
+    )
+    rules = CrossRules(admin=admin_core, policy=policy)  # on_cross: act on crossings the relay stores
+    usage.on_new = rules.on_new
     background = (
-        asyncio.create_task(_start_background(ledger_ready, relay, notifications))
+        asyncio.create_task(_start_background(ledger_ready, relay, notifications, usage))
         if ledger_ready is not None and relay is not None and notifications is not None
-        else None
+        else asyncio.create_task(usage.start())
     )
     try:
         await _check_eviction(store, allow=args.allow_eviction)
@@ -150,12 +173,7 @@ async def serve(args: argparse.Namespace) -> int:
         # One servicer of each service, shared by gRPC and the HTTP face (--http).
         quota_servicer = QuotaServicer(quotas=quotas)
         admin_servicer = AdminServicer(
-            admin=Admin(
-                quotas=quotas,
-                store=admin_store,
-                stops=stops,
-                audit_sink=relay.record if relay is not None else None,
-            ),
+            admin=admin_core,
             feed=feed,
             webhooks=notifications.deliverer if notifications is not None else None,
         )
@@ -188,7 +206,7 @@ async def serve(args: argparse.Namespace) -> int:
                 port_file=args.http_port_file,
             )
     except BaseException:
-        await _stop_background(background, relay, notifications)
+        await _stop_background(background, relay, notifications, usage)
         await _close_ledger(ledger, ledger_ready)
         await stops.close()
         await store.close()
@@ -200,6 +218,7 @@ async def serve(args: argparse.Namespace) -> int:
 
         start_http_server(args.metrics_port, addr="127.0.0.1" if args.listen.startswith("127.") else "0.0.0.0")
     await server.start()
+    await rules.start()
     host = args.listen.rsplit(":", 1)[0]
     status = policy.status()
     log.info("listening on %s:%d (%s)", host, port, "TLS" if tls else "plaintext")
@@ -230,7 +249,8 @@ async def serve(args: argparse.Namespace) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await quotas.drain()  # for as long as the withdraw retries can last (about 10 s)
-        await _stop_background(background, relay, notifications)
+        await rules.stop()
+        await _stop_background(background, relay, notifications, usage)
         await _close_ledger(ledger, ledger_ready)
         await stops.close()
         await store.close()
@@ -277,9 +297,12 @@ async def _migrate(ledger: Ledger) -> None:
             delay = min(delay * 2, 30.0)
 
 
-async def _start_background(ready: asyncio.Task[None], relay: AuditRelay, notifications: Notifications) -> None:
-    """Once the ledger's schema is up to date: the audit relay and the webhook deliverer."""
+async def _start_background(
+    ready: asyncio.Task[None], relay: AuditRelay, notifications: Notifications, usage: UsageRelay
+) -> None:
+    """Once the ledger's schema is up to date: the usage and audit relays and the webhook deliverer."""
     await ready
+    await usage.start()
     await relay.start()
     await notifications.start()
     names = ", ".join(e.name or e.id for e in notifications.deliverer.endpoints) or "none"
@@ -287,12 +310,19 @@ async def _start_background(ready: asyncio.Task[None], relay: AuditRelay, notifi
 
 
 async def _stop_background(
-    background: asyncio.Task[None] | None, relay: AuditRelay | None, notifications: Notifications | None
+    background: asyncio.Task[None] | None,
+    relay: AuditRelay | None,
+    notifications: Notifications | None,
+    usage: UsageRelay,
 ) -> None:
     if background is not None and not background.done():
         background.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await background
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5.0):
+            await usage.relay_once()  # the last records of this replica reach the ledger (best effort)
+    await usage.stop()
     if relay is not None:
         with contextlib.suppress(Exception):
             await relay.drain()  # the last admin changes of this replica reach the ledger

@@ -115,6 +115,7 @@ def _stop_json(stop: EmergencyStop) -> str:
             "reason": stop.reason,
             "created_at": stop.created_at,
             "created_by": stop.created_by,
+            **({"expires_at": stop.expires_at} if stop.expires_at else {}),
         },
         sort_keys=True,
     )
@@ -137,6 +138,7 @@ def _stop_from(field: str, raw: str) -> EmergencyStop:
         reason=str(data.get("reason", "")),
         created_at=int(data.get("created_at", 0) or 0),
         created_by=str(data.get("created_by", "")),
+        expires_at=int(data.get("expires_at", 0) or 0),
     )
 
 

@@ -19,7 +19,8 @@ Concurrency guarantees every implementation must give:
 * ``commit`` and ``release`` of a settled reservation change nothing and say so.
 * A reservation neither committed nor released by ``expires_at`` is settled at its
   estimate (held -> used) the next time any of the subject's (or the global) counters is
-  touched; a later ``commit`` corrects it to the actual usage, a later ``release`` refunds.
+  touched, or by the reaper (``reap``) within about a second; a later ``commit`` corrects it
+  to the actual usage, a later ``release`` refunds.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ import enum
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from quota_service.errors import InvalidRequest, shown
+from quota_service.policy.compiled import LimitKind
 from quota_service.policy.domain import GLOBAL_SCOPE, CounterCharge, CounterRef, CounterValue, SubjectConfig
-from quota_service.policy.engine import PlannedCharges
+from quota_service.policy.engine import CounterPlan, PlannedCharges
 from quota_service.policy.units import MAX_UNITS, validate_metric_name
 from quota_service.policy.windows import Window
 
@@ -66,6 +68,15 @@ class ReserveCommand:
     rates: Mapping[str, str] = field(default_factory=dict)
     meta: Mapping[str, str] = field(default_factory=dict)
     dry_run: bool = False
+    #: The policy version the plan was made under (copied into the request's usage records).
+    policy_version: str = ""
+    #: The estimate's cost in micro-dollars at ``rates`` (what an EXPIRED record charges).
+    estimate_cost: int = 0
+    #: The threshold lines of the subject's counters and of the company-wide ones, as
+    #: :func:`threshold_lines` encodes them ("" for none): the store reports each line once
+    #: per window when a request reaches it (a THRESHOLD_CROSSED event) and records whether
+    #: the request reached a warn line (its decision, WARN, in its usage records).
+    lines: tuple[str, str] = ("", "")
     #: Opaque text the store keeps with the request_id's recorded answer and hands back,
     #: unchanged, on every replay (the core encodes the plan's limits in it, so a replay is
     #: answered from the first decision, never re-judged under a later policy or config).
@@ -73,6 +84,33 @@ class ReserveCommand:
     #: should hold what many requests share (the plan), not per-request values: those come
     #: back in ``ReserveResult.values``, ``recorded_estimate`` and ``recorded_rates``.
     answer: str = ""
+
+
+#: A line's threshold letter and a limit kind's, in a threshold line's label.
+_THRESHOLD_LETTER = {"warn": "w", "block": "b", "cap": "c"}
+_KIND_LETTER = {LimitKind.TIER: "t", LimitKind.OVERRIDE: "o", LimitKind.HARD_STOP: "h", LimitKind.GLOBAL: "g"}
+THRESHOLD_OF_LETTER: Final = {letter: name for name, letter in _THRESHOLD_LETTER.items()}
+KIND_OF_LETTER: Final = {letter: kind for kind, letter in _KIND_LETTER.items()}
+
+
+def threshold_lines(counters: Sequence[CounterPlan]) -> str:
+    """The lines of every limit on ``counters`` (one scope's, in the order of its charges):
+    ``<i>:<units>:<threshold><kind>:<cap>`` joined by spaces, ``i`` the counter's index from
+    1, threshold ``w``/``b``/``c`` (warn line, block line, cap), kind the limit's
+    (``t`` tier, ``o`` override, ``h`` hard stop, ``g`` global), cap the limit's cap in units.
+    Limits without thresholds (hard stops, global caps) have only their cap line."""
+    parts: list[str] = []
+    for i, counter in enumerate(counters, start=1):
+        for limit in counter.limits:
+            kind = _KIND_LETTER[limit.kind]
+            cap = limit.max_units
+            if limit.thresholds is not None:
+                warn = limit.warn_units
+                if warn is not None:
+                    parts.append(f"{i}:{warn}:w{kind}:{cap}")
+                parts.append(f"{i}:{limit.block_units}:b{kind}:{cap}")
+            parts.append(f"{i}:{cap}:c{kind}:{cap}")
+    return " ".join(parts)
 
 
 class ReserveStatus(enum.Enum):

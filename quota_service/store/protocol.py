@@ -31,11 +31,25 @@ import enum
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from quota_service.policy.domain import CounterRef, CounterValue
 from quota_service.policy.windows import Window
 from quota_service.store import keys
+
+
+class ReserveCommandLike(Protocol):
+    """What :func:`head_text` reads of a ``ReserveCommand`` (``store.base`` imports this module)."""
+
+    @property
+    def meta(self) -> Mapping[str, str]: ...
+    @property
+    def policy_version(self) -> str: ...
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def estimate_cost(self) -> int: ...
+
 
 YES: Final = "1"
 NO: Final = "0"
@@ -51,6 +65,7 @@ class Status(enum.StrEnum):
     STALE_CONFIG = "stale_config"
     DUPLICATE = "duplicate"  # a new reservation's record name is taken (never with a request_id)
     MISSING = "missing"  # a global replay step found no record and made none
+    BACKLOG = "backlog"  # the outbox is full (the ledger has been unreachable): nothing held
 
 
 class State(enum.StrEnum):
@@ -129,6 +144,19 @@ class Field(enum.StrEnum):
     GLOBAL = "global"  # "1" when a company-wide part exists (or may)
     REPLAYED = "replayed"  # "1" once a replay handed the reservation out
     REQUEST = "request"  # "1" when the record is a request_id's recorded answer
+    HEAD = "head"  # the request's head (tier, feature, ...), copied into its usage records
+    DECISION = "decision"  # "w" WARN, "a" ALLOW: the reservation's decision (its usage records)
+
+
+class Entry(enum.StrEnum):
+    """The kind of an outbox entry (field ``k``; lua/lib.lua's ENTRY table)."""
+
+    COMMITTED = "com"
+    RELEASED = "rel"
+    EXPIRED = "exp"
+    CORRECTED = "cor"
+    DENIED = "den"
+    THRESHOLD = "thr"
 
 
 #: Key kinds, as lua/lib.lua's KEY table names them.
@@ -138,6 +166,8 @@ KEY_KINDS: Final = {
     "OPEN": keys.OPEN,
     "PLAN": keys.PLAN,
     "LAYOUT": keys.LAYOUT,
+    "OUTBOX": keys.OUTBOX,
+    "DUE": keys.DUE,
 }
 
 
@@ -184,6 +214,36 @@ def amounts_text(amounts: Mapping[str, int]) -> str:
 def parse_amounts(text: str) -> dict[str, int]:
     pairs = (item.partition("=") for item in text.split())
     return {metric: int(units) for metric, _, units in pairs}
+
+
+#: Separates the fields of a record's head.
+HEAD_SEPARATOR: Final = "\x1f"
+HEAD_FIELDS: Final = ("tier", "feature", "provider", "model", "policy_version", "request_id", "cost")
+
+
+def head_text(command: ReserveCommandLike) -> str:
+    """A request's head (reserve.lua ARGV[15]): what its usage records say about it besides
+    the amounts, :data:`HEAD_FIELDS` joined by :data:`HEAD_SEPARATOR` (no field holds it:
+    names are validated at the edge and have no control characters)."""
+    meta = command.meta
+    return HEAD_SEPARATOR.join(
+        (
+            meta.get("tier", ""),
+            meta.get("feature", ""),
+            meta.get("provider", ""),
+            meta.get("model", ""),
+            command.policy_version,
+            command.request_id,
+            str(command.estimate_cost),
+        )
+    )
+
+
+def parse_head(text: str) -> dict[str, str]:
+    """The fields of a head (missing ones ""), by the names of :data:`HEAD_FIELDS`."""
+    parts = text.split(HEAD_SEPARATOR) if text else []
+    parts += [""] * (len(HEAD_FIELDS) - len(parts))
+    return dict(zip(HEAD_FIELDS, parts[: len(HEAD_FIELDS)], strict=True))
 
 
 def rates_text(rates: Mapping[str, str]) -> str:

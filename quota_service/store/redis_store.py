@@ -53,7 +53,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -77,7 +77,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from quota_service import deadline
-from quota_service.errors import InvalidRequest, NotFound, StoreDataError, StoreUnavailable
+from quota_service.errors import InvalidRequest, NotFound, OutboxFull, StoreDataError, StoreUnavailable
 from quota_service.policy.domain import (
     GLOBAL_SCOPE,
     CounterCharge,
@@ -125,12 +125,14 @@ _SCRIPT_NAMES: Final = (
     "reserve_fused",
     "settle",
     "usage",
+    "reap",
+    "outbox_done",
     "record",
     "config_get",
     "config_write",
 )
 #: Scripts that use the constants and functions of ``lib.lua`` (prepended to their text) ...
-_NEEDS_LIB: Final = frozenset({"reserve", "reserve_batch", "reserve_fused", "settle", "usage", "record"})
+_NEEDS_LIB: Final = frozenset({"reserve", "reserve_batch", "reserve_fused", "settle", "usage", "reap", "record"})
 #: ... of ``reserve_core.lua`` (prepended after it) ...
 _NEEDS_RESERVE_CORE: Final = frozenset({"reserve", "reserve_batch", "reserve_fused"})
 #: ... and of ``settle_core.lua`` (after that).
@@ -140,6 +142,18 @@ GLOBAL_BATCH: Final = 64
 #: Most whole reservations one fused script call carries (single Redis): a call of 64 runs
 #: for about as long as 64 calls of reserve.lua would, a few milliseconds.
 FUSED_BATCH: Final = 64
+#: Entries an outbox may hold before new reservations are refused (``OutboxFull``): about
+#: 300 bytes each, so ~150 MB on one Redis, hours of traffic with the ledger down at a
+#: few hundred requests per second. Settlements always append (what is open is bounded too).
+OUTBOX_CAP: Final = 500_000
+#: Scopes one reap.lua call settles at most.
+REAP_SCOPES: Final = 200
+
+
+def _ignore_tag(_tag: str) -> None:
+    return None
+
+
 _CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _PLAIN_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
 
@@ -353,6 +367,7 @@ class _Prepared:
     layout: str
     layout_digest: str
     estimate: str
+    head: str  # reserve.lua ARGV[15]
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,6 +576,8 @@ class RedisCounterStore:
         retention_seconds: int = COUNTER_RETENTION_SECONDS,
         sweep_limit: int = SWEEP_LIMIT,
         clock: Callable[[], float] = time.time,
+        outbox_cap: int = OUTBOX_CAP,
+        outbox: bool = True,
     ) -> None:
         if timeout_seconds <= 0:
             raise ValueError("timeout_seconds must be positive")
@@ -572,6 +589,14 @@ class RedisCounterStore:
         self._retention_seconds = retention_seconds
         self._sweep_limit = sweep_limit
         self._clock = clock
+        if outbox_cap < 0:
+            raise ValueError("outbox_cap must not be negative")
+        self._outbox_cap = outbox_cap
+        self._outbox = outbox
+        self._cluster = isinstance(client, RedisCluster)
+        #: Called with the slot tag of every outbox a call may have appended to (the usage
+        #: relay's wake-up: it drains that outbox at once rather than at its next poll).
+        self.on_outbox: Callable[[str], None] = _ignore_tag
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(script_source(name)) for name in _SCRIPT_NAMES
         }
@@ -593,6 +618,7 @@ class RedisCounterStore:
         grace_seconds: int = GRACE_SECONDS,
         max_connections: int = 256,
         clock: Callable[[], float] = time.time,
+        outbox: bool = True,
     ) -> RedisCounterStore:
         """A store for ``url``; nothing is connected until the first call.
 
@@ -626,7 +652,9 @@ class RedisCounterStore:
                 f"unsupported Redis URL {url!r}: use redis://, rediss://, unix://, redis+cluster:// "
                 "or rediss+cluster://"
             )
-        return cls(client=client, timeout_seconds=timeout_seconds, grace_seconds=grace_seconds, clock=clock)
+        return cls(
+            client=client, timeout_seconds=timeout_seconds, grace_seconds=grace_seconds, clock=clock, outbox=outbox
+        )
 
     @property
     def client(self) -> Redis | RedisCluster:
@@ -673,6 +701,54 @@ class RedisCounterStore:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
+    # -- the outbox and the due index ---------------------------------------------------
+
+    @property
+    def outbox_cap(self) -> int:
+        """A new reservation is refused while its slot's outbox holds this many entries."""
+        return self._outbox_cap
+
+    def slot_tag(self, scope: str) -> str:
+        """The tag of the outbox and due index ``scope``'s records go to (keys module)."""
+        return keys.slot_tag(scope) if self._cluster else keys.SINGLE_TAG
+
+    def slot_tags(self) -> tuple[str, ...]:
+        """Every outbox's and due index's tag: one on a single Redis, one per slot on a cluster."""
+        return keys.all_slot_tags() if self._cluster else (keys.SINGLE_TAG,)
+
+    def _slot_keys(self, scope: str, other: str) -> tuple[str, str]:
+        """The outbox and the due index of ``scope``'s slot. Without an outbox (no ledger):
+        ``other``, any other key of the slot, in its place (the scripts then append nothing)."""
+        tag = self.slot_tag(scope)
+        self.on_outbox(tag)
+        return keys.outbox_key(tag) if self._outbox else other, keys.due_key(tag)
+
+    def _outbox_full(self) -> NoReturn:
+        raise OutboxFull(
+            f"the usage outbox holds {self._outbox_cap:,} records waiting for the ledger (is the ledger store "
+            "down?): new reservations are refused until the relay has stored them"
+        )
+
+    async def outbox_done(self, tag: str, group: str, ids: Sequence[str]) -> int:
+        """Acknowledge and delete outbox entries the relay has stored (outbox_done.lua)."""
+        return await self._script("outbox_done", [keys.outbox_key(tag)], [group, *ids], int, request_deadline=False)
+
+    async def reap(self, tag: str, now_ms: int, *, max_scopes: int = REAP_SCOPES) -> tuple[int, int]:
+        """Settle at their estimate the reservations of ``tag``'s slot whose TTL has passed
+        (reap.lua): how many scopes were swept, and how many are still due."""
+
+        def parse(reply: Sequence[Any]) -> tuple[int, int]:
+            swept, still_due = reply
+            return int(swept), int(still_due)
+
+        return await self._script(
+            "reap",
+            [keys.due_key(tag), keys.outbox_key(tag)],
+            [now_ms, self._grace_ms, self._sweep_limit, max_scopes],
+            parse,
+            request_deadline=False,
+        )
+
     # -- reserve ----------------------------------------------------------------------------
 
     def _prepare(self, command: ReserveCommand) -> _Prepared:
@@ -702,6 +778,7 @@ class RedisCounterStore:
             layout=layout,
             layout_digest=_digest(layout),
             estimate=protocol.amounts_text(command.estimate),
+            head=protocol.head_text(command),
         )
 
     def _step_call(
@@ -723,6 +800,7 @@ class RedisCounterStore:
             keys.layout_key(scope.scope, prepared.layout_digest) if subject_step else record,
             # read for a STALE_CONFIG answer, by the steps that check the config version
             keys.overrides_key(scope.scope) if checks_config else record,
+            *self._slot_keys(scope.scope, record),
             *scope.counter_keys,
         ]
         args: list[str | int] = [
@@ -740,6 +818,9 @@ class RedisCounterStore:
             prepared.plan if subject_step else "",
             prepared.layout if subject_step else protocol.layout_text("", scope.refs, ()),
             prepared.estimate if subject_step else "",
+            prepared.head if subject_step else "",
+            command.lines[0 if scope is prepared.own else 1] if step is not Step.DRY_RUN else "",
+            self._outbox_cap,
             *scope.charge_args,
         ]
         return script_keys, args
@@ -860,6 +941,8 @@ class RedisCounterStore:
             )
         if first.status is Status.STALE_CONFIG:
             return self._stale(prepared, first)
+        if first.status is Status.BACKLOG:
+            self._outbox_full()
         if first.status is Status.DUPLICATE:
             raise InvalidRequest(f"reservation id {command.reservation_id!r} is already in use")
         if not first.replayed:  # the common case, read straight off the replies
@@ -1014,7 +1097,8 @@ class RedisCounterStore:
         keep: bool = True,
         global_values: str = "",
     ) -> _SettleReply:
-        script_keys = [keys.record_key(scope, name), keys.open_set_key(scope)]
+        record = keys.record_key(scope, name)
+        script_keys = [record, keys.open_set_key(scope), self._slot_keys(scope, record)[0]]
         args: list[str | int] = [
             mode.value,
             keys.tag(scope),
@@ -1155,7 +1239,8 @@ class RedisCounterStore:
         values: dict[CounterRef, CounterValue] = {}
         for scope, refs in by_scope.items():
             prepared = _Scope(scope, tuple(refs), tuple(keys.counter_key(ref) for ref in refs), (), "")
-            script_keys = [keys.open_set_key(scope), *prepared.counter_keys]
+            open_set = keys.open_set_key(scope)
+            script_keys = [open_set, self._slot_keys(scope, open_set)[0], *prepared.counter_keys]
             args: list[str | int] = [keys.tag(scope), now_ms, self._grace_ms, self._sweep_limit]
             values.update(await self._script("usage", script_keys, args, prepared.values))
         return values

@@ -1,5 +1,5 @@
 -- lib.lua: constants and functions shared by reserve.lua, reserve_batch.lua, settle.lua,
--- usage.lua and record.lua.
+-- usage.lua, reap.lua and record.lua.
 --
 -- Not a script of its own: the store prepends this text to each of those scripts when it
 -- registers them, so it has no KEYS or ARGV. Every key it touches is named in the
@@ -19,10 +19,10 @@
 -- Damaged data (a key of the wrong type, a field that does not parse) raises
 -- "QUOTADATA <key> <what>": the store reports it as StoreDataError naming the key.
 
-local KEY = {COUNTER = 'q', RECORD = 'r', OPEN = 'z', PLAN = 'a', LAYOUT = 'l'}
+local KEY = {COUNTER = 'q', RECORD = 'r', OPEN = 'z', PLAN = 'a', LAYOUT = 'l', OUTBOX = 'x', DUE = 'e'}
 local STATUS = {
   RESERVED = 'reserved', DENIED = 'denied', DENIED_GLOBAL = 'denied_global', CHECKED = 'checked',
-  STALE_CONFIG = 'stale_config', DUPLICATE = 'duplicate', MISSING = 'missing',
+  STALE_CONFIG = 'stale_config', DUPLICATE = 'duplicate', MISSING = 'missing', BACKLOG = 'backlog',
 }
 local STATE = {
   OPEN = 'open', EXPIRED = 'expired', COMMITTED = 'committed', RELEASED = 'released',
@@ -41,8 +41,14 @@ local FIELD = {
   STATE = 'state', GENERATION = 'gen', CREATED_MS = 'created_ms', EXPIRES_MS = 'expires_ms',
   LAYOUT = 'layout', GLOBAL_LAYOUT = 'glayout', ASKS = 'asks', ESTIMATE = 'estimate', VALUES = 'values',
   PLAN = 'plan', LAYOUT_DIGEST = 'ldigest', GLOBAL = 'global', REPLAYED = 'replayed', REQUEST = 'request',
+  HEAD = 'head', DECISION = 'decision',
+}
+-- The kinds of outbox entries (field "k"): the usage records and the threshold crossings.
+local ENTRY = {
+  COMMITTED = 'com', RELEASED = 'rel', EXPIRED = 'exp', CORRECTED = 'cor', DENIED = 'den', THRESHOLD = 'thr',
 }
 local YES, NO = '1', '0'
+local GLOBAL_TAG = '{__global__}'
 
 local TOMBSTONE_STATE = {
   [TOMBSTONE.COMMITTED] = STATE.COMMITTED, [TOMBSTONE.RELEASED] = STATE.RELEASED,
@@ -253,6 +259,7 @@ local function load_record(rkey)
     values = f[FIELD.VALUES] or '', plan = f[FIELD.PLAN] or '', ldigest = f[FIELD.LAYOUT_DIGEST] or '',
     has_global = f[FIELD.GLOBAL] == YES, replayed = f[FIELD.REPLAYED] == YES, request = f[FIELD.REQUEST] == YES,
     entries = split(f[FIELD.LAYOUT] or '', ' '), asks = {},
+    head = f[FIELD.HEAD] or '', decision = f[FIELD.DECISION] or '', created_ms_text = f[FIELD.CREATED_MS] or '',
   }
   for i, ask in ipairs(split(f[FIELD.ASKS] or '', ',')) do
     rec.asks[i] = int_of(rkey, FIELD.ASKS, ask)
@@ -287,6 +294,51 @@ end
 local function tombstone_entries(tag, rkey, rec)
   local _, layout = tombstone_layout(tag, rkey, rec)
   return split(first_line(layout), ' ')
+end
+
+-- -- the outbox ---------------------------------------------------------------------------
+--
+-- Every change of a subject's counters that a usage record describes appends that record to
+-- the outbox stream ctx.outbox in the same script call, so the two are one atomic step: a
+-- relay in the service copies the entries into the ledger (idempotent on the record's id)
+-- and deletes them (quota_service/server/usage_relay.py). The entry fields are mirrored in
+-- quota_service/ledger/outbox.py, which reads them:
+--   k  ENTRY.* kind                     s  subject (or __global__ for a crossing)
+--   t  when (unix ms)                   n, g  the record's name and generation
+--   h  the request's head (ARGV)        e  the estimate (amounts)   a  the actual (amounts)
+--   c  created (unix ms)                x  expires (unix ms)        d  decision ('w' WARN, 'a' ALLOW)
+--   m  the settle mode                  v  values seen (used,held,...)   q  layout / counter entry
+--   L, l, M  a crossing's line (units), label and cap (units); u, o: used and held after
+-- ctx: {outbox = key, records = true in a subject's scope, subject = S}. The company-wide
+-- scope writes crossings only (its changes are described by the subjects' records).
+
+local function outbox_add(ctx, fields)
+  if ctx.outbox then
+    redis.call('XADD', ctx.outbox, '*', unpack(fields))
+  end
+end
+
+-- The usage record of a settlement (kind ENTRY.*) of the open or expired record rec.
+local function record_usage(ctx, kind, name, rec, at_ms, mode, actual_text)
+  if not ctx.records then
+    return
+  end
+  outbox_add(ctx, {
+    'k', kind, 's', ctx.subject, 't', int_text(at_ms), 'n', name, 'g', rec.gen or '', 'h', rec.head or '',
+    'e', rec.estimate or '', 'a', actual_text or '', 'c', rec.created_ms_text or '', 'x', rec.expires_ms_text or '',
+    'd', rec.decision or '', 'm', mode,
+  })
+end
+
+-- The context fields the outbox needs, for the scope of tag. A key that is not an outbox
+-- ("x:...") in its place means the service keeps no ledger: nothing is appended.
+local function outbox_ctx(ctx, outbox_key)
+  if string.sub(outbox_key, 1, #KEY.OUTBOX + 1) == KEY.OUTBOX .. ':' then
+    ctx.outbox = outbox_key
+  end
+  ctx.records = ctx.outbox ~= nil and ctx.tag ~= GLOBAL_TAG
+  ctx.subject = string.sub(ctx.tag, 2, -2)
+  return ctx
 end
 
 -- -- settling ---------------------------------------------------------------------------
@@ -358,6 +410,15 @@ end
 local function settle_record(ctx, rkey, name, rec, mode, actual)
   local changes = move_counters(ctx.tag, rec, mode, actual)
   redis.call('ZREM', ctx.open_key, name)
+  if mode == SETTLE.EXPIRE then
+    record_usage(ctx, ENTRY.EXPIRED, name, rec, math.min(rec.expires_ms, ctx.now_ms), mode, '')
+  elseif rec.state == STATE.EXPIRED then
+    record_usage(ctx, ENTRY.CORRECTED, name, rec, ctx.now_ms, mode, ctx.actual_text)
+  elseif mode == SETTLE.COMMIT then
+    record_usage(ctx, ENTRY.COMMITTED, name, rec, ctx.now_ms, mode, ctx.actual_text)
+  else
+    record_usage(ctx, ENTRY.RELEASED, name, rec, ctx.now_ms, mode, '')
+  end
   if mode == SETTLE.EXPIRE then
     -- kept (with the texts it names) so that a late commit still corrects it
     local at_ms = settled_expiry(rec, ctx.now_ms, ctx.grace_ms)

@@ -12,7 +12,12 @@
 --                               otherwise any key of the slot, never touched)
 -- KEYS[6]      o:{S}            the subject's overrides hash (read for a STALE_CONFIG answer;
 --                               steps that check no config version: any key of the slot)
--- KEYS[7..6+n] q:{S}:...        counter hashes (fields "used", "held", in units)
+-- KEYS[7]      x:{T}            the outbox stream of S's slot (lib.lua "the outbox"): usage records
+--                               (DENIED, EXPIRED by the sweep) and threshold crossings; any
+--                               other key of the slot when the service keeps no ledger
+-- KEYS[8]      e:{T}            the reaper's index of S's slot: zset scope -> earliest open expiry
+-- KEYS[9..8+n] q:{S}:...        counter hashes (fields "used", "held", in units; "x<label>":
+--                               a threshold line already reported in this window)
 --
 -- ARGV[1]  step            STEP.SUBJECT | STEP.DRY_RUN | STEP.GLOBAL | STEP.GLOBAL_REPLAY
 -- ARGV[2]  tag             "{S}": the hash tag the record's other keys are built from
@@ -31,11 +36,18 @@
 --                          (its digest names KEYS[5]); line 2 names KEYS[7..] in order
 --                          (entries "<metric>:<window>:<window_id>@<resets_at>")
 -- ARGV[14] estimate        amounts "<metric>=<units> ..." kept in the record
--- ARGV[15..] four per counter of KEYS[7..], in order: ask, cap, block (units), and the
+-- ARGV[15] head            the request's head, kept in the record and copied into its usage
+--                          records: "<tier>\x1f<feature>\x1f<provider>\x1f<model>\x1f<policy version>
+--                          \x1f<request_id>\x1f<the estimate's cost, micro-dollars>" (STEP.SUBJECT; "" otherwise)
+-- ARGV[16] lines           the threshold lines of the counters (reserve_core.lua note_crossings)
+-- ARGV[17] outbox_cap      a new reservation is refused (BACKLOG) while the outbox holds this
+--                          many entries (0: no cap)
+-- ARGV[18..] four per counter of KEYS[9..], in order: ask, cap, block (units), and the
 --          counter key's expiry (unix s)
 --
 -- Gate, per counter with ask > 0 and uh = used + held: deny when uh >= block or uh + ask > cap.
--- Order: settle expired -> replay (an existing record) -> config version -> gates -> write.
+-- Order: settle expired -> replay (an existing record) -> config version -> outbox room -> gates
+-- -> write (a denial appends its DENIED record; a hold notes the threshold lines it reaches).
 -- A replay is never re-judged and never changes the reservation. Expiries are never
 -- earlier than Redis' clock plus the grace period (lib.lua expiry_floor). Everything is
 -- checked before anything is written (Redis does not roll a script back).
@@ -43,7 +55,8 @@
 -- Returns {status, generation, expires_ms, replayed, values, recorded, plan, layout, state, has_global,
 --          estimate}:
 --   status      STATUS.*: RESERVED | DENIED | DENIED_GLOBAL (replays) | CHECKED | STALE_CONFIG |
---               DUPLICATE | MISSING (STEP.GLOBAL_REPLAY without a record)
+--               DUPLICATE | MISSING (STEP.GLOBAL_REPLAY without a record) | BACKLOG (the
+--               outbox is full: nothing held)
 --   generation  the reservation's generation (a replay: the recorded one)
 --   replayed    "1" when the answer is an existing record's
 --   values      flat {used_1, held_1, ...} (strings, units) of KEYS[7..], now (before this step)

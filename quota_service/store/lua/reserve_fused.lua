@@ -48,9 +48,10 @@ local function fused_one(sk, sa, gk, ga)
   if company[1] ~= STATUS.DENIED then
     return {'ok', own, company, {}}
   end
-  -- settle.lua COMPENSATE of the subject's record: its KEYS[1..2], tag, now, name, grace
+  -- settle.lua COMPENSATE of the subject's record: its KEYS[1..2] and outbox (KEYS[7] of the
+  -- subject step), tag, now, name, grace
   local compensated = settle_one(
-    {sk[1], sk[2]},
+    {sk[1], sk[2], sk[7]},
     {SETTLE.COMPENSATE, sa[2], sa[3], sa[4], own[2], sa[7], YES, table.concat(company[5], ',')}
   )
   return {'ok', own, company, compensated}

@@ -5,6 +5,9 @@
 --
 -- KEYS[1]  r:{S}:<name>   the record
 -- KEYS[2]  z:{S}:open     zset of open record names, score = expires_ms (unix ms)
+-- KEYS[3]  x:{T}          the outbox stream of S's slot (lib.lua "the outbox"): the usage
+--                         record of what this call settles is appended in the same step
+--                         (any other key of the slot when the service keeps no ledger)
 --
 -- ARGV[1]  mode             SETTLE.COMMIT | RELEASE | WITHDRAW | COMPENSATE | CONFIRM
 -- ARGV[2]  tag              "{S}": the hash tag the record's other keys are built from
@@ -25,6 +28,9 @@
 --                    unless a replay handed it out since (outcome KEPT, nothing changes)
 --   COMPENSATE       the company-wide step denied: release it; a request_id's record
 --                    becomes the DENIED_GLOBAL tombstone with both steps' values
+--   (each settlement of a subject's record appends its usage record: COMMITTED, RELEASED,
+--   CORRECTED (a commit or release of an expired record), DENIED (COMPENSATE); the
+--   company-wide scope's records write none)
 --   CONFIRM          nothing changes; outcome OPEN while it is open or expired (a replay
 --                    made its company-wide part: keep that part), else ALREADY_SETTLED
 --

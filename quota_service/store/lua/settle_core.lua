@@ -25,7 +25,10 @@ end
 
 local function settle_one(KEYS, ARGV)
   local mode = ARGV[1]
-  local ctx = {tag = ARGV[2], open_key = KEYS[2], now_ms = num(ARGV[3]), grace_ms = num(ARGV[6]), keep = ARGV[7] == YES}
+  local ctx = outbox_ctx(
+    {tag = ARGV[2], open_key = KEYS[2], now_ms = num(ARGV[3]), grace_ms = num(ARGV[6]), keep = ARGV[7] == YES},
+    KEYS[3]
+  )
   local rkey, name, generation = KEYS[1], ARGV[4], ARGV[5]
 
   local rec = load_record(rkey)
@@ -45,11 +48,22 @@ local function settle_one(KEYS, ARGV)
     local changes = move_counters(ctx.tag, rec, SETTLE.RELEASE, nil)
     redis.call('ZREM', ctx.open_key, name)
     redis.call('DEL', rkey)
+    if rec.state == STATE.EXPIRED then  -- it had been charged at its estimate: that is taken back
+      record_usage(ctx, ENTRY.CORRECTED, name, rec, ctx.now_ms, mode, '')
+    else
+      record_usage(ctx, ENTRY.RELEASED, name, rec, ctx.now_ms, mode, '')
+    end
     return settle_answer(ctx, OUTCOME.SETTLED, rec, rec.entries, changes)
   end
   if mode == SETTLE.COMPENSATE then
     local changes = move_counters(ctx.tag, rec, SETTLE.RELEASE, nil)
     redis.call('ZREM', ctx.open_key, name)
+    if ctx.records then  -- the request's one record: denied by the company-wide gate
+      outbox_add(ctx, {
+        'k', ENTRY.DENIED, 's', ctx.subject, 't', int_text(ctx.now_ms), 'n', name, 'g', rec.gen, 'h', rec.head,
+        'e', rec.estimate, 'v', ARGV[8], 'q', rec.glayout, 'm', mode,
+      })
+    end
     if rec.request then
       write_tombstone(ctx, rkey, rec, TOMBSTONE.DENIED_GLOBAL, rec.values .. ';' .. ARGV[8])
     else
@@ -60,9 +74,12 @@ local function settle_one(KEYS, ARGV)
 
   local actual = {}
   if mode == SETTLE.COMMIT then
+    local pairs_text = {}
     for i = 9, #ARGV - 1, 2 do
       actual[ARGV[i]] = num(ARGV[i + 1])
+      pairs_text[#pairs_text + 1] = ARGV[i] .. '=' .. ARGV[i + 1]
     end
+    ctx.actual_text = table.concat(pairs_text, ' ')
   end
   local changes = settle_record(ctx, rkey, name, rec, mode, actual)
   return settle_answer(ctx, OUTCOME.SETTLED, rec, rec.entries, changes)

@@ -86,13 +86,20 @@ async def test_every_key_of_one_subject_shares_one_slot(
         keys.config_key(subject),
         keys.overrides_key(subject),
         plan,
+        keys.due_key(keys.slot_tag(subject)),  # the reaper's index of the slot (the outbox: after commit)
     ]
-    global_keys = [keys.counter_key(company), global_record_key(rid), keys.open_set_key(GLOBAL_SCOPE)]
+    global_keys = [
+        keys.counter_key(company),
+        global_record_key(rid),
+        keys.open_set_key(GLOBAL_SCOPE),
+        keys.due_key(keys.slot_tag(GLOBAL_SCOPE)),
+    ]
     stored = set(all_keys(redis_cluster))
     assert stored == set(subject_keys) | set(global_keys)  # nothing else was written, nowhere else
     await cluster_store.commit(rid, {"tokens": 5, "images": 1, "cost_usd": 20}, NOW_MS)
     (layout,) = [key for key in all_keys(redis_cluster) if key.startswith(f"l:{{{subject}}}:")]
     subject_keys.append(layout)
+    subject_keys.append(keys.outbox_key(keys.slot_tag(subject)))  # the COMMITTED record, in the slot's outbox
     after = set(all_keys(redis_cluster))  # the open set is gone (empty), the global part forgotten
     assert after == set(subject_keys + global_keys) - {
         keys.open_set_key(subject),

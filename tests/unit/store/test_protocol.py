@@ -39,6 +39,7 @@ def members(enumeration: type[enum.StrEnum]) -> dict[str, str]:
         ("SETTLE", members(protocol.Settle)),
         ("OUTCOME", members(protocol.Outcome)),
         ("FIELD", members(protocol.Field)),
+        ("ENTRY", members(protocol.Entry)),
         ("KEY", protocol.KEY_KINDS),
     ],
 )

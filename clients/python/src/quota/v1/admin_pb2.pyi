@@ -45,18 +45,20 @@ class Override(_message.Message):
     def __init__(self, subject: _Optional[str] = ..., metric: _Optional[str] = ..., window: _Optional[str] = ..., max: _Optional[float] = ..., expires_at: _Optional[int] = ..., reason: _Optional[str] = ..., created_at: _Optional[int] = ..., created_by: _Optional[str] = ...) -> None: ...
 
 class Stop(_message.Message):
-    __slots__ = ("scope", "target", "reason", "created_at", "created_by")
+    __slots__ = ("scope", "target", "reason", "created_at", "created_by", "expires_at")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     scope: StopScope
     target: str
     reason: str
     created_at: int
     created_by: str
-    def __init__(self, scope: _Optional[_Union[StopScope, str]] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ..., created_at: _Optional[int] = ..., created_by: _Optional[str] = ...) -> None: ...
+    expires_at: int
+    def __init__(self, scope: _Optional[_Union[StopScope, str]] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ..., created_at: _Optional[int] = ..., created_by: _Optional[str] = ..., expires_at: _Optional[int] = ...) -> None: ...
 
 class SetTierRequest(_message.Message):
     __slots__ = ("subject", "tier", "reason")
