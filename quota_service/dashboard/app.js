@@ -462,7 +462,9 @@ views.overview = {
     // The slower parts: the ledger's per-minute chart and the subjects near their lines.
     if (!this.slowAt || Date.now() - this.slowAt > 4000) {
       this.slowAt = Date.now();
-      const names = [...new Set([...(day.entries || []), ...(tokens.entries || []), ...(month.entries || [])].map((e) => e.subject))];
+      // Candidates: the top spenders and token users, and whoever crossed a line lately.
+      const crossed = state.feed.filter((e) => e.kind === "THRESHOLD_CROSSED" && e.subject).map((e) => e.subject);
+      const names = [...new Set([...(day.entries || []), ...(tokens.entries || []), ...(month.entries || [])].map((e) => e.subject).concat(crossed))];
       const [activity, hot] = await Promise.all([admin("GetActivity", { minutes: 60 }).catch(() => null), hotSubjects(names)]);
       if (activity) {
         const rows = activity.buckets.map((b) => ({ start: Number(b.start), allow: Number(b.allow), warn: Number(b.warn), deny: Number(b.deny), cost: Number(b.costUsd) }));
@@ -513,7 +515,7 @@ async function hotSubjects(names) {
       if ((warnAt > 0 && ratio >= warnAt) || ratio >= blockAt) found.push({ subject: view.subject, limit, level: ratio >= blockAt ? "DENY" : "WARN" });
     }
   }
-  if (!found.length) return h("p", { class: "muted" }, "No subject among the top spenders and token users is past a warn or block line.");
+  if (!found.length) return h("p", { class: "muted" }, "No subject among the top spenders, the top token users and the last hour's crossings is past a warn or block line.");
   found.sort((a, b) => Number(b.limit.ratio) - Number(a.limit.ratio));
   return h(
     "table",

@@ -144,6 +144,14 @@ def seed_ledger(server: HttpServerProcess, subjects: tuple[str, ...] = tuple(f"u
         pool.submit(asyncio.run, insert()).result()
 
 
+def wait_for_columns(page: Any, selector: str, *, more_than: int, timeout: float = 8.0) -> None:
+    """Until the chart draws more than ``more_than`` columns (the ledger's seeded minutes)."""
+    deadline = time.monotonic() + timeout
+    while page.locator(selector).count() <= more_than:
+        assert time.monotonic() < deadline, f"{selector}: {page.locator(selector).count()} columns"
+        page.wait_for_timeout(200)
+
+
 def test_spend_made_over_grpc_shows_on_the_open_overview(http_server: HttpServerProcess, page: Any) -> None:
     login(page, http_server, http_server.admin_token)
     page.wait_for_selector("#top-day")
@@ -160,16 +168,18 @@ def test_spend_made_over_grpc_shows_on_the_open_overview(http_server: HttpServer
     # The company-wide cap reflects it too, and alice is past her warn line.
     page.wait_for_selector("#spend-today:has-text('$0.0115')", timeout=3000)
     page.wait_for_selector("#hot td:has-text('alice')", timeout=6000)
+    # The service's own records: alice's warn-line crossing reaches the live feed over SSE.
+    page.wait_for_selector("#feed li:has-text('alice')", timeout=5000)
     seed_ledger(http_server)
     page.wait_for_selector("#feed li:has-text('user-3')", timeout=3000)
-    page.wait_for_selector("#answers-chart svg rect", timeout=6000)
+    wait_for_columns(page, "#answers-chart svg rect", more_than=20)
     screenshot(page, "overview")
     phone = page.context.browser.new_context(viewport={"width": 390, "height": 844}, locale="en-US")
     try:
         mobile = phone.new_page()
         login(mobile, http_server, http_server.admin_token)
         mobile.wait_for_selector('#top-day tr[data-subject="alice"]')
-        mobile.wait_for_selector("#answers-chart svg rect", timeout=6000)
+        wait_for_columns(mobile, "#answers-chart svg rect", more_than=20)
         screenshot(mobile, "overview-phone")
     finally:
         phone.close()
@@ -216,7 +226,7 @@ def test_override_set_on_the_subject_page_shows_the_new_cap(http_server: HttpSer
     page.click("#ov-submit")
     page.wait_for_selector(".limit[data-kind='override'] .cap:has-text('5,000')", timeout=3000)
     assert "launch week" in page.inner_text("#subject-overrides")
-    seed_ledger(http_server, subjects=("dave",))
+    # dave's own usage record, written by the service (relayed from Redis to the ledger).
     page.wait_for_selector("#subject-records td:has-text('COMMITTED')", timeout=8000)
     with grpc.insecure_channel(http_server.target) as channel:
         # 700 used + 3,000 asked passes the tier's 1,000 but not the override's 5,000 (the
