@@ -309,7 +309,11 @@ function route() {
 // after an event or an action.
 async function refresh(now) {
   const view = views[state.view];
-  if (!view || !view.refresh || state.refreshing) return;
+  if (!view || !view.refresh) return;
+  if (state.refreshing) {
+    if (now) state.again = true; // one more round once this one ends
+    return;
+  }
   if (!now && Date.now() - state.lastRefresh < (view.every || 1000)) return;
   state.refreshing = true;
   state.lastRefresh = Date.now();
@@ -320,6 +324,10 @@ async function refresh(now) {
     else console.error(err);
   } finally {
     state.refreshing = false;
+  }
+  if (state.again) {
+    state.again = false;
+    refresh(true);
   }
 }
 
@@ -460,20 +468,30 @@ views.overview = {
     fill("top-month", topTable(month.entries || []));
     renderFeed();
     // The slower parts: the ledger's per-minute chart and the subjects near their lines.
-    if (!this.slowAt || Date.now() - this.slowAt > 4000) {
+    if (!this.slowBusy && (!this.slowAt || Date.now() - this.slowAt > 4000)) {
       this.slowAt = Date.now();
+      this.slowBusy = true;
+      // Not awaited: the live numbers above keep their one-second pace meanwhile.
+      this.slow(day, month, tokens)
+        .catch((err) => console.error(err))
+        .finally(() => (this.slowBusy = false));
+    }
+  },
+  async slow(day, month, tokens) {
+    {
       // Candidates: the top spenders and token users, and whoever crossed a line lately.
       const crossed = state.feed.filter((e) => e.kind === "THRESHOLD_CROSSED" && e.subject).map((e) => e.subject);
       const names = [...new Set([...(day.entries || []), ...(tokens.entries || []), ...(month.entries || [])].map((e) => e.subject).concat(crossed))];
       const [activity, hot] = await Promise.all([admin("GetActivity", { minutes: 60 }).catch(() => null), hotSubjects(names)]);
+      if (!$("answers-chart")) return; // the operator went to another view meanwhile
       if (activity) {
         const rows = activity.buckets.map((b) => ({ start: Number(b.start), allow: Number(b.allow), warn: Number(b.warn), deny: Number(b.deny), cost: Number(b.costUsd) }));
         const width = Math.max(280, $("answers-chart").clientWidth || 600);
         fill("answers-chart", charts.stackedColumns(rows, [{ key: "allow", colour: "var(--allow)" }, { key: "warn", colour: "var(--warn)" }, { key: "deny", colour: "var(--deny)" }], { width, yLabel: "answers per minute" }));
         fill("spend-chart", charts.columns(rows, "cost", "var(--accent)", usdShort, { width, yLabel: "spend per minute", floor: 0.01 }));
       } else {
-        fill("answers-chart", h("p", { class: "muted" }, "The ledger is off: no per-minute history."));
-        fill("spend-chart", h("p", { class: "muted" }, "The ledger is off: no per-minute history."));
+        fill("answers-chart", h("p", { class: "muted" }, "No per-minute history: the ledger is off or not answering."));
+        fill("spend-chart", h("p", { class: "muted" }, "No per-minute history: the ledger is off or not answering."));
       }
       fill("hot", hot);
     }

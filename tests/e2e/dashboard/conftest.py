@@ -26,8 +26,10 @@ def http_server(redis_url: str, tmp_path: Path) -> Iterator[HttpServerProcess]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[Any]:
+    """Per test, not per session: Playwright's sync API keeps an event loop running in this
+    thread while it is started, which would break every asyncio test that runs after it."""
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
         pytest.skip("no Chromium on PATH for the browser tests: apt-get install chromium")
