@@ -262,7 +262,8 @@ const stream = {
       state.feed.unshift(event);
       state.feed.length = Math.min(state.feed.length, 100);
     }
-    refresh(true);
+    // A burst of events redraws once, a quarter of a second later.
+    if (!this.soon) this.soon = setTimeout(() => { this.soon = null; refresh(true); }, 250);
   },
 };
 

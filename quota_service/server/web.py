@@ -249,6 +249,8 @@ class WebServer:
         queue: asyncio.Queue[Event | str] = asyncio.Queue(STREAM_BUFFER)
         pump = asyncio.create_task(self._pump(queue, kinds, after_id)) if self.feed is not None else None
         closing = asyncio.create_task(self._closing.wait())
+        loop = asyncio.get_running_loop()
+        ticked = loop.time()
         try:
             await response.write(b"retry: 1000\n\n")
             while not self._closing.is_set():
@@ -264,14 +266,14 @@ class WebServer:
                 if closing in done:
                     break
                 if getter in done:
-                    item = getter.result()
-                    await response.write(_sse(item))
+                    await response.write(_sse(getter.result()))
                 elif pump is not None and pump in done:
                     break  # the ledger failed: the client reconnects (and resumes)
-                else:
+                if loop.time() - ticked >= TICK_SECONDS:  # a tick a second, busy or not
+                    ticked = loop.time()
                     await response.write(b"event: tick\ndata: {}\n\n")
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the client went away
         finally:
             closing.cancel()
             if pump is not None:

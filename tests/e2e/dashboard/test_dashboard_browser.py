@@ -234,6 +234,9 @@ def test_override_set_on_the_subject_page_shows_the_new_cap(http_server: HttpSer
         answer = reserve(quota_pb2_grpc.QuotaServiceStub(channel), "dave", 100)
         assert any(limit.max == 5000 and limit.kind == quota_pb2.LIMIT_KIND_OVERRIDE for limit in answer.limits)
     screenshot(page, "subject")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(300)
+    screenshot(page, "subject-phone")
 
 
 def test_policy_and_analytics_views(http_server: HttpServerProcess, page: Any) -> None:
