@@ -8,6 +8,9 @@ import contextlib
 import http.client
 import json
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -297,3 +300,33 @@ def test_every_worker_serves_the_http_face(redis_url: str, tmp_path: Path) -> No
         assert server.stop() == 0
     finally:
         server.stop()
+
+
+def test_an_http_port_in_use_exits_2_before_anything_starts(redis_url: str, tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(8)
+        address = f"127.0.0.1:{holder.getsockname()[1]}"
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "quota_service.cli",
+                "serve",
+                "--redis-url",
+                redis_url,
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                address,
+                "--admin-token",
+                "t",
+                "--data-dir",
+                str(tmp_path / "data"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done
+    assert done.stderr == f"quota-service: {address} is already in use\n"
