@@ -2,6 +2,7 @@
 
 quota-service serve [--policies PATH] [--redis-url URL] [--listen HOST:PORT] ...
 quota-service check-policy PATH
+quota-service restore [--policies PATH] [--redis-url URL] [--ledger-url URL] [--force]
 """
 
 from __future__ import annotations
@@ -152,6 +153,25 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--tls-key", default=os.environ.get("QUOTA_TLS_CLIENT_KEY", ""), help="PEM client key (mTLS)")
 
+    restore = sub.add_parser(
+        "restore", help="rebuild a Redis that lost its data (counters, tiers, overrides, stops) from the ledger"
+    )
+    restore.add_argument("--policies", default=os.environ.get("QUOTA_POLICIES", "policies"))
+    restore.add_argument(
+        "--redis-url",
+        default=os.environ.get("QUOTA_REDIS_URL", ""),
+        help="the store to rebuild (env QUOTA_REDIS_URL); empty: the embedded Redis of --data-dir",
+    )
+    restore.add_argument("--data-dir", default=os.environ.get("QUOTA_DATA_DIR", "data"))
+    restore.add_argument(
+        "--ledger-url",
+        default=os.environ.get("QUOTA_LEDGER_URL", ""),
+        help="the ledger to read (env QUOTA_LEDGER_URL; default: sqlite:///<data-dir>/ledger.db)",
+    )
+    restore.add_argument(
+        "--force", action="store_true", help="restore even though the store still has its identity (counts twice!)"
+    )
+
     check = sub.add_parser("check-policy", help="validate a policy file or directory and print a summary")
     check.add_argument("path", help="policy file or directory")
     return parser
@@ -215,6 +235,49 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _restore(args: argparse.Namespace) -> int:
+    """Exit 0 with what was restored, 2 when refused or when a part is unreachable (one line)."""
+    import asyncio
+    from pathlib import Path
+
+    from quota_service.errors import QuotaServiceError
+    from quota_service.ledger.store import ledger_from_url
+    from quota_service.policy.loader import load_policy
+    from quota_service.restore import restore
+    from quota_service.store.embedded import EmbeddedRedis
+    from quota_service.store.redis_store import RedisCounterStore
+
+    default_ledger = f"sqlite:///{Path(args.data_dir).resolve() / 'ledger.db'}"
+
+    async def run() -> str:
+        ledger = ledger_from_url(args.ledger_url or default_ledger)
+        if ledger is None:
+            raise QuotaServiceError("restore reads the ledger: --ledger-url none has nothing to restore from")
+        embedded = None
+        url = args.redis_url
+        if not url:
+            embedded = EmbeddedRedis(data_dir=Path(args.data_dir), persistence=True)
+            await asyncio.to_thread(embedded.start)
+            url = embedded.url
+        store = RedisCounterStore.from_url(url, timeout_seconds=5.0)
+        try:
+            await ledger.migrate()
+            report = await restore(ledger=ledger, counters=store, policy=load_policy(args.policies), force=args.force)
+            return report.text()
+        finally:
+            await store.close()
+            await ledger.close()
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+
+    try:
+        print(asyncio.run(run()))
+    except (QuotaServiceError, OSError) as exc:
+        print(f"quota-service restore: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(argv) if argv is not None else sys.argv[1:]
     args = _build_parser().parse_args(raw)
@@ -222,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_policy(args.path)
     if args.command == "health":
         return _health(args)
+    if args.command == "restore":
+        return _restore(args)
     from quota_service.server.main import serve_from_args
 
     return serve_from_args(args, argv=raw[raw.index("serve") + 1 :] if "serve" in raw else [])

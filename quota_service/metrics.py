@@ -61,3 +61,13 @@ RECORDS_DROPPED = Counter(
     "Records the service could not keep (denials decided without the store, buffered in memory, over the cap)",
 )
 REAPED = Counter("quota_reaper_sweeps_total", "Scopes whose expired reservations the reaper settled")
+STORE_LOST = Gauge(
+    "quota_store_lost",
+    "1 while this replica fails closed because Redis lost its data (store identity gone); restore from the ledger",
+    multiprocess_mode="livemax",
+)
+FAIL_OPEN = Counter(
+    "quota_fail_open_total",
+    "on_store_error: allow during an outage: requests granted within the allowance, denied past it, written back",
+    ["outcome"],
+)

@@ -483,8 +483,20 @@ def event_cells(event: events_pb2.Event) -> list[str]:
             quota_pb2.Reason.Name(event.reason) if event.reason in quota_pb2.Reason.values() else "",
             event.limit.metric if event.HasField("limit") else "",
             event.limit.window if event.HasField("limit") else "",
+            threshold=events_pb2.Threshold.Name(event.threshold)
+            if event.threshold in events_pb2.Threshold.values()
+            else "",
+            decision=quota_pb2.Decision.Name(event.decision) if event.decision else "",
+            actual=dict(event.actual),
+            limit_used=event.limit.used + event.limit.held if event.HasField("limit") else 0.0,
+            limit_max=event.limit.max if event.HasField("limit") else 0.0,
+            limit_kind=_enum_name(quota_pb2.LimitKind, event.limit.kind) if event.HasField("limit") else "",
         ),
     ]
+
+
+def _enum_name(enum: Any, value: int) -> str:
+    return str(enum.Name(value)) if value and value in enum.values() else ""
 
 
 def _amounts(values: Mapping[str, float]) -> str:

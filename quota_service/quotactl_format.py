@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 
@@ -214,9 +214,32 @@ def event_what(feature: str, provider: str, model: str) -> str:
     return " ".join(part for part in (feature, target) if part) or "-"
 
 
-def event_detail(kind: str, detail: str, reason: str, limit_metric: str, limit_window: str) -> str:
+def event_detail(
+    kind: str,
+    detail: str,
+    reason: str,
+    limit_metric: str,
+    limit_window: str,
+    *,
+    threshold: str = "",
+    decision: str = "",
+    actual: Mapping[str, float] | None = None,
+    limit_used: float = 0.0,
+    limit_max: float = 0.0,
+    limit_kind: str = "",
+) -> str:
     """A short text of what an event adds: an admin change as ``Action target: change
-    (reason)``, a stop as ``pulled SCOPE:target (reason)``, else the reason and the limit."""
+    (reason)``, a stop as ``pulled SCOPE:target (reason)``, a crossing as ``WARN tokens/day
+    860 of 1000 (86%)``, a usage record as its decision and actual amounts, else the reason
+    and the limit."""
+    if kind == "THRESHOLD_CROSSED" and limit_metric:
+        share = f" ({limit_used / limit_max:.0%})" if limit_max else ""
+        line = threshold.removeprefix("THRESHOLD_") or "?"
+        whose = f" ({limit_kind.removeprefix('LIMIT_KIND_').lower().replace('_', ' ')})" if limit_kind else ""
+        return f"{line}{whose} {limit_metric}/{limit_window} {limit_used:,.0f} of {limit_max:,.0f}{share}"
+    if kind in ("COMMITTED", "EXPIRED", "CORRECTED", "RELEASED") and (decision or actual):
+        amounts = " ".join(f"{m}={v:,.0f}" for m, v in sorted((actual or {}).items()) if m != "cost_usd")
+        return " ".join(part for part in (decision, amounts) if part) or "-"
     try:
         data = json.loads(detail) if detail else None
     except ValueError:

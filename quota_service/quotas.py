@@ -68,6 +68,7 @@ from quota_service.ledger.events import Event, EventKind, new_event_id
 from quota_service.metrics import (
     COMMITS_REFUSED,
     DECISIONS,
+    FAIL_OPEN,
     OUTBOX_REFUSALS,
     STORE_DATA_ERRORS,
     STORE_ERRORS,
@@ -91,9 +92,10 @@ from quota_service.policy.units import COST_METRIC
 from quota_service.policy.validation import QuotaRequest
 from quota_service.reload import LivePolicy
 from quota_service.stops import ConfigListener
-from quota_service.store import keys
+from quota_service.store import keys, protocol
 from quota_service.store.base import (
     CounterStore,
+    FailOpenGrant,
     Reservation,
     ReserveCommand,
     ReserveResult,
@@ -443,7 +445,15 @@ class Quotas:
         #: Where the DENIED records of denials decided without a store step go (the usage
         #: relay); ``None``: no ledger. Every other record is written by the store's own step.
         self._records = records
+        #: Set (to why) while the store has lost its data (the store identity guard): every
+        #: reservation is denied, settlements answer UNAVAILABLE (retried) until a restore.
+        self.lost = ""
         self._outbox_full_logged = float("-inf")
+        #: Fail-open (``on_store_error: allow``): units this replica granted per counter during
+        #: the current outage, and the grants to write back when the store answers again.
+        self._outage_grants: dict[CounterRef, int] = {}
+        self._grants: list[FailOpenGrant] = []
+        self._write_back_task: asyncio.Task[None] | None = None
         if isinstance(self.stops, ConfigFeed):
             self.stops.follow_configs(self.configs)
 
@@ -510,6 +520,12 @@ class Quotas:
     async def check_and_reserve(self, request: QuotaRequest) -> ReserveAnswer:
         policy = self.policy.current
         sent: list[str] = []  # reservation ids of the reserve commands sent, in order
+        if self.lost:
+            answer = self._lost_answer(policy, request)
+            _decision_counter(answer.outcome.decision, answer.outcome.reason).inc()
+            if self._records is not None and not request.dry_run:
+                self._records(_denial_record(request, answer, to_ms(self.clock.now())))
+            return answer
         try:
             async with asyncio.timeout(deadline.remaining()):
                 answer = await self._check_and_reserve(policy, request, sent)
@@ -748,6 +764,8 @@ class Quotas:
                     return ReserveAnswer(outcome, tier.name if tier else "", policy.version)
         mode = tier.on_store_error if tier else policy.on_store_error
         log.warning("store unavailable (%s); answering %s by on_store_error", exc, mode.value)
+        if mode is StoreErrorMode.ALLOW and tier is not None and request is not None:
+            return self._fail_open(policy, tier, config, request)
         if mode is StoreErrorMode.ALLOW:
             outcome = Outcome(
                 Decision.ALLOW, Reason.STORE_UNAVAILABLE, "quota store unavailable: allowed unverified (on_store_error)"
@@ -760,6 +778,112 @@ class Quotas:
                 retry_after_seconds=1,
             )
         return ReserveAnswer(outcome, tier.name if tier else "", policy.version)
+
+    # -- fail-open, bounded ----------------------------------------------------------------------
+
+    def _fail_open(
+        self, policy: CompiledPolicy, tier: Tier, config: SubjectConfig | None, request: QuotaRequest
+    ) -> ReserveAnswer:
+        """``on_store_error: allow``, bounded: the engine still decides what needs no counter;
+        an ask above a cap is denied; each counter may take at most ``fail_open_allowance`` of
+        its cap from this replica during the outage (what was granted is kept, in memory, and
+        written back to the counters and the ledger when the store answers again)."""
+        now = self.clock.now()
+        the_plan = plan(policy, request, now=now, config=config or UNCONFIGURED, stops=self.stops.active())
+        if the_plan.denial is not None:
+            return self._answer(policy, the_plan, the_plan.denial)
+        charges = (*the_plan.subject_charges(), *the_plan.global_charges())
+        for charge in charges:
+            if charge.ask <= 0:
+                continue
+            bound = int(tier.fail_open_allowance * charge.cap)
+            used = self._outage_grants.get(charge.counter, 0)
+            if charge.ask > charge.cap or used + charge.ask > bound:
+                FAIL_OPEN.labels("denied").inc()
+                ref = charge.counter
+                message = (
+                    f"quota store unavailable: denied, {ref.metric} per {ref.window.value} would pass this replica's "
+                    f"fail-open allowance ({tier.fail_open_allowance:%} of the cap) for this outage"
+                )
+                outcome = Outcome(Decision.DENY, Reason.STORE_UNAVAILABLE, message, retry_after_seconds=1)
+                return ReserveAnswer(outcome, tier.name, policy.version)
+        if request.dry_run:
+            outcome = Outcome(Decision.ALLOW, Reason.STORE_UNAVAILABLE, "quota store unavailable: would be allowed")
+            return ReserveAnswer(outcome, tier.name, policy.version)
+        for charge in charges:
+            self._outage_grants[charge.counter] = self._outage_grants.get(charge.counter, 0) + charge.ask
+        name = keys.parse(new_reservation_id(request.subject))
+        estimate = dict(the_plan.estimate)
+        if the_plan.cost:
+            estimate[COST_METRIC] = the_plan.cost
+        head = protocol.head_of(
+            tier.name,
+            request.feature,
+            request.provider,
+            request.model,
+            policy.version,
+            request.request_id,
+            the_plan.cost,
+        )
+        self._grants.append(
+            FailOpenGrant(
+                subject=request.subject,
+                name=name.name,
+                generation=name.generation,
+                charges=tuple((c.counter, c.ask) for c in charges if c.ask > 0),
+                estimate=estimate,
+                head=head,
+                at_ms=to_ms(now),
+            )
+        )
+        FAIL_OPEN.labels("granted").inc()
+        if self._write_back_task is None or self._write_back_task.done():
+            self._write_back_task = asyncio.create_task(
+                self._write_back(), name="fail-open write-back", context=contextvars.Context()
+            )
+        message = (
+            f"quota store unavailable: allowed unverified within the fail-open allowance "
+            f"({tier.fail_open_allowance:%} of each cap per outage); charged when the store is back"
+        )
+        return ReserveAnswer(Outcome(Decision.ALLOW, Reason.STORE_UNAVAILABLE, message), tier.name, policy.version)
+
+    @property
+    def pending_grants(self) -> int:
+        """Fail-open grants waiting to be written back."""
+        return len(self._grants)
+
+    async def _write_back(self) -> None:
+        """Writes the fail-open grants back, oldest first, retrying every second until the
+        store answers; then the outage is over (the allowances start again from zero)."""
+        while self._grants:
+            try:
+                await self.store.write_back(self._grants[0])
+            except (StoreUnavailable, StoreDataError) as exc:
+                log.debug("fail-open write-back waits for the store: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            except Exception:
+                log.exception("fail-open write-back failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            self._grants.pop(0)
+            FAIL_OPEN.labels("written_back").inc()
+            if not self._grants:
+                self._outage_grants.clear()
+                log.warning("the store is back: every fail-open grant of the outage was charged and recorded")
+
+    def _lost_answer(self, policy: CompiledPolicy, request: QuotaRequest) -> ReserveAnswer:
+        """DENY ``STORE_ERROR`` whatever the tier says: the counters are gone, so nothing may be
+        granted until they are restored from the ledger."""
+        tier = self._tier_of(policy, self.configs.get(request.subject))
+        message = f"denied: the quota store lost its data ({self.lost}); an operator must run quota-service restore"
+        return ReserveAnswer(
+            Outcome(Decision.DENY, Reason.STORE_ERROR, message), tier.name if tier else "", policy.version
+        )
+
+    def _refuse_while_lost(self) -> None:
+        if self.lost:
+            raise StoreUnavailable(f"the quota store lost its data ({self.lost}); retry after it is restored")
 
     def _store_error(self, policy: CompiledPolicy, request: QuotaRequest, exc: StoreDataError) -> ReserveAnswer:
         """DENY ``STORE_ERROR``: damaged data is a bug, never an outage (no ``on_store_error``)."""
@@ -871,6 +995,7 @@ class Quotas:
 
     async def commit(self, reservation_id: str, usage: Mapping[str, float]) -> SettleAnswer:
         subject = subject_of(reservation_id)
+        self._refuse_while_lost()
         with self._data_errors("commit", reservation_id):
             reservation = await self.store.get_reservation(reservation_id)
             if reservation is None:
@@ -923,6 +1048,7 @@ class Quotas:
     async def release(self, reservation_id: str) -> bool:
         """Returns ``already_settled``."""
         subject_of(reservation_id)
+        self._refuse_while_lost()
         with self._data_errors("release", reservation_id):
             result = await self.store.release(reservation_id, to_ms(self.clock.now()))
         return result.already_settled

@@ -124,6 +124,7 @@ class StopWatcher:
         self._monotonic = monotonic
         self._stops: tuple[EmergencyStop, ...] = (NOT_LOADED,)
         self._expiring = False  # some stop lifts itself (filtered by time in active())
+        self._frozen = False  # the store lost its data: keep the last stops read, whatever it says now
         self._loaded = False
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -146,6 +147,10 @@ class StopWatcher:
             now = time.time()
             return tuple(stop for stop in self._stops if stop.in_force(now))
         return self._stops
+
+    def freeze(self, frozen: bool) -> None:
+        """While frozen (the store lost its data) refreshes keep the stops last read."""
+        self._frozen = frozen
 
     @property
     def loaded(self) -> bool:
@@ -203,6 +208,8 @@ class StopWatcher:
         cache always ends with the result of the latest read."""
         async with self._lock:
             stops = tuple(await self._store.list_stops())
+            if self._frozen:
+                return  # the store forgot its stops: the ones last read stay in force
             changed = stops != self._stops
             self._stops = stops
             self._expiring = any(stop.expires_at for stop in stops)

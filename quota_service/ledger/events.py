@@ -32,11 +32,17 @@ THRESHOLD_CROSSED                 ``thr_<sha1 hex>`` of the natural key (:func:`
                                   One crossing per subject, limit, window and threshold is the
                                   rule, so the ledger's primary key enforces it too: a second
                                   emitter (another replica, a restart) collides and is dropped.
-DENIED, STOP_CHANGED,             ``<prefix>_<26-char time-ordered id>`` (:func:`new_event_id`):
-ADMIN_CHANGE, SHADOW_DIVERGED     48 bits of unix ms + 80 random bits in Crockford base32
+DENIED                            ``den_`` + the reservation id the request would have had (the
+                                  store's denials: unique per command, replays are not recorded
+                                  again), or with the ``rsv_`` left out and no generation, of
+                                  (subject, request_id) (the core's denials: a retried
+                                  request_id is recorded once); without a request_id, a
+                                  time-ordered id as below.
+STOP_CHANGED, ADMIN_CHANGE        ``<prefix>_<26-char time-ordered id>`` (:func:`new_event_id`):
+SHADOW_DIVERGED                   48 bits of unix ms + 80 random bits in Crockford base32
                                   (the ULID layout), minted once by the writer and stored with
-                                  the record in its outbox. Prefixes ``den``, ``stp``, ``adm``,
-                                  ``shd``.
+                                  the record in its outbox (the admin events derive theirs from
+                                  the audit entry id). Prefixes ``stp``, ``adm``, ``shd``.
 ================================  ======================================================
 
 Ids are printable ASCII without spaces (``[A-Za-z0-9._~=-]``; reservation ids are

@@ -14,6 +14,8 @@ kind       what the event says
 COMMITTED  ``estimate`` and ``actual`` (units per metric, ``cost_usd`` included when priced),
            ``cost_micros`` = the actual's cost at the reservation's own prices; ``decision``
            ALLOW or WARN (the reservation's)
+           (``detail.fail_open``: granted while Redis was unreachable, within the tier's
+           ``fail_open_allowance``, charged at its estimate once Redis answered again)
 RELEASED   ``cost_micros`` 0; detail ``withdrawn`` when the service gave it back itself (its
            caller had been answered DENY after a store failure)
 EXPIRED    never settled: charged at its estimate when its TTL passed (``at_ms``); ``actual``
@@ -132,6 +134,8 @@ def _usage(kind: EventKind, fields: Mapping[str, str]) -> Event:
     if kind is EventKind.COMMITTED:
         actual = protocol.parse_amounts(fields.get("a", ""))
         cost = actual.get(COST_METRIC, 0)
+        if mode == "fail_open":  # granted while the store was unreachable, charged at its estimate
+            detail["fail_open"] = True
     elif kind is EventKind.EXPIRED:
         actual, cost = dict(estimate), estimate_cost
     elif kind is EventKind.CORRECTED:

@@ -199,6 +199,9 @@ class Tier:
     commit_max_ratio: int = 10
     #: The policy's and then the tier's own ``on_cross`` rules.
     on_cross: tuple[CrossRule, ...] = ()
+    #: ``on_store_error: allow``: what one replica may grant per subject and limit during an
+    #: outage, as a fraction of the cap (the grants are written back when the store returns).
+    fail_open_allowance: Decimal = Decimal("0.05")
 
     def commit_bound(self, estimate: int) -> int:
         """The most units of a metric a Commit may report against ``estimate`` units."""

@@ -127,6 +127,9 @@ def _tier(
         ),
         commit_max_ratio=model.commit_max_ratio if tier.commit_max_ratio is None else tier.commit_max_ratio,
         on_cross=tuple(_cross_rule(rule) for rule in [*model.on_cross, *tier.on_cross]),
+        fail_open_allowance=(
+            model.fail_open_allowance if tier.fail_open_allowance is None else tier.fail_open_allowance
+        ),
     )
 
 

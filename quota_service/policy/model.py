@@ -101,6 +101,8 @@ DEFAULT_TTL_SECONDS = 300
 DEFAULT_COMMIT_RATIO = 10
 #: ... and a policy may allow at most this many (a bound of its own: the bound must bound).
 MAX_COMMIT_RATIO = 1_000_000
+#: ``fail_open_allowance``: 5 % of each cap per replica and outage (on_store_error: allow).
+DEFAULT_FAIL_OPEN_ALLOWANCE = Decimal("0.05")
 
 #: Any number in a policy: at most this many significant digits ...
 MAX_NUMBER_DIGITS = 40
@@ -651,6 +653,9 @@ class TierModel(_StrictModel):
     on_cross: list[CrossRuleModel] = Field(
         default_factory=list, description="Rules for this tier's subjects, added to the policy's on_cross."
     )
+    fail_open_allowance: Fraction | None = Field(
+        default=None, description="Overrides the policy's fail_open_allowance for this tier."
+    )
 
 
 class WebhookModel(_StrictModel):
@@ -723,6 +728,14 @@ class PolicyModel(_StrictModel):
     on_cross: list[CrossRuleModel] = Field(
         default_factory=list,
         description="Rules that act when a subject's limit is crossed (every tier), e.g. stop the subject for 1h.",
+    )
+    fail_open_allowance: Fraction = Field(
+        default=DEFAULT_FAIL_OPEN_ALLOWANCE,
+        json_schema_extra={"default": float(DEFAULT_FAIL_OPEN_ALLOWANCE)},
+        description=(
+            "With on_store_error: allow, what each replica may grant per subject and limit while Redis is "
+            "unreachable, as a fraction of the cap, per outage; the grants are written back when it returns."
+        ),
     )
 
 

@@ -24,7 +24,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from grpc_health.v1 import health_pb2
 
@@ -42,6 +42,7 @@ from quota_service.server.auth import AccessTokens
 from quota_service.server.cross_rules import CrossRules
 from quota_service.server.notifications import Notifications, checked_loader
 from quota_service.server.servicers import QuotaServicer
+from quota_service.server.store_identity import IdentityGuard, StoreIdentity
 from quota_service.server.usage_relay import UsageRelay
 from quota_service.server.web import Readiness, WebServer, start_http
 from quota_service.stops import StopWatcher
@@ -217,6 +218,12 @@ async def serve(args: argparse.Namespace) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port, addr="127.0.0.1" if args.listen.startswith("127.") else "0.0.0.0")
+    guard = _identity_guard(store, ledger, quotas, stops, health_servicer)
+    if web is not None:
+        web.store_lost = lambda: guard.lost  # /readyz: not ready while the store has lost its data
+    if ledger_ready is not None:
+        await asyncio.wait([ledger_ready], timeout=5.0)  # the ledger remembers the store's identity
+    await guard.start()  # a store that lost its data is served failing closed, not ready
     await server.start()
     await rules.start()
     host = args.listen.rsplit(":", 1)[0]
@@ -250,6 +257,7 @@ async def serve(args: argparse.Namespace) -> int:
                 await watcher
         await quotas.drain()  # for as long as the withdraw retries can last (about 10 s)
         await rules.stop()
+        await guard.stop()
         await _stop_background(background, relay, notifications, usage)
         await _close_ledger(ledger, ledger_ready)
         await stops.close()
@@ -338,6 +346,34 @@ async def _close_ledger(ledger: Ledger | None, ready: asyncio.Task[None] | None)
             await ready
     if ledger is not None:
         await ledger.close()
+
+
+def _identity_guard(
+    store: RedisCounterStore,
+    ledger: Ledger | None,
+    quotas: Quotas,
+    stops: StopWatcher,
+    health: Any,
+) -> IdentityGuard:
+    """The store identity guard (:mod:`quota_service.server.store_identity`) wired to this replica."""
+
+    async def lost(why: str) -> None:
+        quotas.lost = why
+        stops.freeze(True)
+        with contextlib.suppress(Exception):
+            await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def recovered() -> None:
+        quotas.configs.forget_all()
+        stops.freeze(False)
+        with contextlib.suppress(Exception):
+            await stops.refresh()
+        quotas.lost = ""
+        with contextlib.suppress(Exception):
+            await health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    identity = StoreIdentity(client=store.client, ledger=ledger, timeout_seconds=max(store.timeout_seconds, 1.0))
+    return IdentityGuard(identity=identity, on_lost=lost, on_recovered=recovered)
 
 
 def _describe_access(tokens: AccessTokens | None) -> str:

@@ -125,6 +125,9 @@ class WebServer:
     feed: EventFeed | None = None
     readiness: Readiness | None = None
     grace_seconds: float = 5.0
+    #: Why the store is not trusted ("" when it is): a Redis that lost its data (the store
+    #: identity guard, :mod:`quota_service.server.store_identity`) makes /readyz answer 503.
+    store_lost: Callable[[], str] = lambda: ""
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
 
@@ -194,6 +197,9 @@ class WebServer:
     async def _readyz(self, request: web.Request) -> web.StreamResponse:
         if self._closing.is_set():
             return web.json_response({"status": "draining"}, status=503)
+        lost = self.store_lost()
+        if lost:
+            return web.json_response({"status": "not ready", "store": f"lost its data: {lost}"}, status=503)
         if self.readiness is None:
             return web.json_response({"status": "ok"})
         ready, body = await self.readiness.check()

@@ -204,6 +204,24 @@ class SettleResult:
     windows: tuple[SettledCounter, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class FailOpenGrant:
+    """A request granted while the store was unreachable (``on_store_error: allow``, within
+    the tier's ``fail_open_allowance``): what :meth:`CounterStore.write_back` charges once the
+    store answers again, at the estimate (nobody can commit it: its caller got no
+    reservation id). ``name`` and ``generation`` make its (never issued) reservation id, the
+    id of its COMMITTED record; ``charges`` the units per counter (subject's and company-wide);
+    ``head`` what its record says of the request (``protocol.head_of``)."""
+
+    subject: str
+    name: str
+    generation: str
+    charges: tuple[tuple[CounterRef, int], ...]
+    estimate: Mapping[str, int]  # units per metric, cost_usd included
+    head: str
+    at_ms: int
+
+
 class CounterStore(Protocol):
     """Counters, reservations and per-subject config. Every method may raise
     :class:`quota_service.errors.StoreUnavailable` (an outage: unreachable, timing out,
@@ -233,6 +251,11 @@ class CounterStore(Protocol):
         ...
 
     async def subject_config(self, subject: str, now_ms: int) -> SubjectConfig: ...
+
+    async def write_back(self, grant: FailOpenGrant) -> None:
+        """Charge a fail-open grant to its counters (and record it), once however often it is
+        called: a retry after a lost reply charges nothing more."""
+        ...
 
     async def ping(self) -> None: ...
 

@@ -91,6 +91,7 @@ CONFIG: Final = "c"
 OVERRIDES: Final = "o"
 OUTBOX: Final = "x"
 DUE: Final = "e"
+GRANT: Final = "f"
 #: The slot tag of the one outbox and due index of a single Redis.
 SINGLE_TAG: Final = "~"
 #: Hash slots of Redis Cluster.
@@ -180,6 +181,11 @@ def outbox_key(slot_tag_: str) -> str:
 
 def due_key(slot_tag_: str) -> str:
     return f"{DUE}:{{{slot_tag_}}}"
+
+
+def grant_key(scope: str, name: str) -> str:
+    """A fail-open grant's marker (charge.lua): its write-back happens once."""
+    return _key(GRANT, scope, name)
 
 
 def digest(text: str) -> str:

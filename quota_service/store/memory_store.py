@@ -55,6 +55,7 @@ from quota_service.policy.units import validate_metric_name
 from quota_service.policy.windows import WINDOW_ORDER, Window
 from quota_service.store import keys
 from quota_service.store.base import (
+    FailOpenGrant,
     Reservation,
     ReservationState,
     ReserveCommand,
@@ -184,6 +185,7 @@ class MemoryCounterStore:
         self._retention_seconds = retention_seconds
         self._sweep_limit = sweep_limit
         self._scopes: dict[str, _Scope] = collections.defaultdict(_Scope)
+        self._written_back: set[str] = set()  # fail-open grants charged
         self._configs: dict[str, _Config] = {}
         self._faults: dict[str, list[_Fault]] = collections.defaultdict(list)
         self._frozen: set[str] | None = set()  # operations held until thaw(); None: every one
@@ -639,6 +641,22 @@ class MemoryCounterStore:
             values[ref] = self._value(self._scopes[ref.scope], ref)
         self._leave("usage")
         return values
+
+    async def write_back(self, grant: FailOpenGrant) -> None:
+        """As the Redis store's (no usage record: the in-memory store keeps no outbox)."""
+        await self._enter("write_back")
+        if grant.name not in self._written_back:
+            self._written_back.add(grant.name)
+            for ref, units in grant.charges:
+                scope = self._scopes[ref.scope]
+                key = keys.counter_key(ref)
+                counter = self._counter(scope, key)
+                if counter is None:
+                    counter = scope.counters[key] = _Counter(
+                        forget_at_ms=max((ref.resets_at + self._retention_seconds) * 1000, self._floor_ms())
+                    )
+                counter.used = max(0, counter.used + units)
+        self._leave("write_back")
 
     async def subject_config(self, subject: str, now_ms: int) -> SubjectConfig:
         await self._enter("subject_config")

@@ -168,6 +168,7 @@ KEY_KINDS: Final = {
     "LAYOUT": keys.LAYOUT,
     "OUTBOX": keys.OUTBOX,
     "DUE": keys.DUE,
+    "GRANT": keys.GRANT,
 }
 
 
@@ -226,17 +227,20 @@ def head_text(command: ReserveCommandLike) -> str:
     the amounts, :data:`HEAD_FIELDS` joined by :data:`HEAD_SEPARATOR` (no field holds it:
     names are validated at the edge and have no control characters)."""
     meta = command.meta
-    return HEAD_SEPARATOR.join(
-        (
-            meta.get("tier", ""),
-            meta.get("feature", ""),
-            meta.get("provider", ""),
-            meta.get("model", ""),
-            command.policy_version,
-            command.request_id,
-            str(command.estimate_cost),
-        )
+    return head_of(
+        meta.get("tier", ""),
+        meta.get("feature", ""),
+        meta.get("provider", ""),
+        meta.get("model", ""),
+        command.policy_version,
+        command.request_id,
+        command.estimate_cost,
     )
+
+
+def head_of(tier: str, feature: str, provider: str, model: str, policy_version: str, request_id: str, cost: int) -> str:
+    """A head from its fields (:data:`HEAD_FIELDS`, in that order)."""
+    return HEAD_SEPARATOR.join((tier, feature, provider, model, policy_version, request_id, str(cost)))
 
 
 def parse_head(text: str) -> dict[str, str]:

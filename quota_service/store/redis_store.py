@@ -90,6 +90,7 @@ from quota_service.policy.units import validate_metric_name
 from quota_service.policy.windows import WINDOW_ORDER, Window
 from quota_service.store import keys, protocol
 from quota_service.store.base import (
+    FailOpenGrant,
     Reservation,
     ReservationState,
     ReserveCommand,
@@ -127,12 +128,15 @@ _SCRIPT_NAMES: Final = (
     "usage",
     "reap",
     "outbox_done",
+    "charge",
     "record",
     "config_get",
     "config_write",
 )
 #: Scripts that use the constants and functions of ``lib.lua`` (prepended to their text) ...
-_NEEDS_LIB: Final = frozenset({"reserve", "reserve_batch", "reserve_fused", "settle", "usage", "reap", "record"})
+_NEEDS_LIB: Final = frozenset(
+    {"reserve", "reserve_batch", "reserve_fused", "settle", "usage", "reap", "charge", "record"}
+)
 #: ... of ``reserve_core.lua`` (prepended after it) ...
 _NEEDS_RESERVE_CORE: Final = frozenset({"reserve", "reserve_batch", "reserve_fused"})
 #: ... and of ``settle_core.lua`` (after that).
@@ -728,6 +732,33 @@ class RedisCounterStore:
             f"the usage outbox holds {self._outbox_cap:,} records waiting for the ledger (is the ledger store "
             "down?): new reservations are refused until the relay has stored them"
         )
+
+    async def write_back(self, grant: FailOpenGrant) -> None:
+        """charge.lua in the subject's scope (with its usage record) and then in the
+        company-wide one (counters only), each once."""
+        by_scope: dict[str, list[tuple[CounterRef, int]]] = {}
+        for ref, units in grant.charges:
+            by_scope.setdefault(ref.scope, []).append((ref, units))
+        keep_ms = grant.at_ms + 2 * self._grace_ms + 86_400_000  # a retry a day later still charges nothing
+        for scope in (grant.subject, GLOBAL_SCOPE):
+            charges = by_scope.get(scope, [])
+            if scope != grant.subject and not charges:
+                continue
+            marker = keys.grant_key(scope, grant.name)
+            outbox = self._slot_keys(scope, marker)[0] if scope == grant.subject else marker
+            script_keys = [marker, outbox, *(keys.counter_key(ref) for ref, _ in charges)]
+            args: list[str | int] = [
+                keys.tag(scope),
+                keep_ms,
+                grant.name,
+                grant.generation,
+                grant.head,
+                protocol.amounts_text(grant.estimate),
+                grant.at_ms,
+            ]
+            for ref, units in charges:
+                args += [units, ref.resets_at + self._retention_seconds]
+            await self._script("charge", script_keys, args, int, request_deadline=False)
 
     async def outbox_done(self, tag: str, group: str, ids: Sequence[str]) -> int:
         """Acknowledge and delete outbox entries the relay has stored (outbox_done.lua)."""

@@ -318,7 +318,7 @@ def test_stop_resume_stops(ctl: Console, stub: quota_pb2_grpc.QuotaServiceStub) 
     assert wait_for(lambda: ask(stub, bystander).reason == quota_pb2.EMERGENCY_STOP)
 
     table = ctl.ok("stops")
-    assert table.splitlines()[0].split() == ["SCOPE", "TARGET", "SINCE", "(UTC)", "BY", "REASON"]
+    assert table.splitlines()[0].split() == ["SCOPE", "TARGET", "SINCE", "(UTC)", "UNTIL", "(UTC)", "BY", "REASON"]
     assert row(table, "subject", who, "runaway loop")
     assert row(table, "provider", "openai", "provider incident")
     stops = {(s["scope"], s["target"]) for s in ctl.json("stops")["stops"]}

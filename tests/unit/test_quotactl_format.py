@@ -174,3 +174,24 @@ def test_every_table_cell_and_field_value_is_escaped() -> None:
         "error   one\\n",  # lines given as lines stay lines, each escaped
         "        two\\r",
     ]
+
+
+def test_a_crossing_and_a_usage_record_read_as_a_sentence() -> None:
+    assert (
+        fmt.event_detail(
+            "THRESHOLD_CROSSED",
+            "",
+            "",
+            "tokens",
+            "day",
+            threshold="THRESHOLD_WARN",
+            limit_used=860,
+            limit_max=1000,
+            limit_kind="LIMIT_KIND_HARD_STOP",
+        )
+        == "WARN (hard stop) tokens/day 860 of 1,000 (86%)"
+    )
+    committed = fmt.event_detail(
+        "COMMITTED", "{}", "", "", "", decision="WARN", actual={"tokens": 280, "cost_usd": 168}
+    )
+    assert committed == "WARN tokens=280"

@@ -19,7 +19,9 @@
 -- Damaged data (a key of the wrong type, a field that does not parse) raises
 -- "QUOTADATA <key> <what>": the store reports it as StoreDataError naming the key.
 
-local KEY = {COUNTER = 'q', RECORD = 'r', OPEN = 'z', PLAN = 'a', LAYOUT = 'l', OUTBOX = 'x', DUE = 'e'}
+local KEY = {
+  COUNTER = 'q', RECORD = 'r', OPEN = 'z', PLAN = 'a', LAYOUT = 'l', OUTBOX = 'x', DUE = 'e', GRANT = 'f',
+}
 local STATUS = {
   RESERVED = 'reserved', DENIED = 'denied', DENIED_GLOBAL = 'denied_global', CHECKED = 'checked',
   STALE_CONFIG = 'stale_config', DUPLICATE = 'duplicate', MISSING = 'missing', BACKLOG = 'backlog',

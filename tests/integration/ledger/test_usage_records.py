@@ -256,3 +256,17 @@ async def test_a_full_outbox_refuses_new_reservations_and_drains_back(
         assert [e.reason for e in events if e.kind is EventKind.DENIED] == [Reason.STORE_ERROR]
     finally:
         await store.close()
+
+
+async def test_a_damaged_outbox_entry_is_kept_aside_and_the_rest_is_stored(world: World) -> None:
+    outbox = keys.outbox_key(keys.SINGLE_TAG)
+    await world.raw.xadd(outbox, {"k": "com", "s": "someone", "t": "not-a-time"})
+    await world.raw.xadd(outbox, {"k": "zzz"})
+    answer = await world.quotas.check_and_reserve(chat("fine", 100, "ok-1"))  # type: ignore[arg-type]
+    await world.quotas.commit(answer.reservation_id, {"tokens": 100})
+    await world.relay.drain()
+    events = await all_events(world.ledger)
+    assert [(e.kind, e.subject) for e in events] == [(EventKind.COMMITTED, "fine")]
+    assert await world.raw.xlen(outbox) == 0
+    dead = await world.raw.xrange(f"{outbox}:dead")
+    assert sorted(fields["k"] for _, fields in dead) == ["com", "zzz"]

@@ -39,4 +39,6 @@ def test_schema_describes_the_top_level_keys() -> None:
         "tiers",
         "notifications",
         "ledger_retention_days",
+        "on_cross",
+        "fail_open_allowance",
     ]
