@@ -14,9 +14,15 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(BIN)/pip install --quiet -e ./clients/python -e '.[dev]'
 	touch $(STAMP)
 
-## Serve the shipped policies on an embedded Redis (127.0.0.1:50051).
+## Serve the shipped policies on an embedded Redis (gRPC on 127.0.0.1:50051) with the
+## dashboard and the JSON API on http://127.0.0.1:8080/ (HTTP=HOST:PORT to change it).
+## Without QUOTA_ADMIN_TOKEN in the environment a fresh admin token is made for this run
+## and printed here (only here: never in a URL or the service's log).
+HTTP ?= 127.0.0.1:8080
 run: $(STAMP)
-	$(BIN)/quota-service serve $(ARGS)
+	@token="$${QUOTA_ADMIN_TOKEN:-$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(18))')}"; \
+	echo "dashboard: http://$(HTTP)/  (sign in with the admin token $$token)"; \
+	QUOTA_ADMIN_TOKEN="$$token" exec $(BIN)/quota-service serve --http $(HTTP) $(ARGS)
 
 ## The whole suite: unit, integration (real redis-server) and end-to-end (real server).
 test: $(STAMP)

@@ -117,7 +117,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         default=int(os.environ.get("QUOTA_METRICS_PORT", "0")),
-        help="serve Prometheus /metrics on this port (0: off)",
+        help="serve Prometheus /metrics on this port (0: off); --http serves /metrics too",
+    )
+    serve.add_argument(
+        "--http",
+        default=os.environ.get("QUOTA_HTTP", ""),
+        help="HOST:PORT for the dashboard, the JSON API (Connect), /metrics, /healthz and /readyz "
+        "(env QUOTA_HTTP; empty: off; port 0 picks a free one)",
+    )
+    serve.add_argument(
+        "--http-port-file",
+        default="",
+        help="write the bound --http port to this file once serving (for scripts and tests using port 0)",
     )
     serve.add_argument(
         "--port-file",

@@ -29,7 +29,7 @@ from quota_service.policy.stops import EmergencyStop, StopScope
 from quota_service.policy.units import from_units
 from quota_service.policy.validation import validate_subject
 from quota_service.quotas import Quotas
-from quota_service.server import convert
+from quota_service.server import convert, dashboard_reads
 from quota_service.server.auth import actor_of
 from quota_service.server.status import grpc_errors, grpc_stream_errors
 
@@ -340,6 +340,37 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return events_pb2.ListWebhooksResponse(
             webhooks=[webhook_message(i, configured.get(i), counts) for i in chosen],
             deliveries=[delivery_message(d) for d in deliveries],
+        )
+
+    # -- dashboard reads (quota_service.server.dashboard_reads) ------------------------------
+
+    @grpc_errors
+    async def GetCompanyUsage(
+        self, request: admin_pb2.GetCompanyUsageRequest, context: Context
+    ) -> admin_pb2.GetCompanyUsageResponse:
+        return await dashboard_reads.company_usage(self._admin.quotas)
+
+    @grpc_errors
+    async def DescribePolicy(
+        self, request: admin_pb2.DescribePolicyRequest, context: Context
+    ) -> admin_pb2.DescribePolicyResponse:
+        status = convert.policy_status(self._admin.policy_status())
+        return dashboard_reads.describe_policy(self._admin.policy, status)
+
+    @grpc_errors
+    async def GetActivity(
+        self, request: admin_pb2.GetActivityRequest, context: Context
+    ) -> admin_pb2.GetActivityResponse:
+        return await dashboard_reads.activity(
+            self._events().ledger, minutes=request.minutes, now=self._admin.clock.now()
+        )
+
+    @grpc_errors
+    async def GetAnalytics(
+        self, request: admin_pb2.GetAnalyticsRequest, context: Context
+    ) -> admin_pb2.GetAnalyticsResponse:
+        return await dashboard_reads.analytics_report(
+            self._events().ledger, self._admin.policy, period=request.period, now=self._admin.clock.now()
         )
 
 

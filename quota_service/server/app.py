@@ -220,17 +220,20 @@ async def create_server(
     viewer_token: str = "",
     tls: TlsFiles | None = None,
     reuse_port: bool = False,
+    quota_servicer: QuotaServicer | None = None,
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
     """Build (not start) the server. Returns the server, the bound port and the health
     servicer (set NOT_SERVING on it before draining). ``admin``: the AdminService servicer
     (``serve`` passes one over its stop watcher); by default one over ``quotas``' Redis store.
     AdminService is registered only when :func:`admin_mode` says it is served.
     ``reuse_port``: bind with ``SO_REUSEPORT``, sharing the port with other processes that
-    did the same; otherwise a port in use raises :class:`AddressInUse`."""
+    did the same; otherwise a port in use raises :class:`AddressInUse`. ``quota_servicer``:
+    the QuotaService servicer (``serve`` passes the one its HTTP face shares); by default one
+    over ``quotas``."""
     token = admin_mode(listen=listen, admin_token=admin_token, insecure_admin=insecure_admin, viewer_token=viewer_token)
     interceptors = [AdminAuthInterceptor(token)] if token is not None else []
     server = grpc.aio.server(interceptors=interceptors, options=server_options(reuse_port=reuse_port))
-    quota_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaServicer(quotas=quotas), server)
+    quota_pb2_grpc.add_QuotaServiceServicer_to_server(quota_servicer or QuotaServicer(quotas=quotas), server)
     services = [QUOTA_SERVICE]
     if token is not None:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin or AdminServicer(quotas=quotas), server)

@@ -4,7 +4,7 @@ AdminService call, and what each token may do.
 Two roles (:class:`Role`): the **admin** token (``--admin-token``) may call everything; the
 **viewer** token (``--viewer-token``) may call the reads (:data:`READ_METHODS`: GetSubject,
 ListOverrides, ListStops, GetPolicyStatus, TopUsage, ListAudit, ListEvents, WatchEvents,
-ListWebhooks)
+ListWebhooks, and the dashboard's GetCompanyUsage, DescribePolicy, GetActivity, GetAnalytics)
 and gets ``PERMISSION_DENIED`` on every write, so a backend or a dashboard reader does not
 hold the power to stop everything. :func:`authorize` is the one decision, shared by the gRPC
 interceptor and the HTTP face.
@@ -50,6 +50,11 @@ READ_METHODS = frozenset(
         "ListEvents",
         "WatchEvents",
         "ListWebhooks",
+        # the dashboard's reads (quota_service.server.dashboard_reads)
+        "GetCompanyUsage",
+        "DescribePolicy",
+        "GetActivity",
+        "GetAnalytics",
     }
 )
 #: AdminService methods that answer with a stream (their refusal must be a stream too).

@@ -5,10 +5,12 @@ without ``--reuse-port``, exits 2 with one line before anything is started), the
 bad file stops start-up with its errors), the store (an embedded redis-server when no URL
 is given), the emergency stops (read before the first request is served; if the store
 cannot be read, the replica serves but denies everything until it can, see
-:mod:`quota_service.stops`), the gRPC server. SIGTERM/SIGINT: health goes NOT_SERVING,
-in-flight calls get ``--grace`` seconds to finish, then the stop watcher, the store (and an
-embedded Redis) shut down. SIGHUP reloads the policy files; so does an edit of them unless
-``--no-watch``.
+:mod:`quota_service.stops`), the gRPC server and, with ``--http``, the HTTP face
+(:mod:`quota_service.server.web`: dashboard, JSON API, SSE, health, metrics) on the same
+servicers and loop. SIGTERM/SIGINT: health goes NOT_SERVING, the HTTP face ends its event
+streams and closes, in-flight calls get ``--grace`` seconds to finish, then the stop
+watcher, the store (and an embedded Redis) shut down. SIGHUP reloads the policy files; so
+does an edit of them unless ``--no-watch``.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ from quota_service.server.audit_relay import AuditRelay
 from quota_service.server.auth import AccessTokens
 from quota_service.server.cross_rules import CrossRules
 from quota_service.server.notifications import Notifications, checked_loader
+from quota_service.server.servicers import QuotaServicer
 from quota_service.server.store_identity import IdentityGuard, StoreIdentity
 from quota_service.server.usage_relay import UsageRelay
+from quota_service.server.web import Readiness, WebServer, start_http
 from quota_service.stops import StopWatcher
 from quota_service.store.embedded import EmbeddedRedisError
 
@@ -102,6 +106,8 @@ async def serve(args: argparse.Namespace) -> int:
         # Before the embedded Redis or anything else: a port in use leaves nothing behind.
         # (A port shared on purpose is checked by the bind itself, in create_server.)
         await asyncio.to_thread(ensure_free, args.listen)
+        if args.http:
+            await asyncio.to_thread(ensure_free, args.http)
     # Before the embedded Redis: a bad --ledger-url leaves nothing behind.
     ledger = ledger_from_url(args.ledger_url or f"sqlite:///{Path(args.data_dir).resolve() / 'ledger.db'}")
     try:
@@ -123,6 +129,7 @@ async def serve(args: argparse.Namespace) -> int:
         store_desc = f"embedded redis-server at {redis_url} (append-only file in {Path(args.data_dir).resolve()})"
     else:
         store_desc = _redact(redis_url)
+    web: WebServer | None = None
     ledger_ready = asyncio.create_task(_migrate(ledger)) if ledger is not None else None
     feed = EventFeed(ledger=ledger) if ledger is not None else None
     store = RedisCounterStore.from_url(
@@ -168,20 +175,41 @@ async def serve(args: argparse.Namespace) -> int:
         await _check_eviction(store, allow=args.allow_eviction)
         # Before serving: a replica never answers without knowing the emergency stops.
         await stops.start()
+        # One servicer of each service, shared by gRPC and the HTTP face (--http).
+        quota_servicer = QuotaServicer(quotas=quotas)
+        admin_servicer = AdminServicer(
+            admin=admin_core,
+            feed=feed,
+            webhooks=notifications.deliverer if notifications is not None else None,
+        )
         server, port, health_servicer = await create_server(
             quotas=quotas,
             listen=args.listen,
-            admin=AdminServicer(
-                admin=admin_core,
-                feed=feed,
-                webhooks=notifications.deliverer if notifications is not None else None,
-            ),
+            admin=admin_servicer,
+            quota_servicer=quota_servicer,
             admin_token=args.admin_token,
             insecure_admin=args.insecure_admin,
             viewer_token=args.viewer_token,
             tls=tls,
             reuse_port=args.reuse_port,
         )
+        if args.http:
+            web = await start_http(
+                args.http,
+                quota_servicer=quota_servicer,
+                admin_servicer=admin_servicer,
+                tokens=token,
+                feed=feed,
+                readiness=Readiness(
+                    store=store.ping,
+                    stops_loaded=lambda: stops.loaded,
+                    policy_version=lambda: policy.current.version,
+                    ledger=ledger.ping if ledger is not None else None,
+                    ledger_migrated=lambda: ledger_ready is not None and ledger_ready.done(),
+                ),
+                reuse_port=args.reuse_port,
+                port_file=args.http_port_file,
+            )
     except BaseException:
         await _stop_background(background, relay, notifications, usage)
         await _close_ledger(ledger, ledger_ready)
@@ -195,6 +223,8 @@ async def serve(args: argparse.Namespace) -> int:
 
         start_http_server(args.metrics_port, addr="127.0.0.1" if args.listen.startswith("127.") else "0.0.0.0")
     guard = _identity_guard(store, ledger, quotas, stops, health_servicer)
+    if web is not None:
+        web.store_lost = lambda: guard.lost  # /readyz: not ready while the store has lost its data
     if ledger_ready is not None:
         await asyncio.wait([ledger_ready], timeout=5.0)  # the ledger remembers the store's identity
     await guard.start()  # a store that lost its data is served failing closed, not ready
@@ -221,6 +251,8 @@ async def serve(args: argparse.Namespace) -> int:
     finally:
         log.info("draining: health NOT_SERVING, %.0f s grace for in-flight calls", DRAIN_SECONDS)
         await health_servicer.enter_graceful_shutdown()
+        if web is not None:  # SSE streams end now; JSON calls in flight get the grace
+            await web.close()
         with contextlib.suppress(Exception):
             await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(DRAIN_SECONDS)

@@ -7,6 +7,9 @@ sockets, i.e. to the workers), the embedded Redis (started once, its URL passed 
 worker; never N of them), the ``--port-file`` (written once every worker is serving) and the
 Prometheus endpoint (``--metrics-port``: prometheus-client multiprocess mode over a temporary
 ``PROMETHEUS_MULTIPROC_DIR`` every worker writes to; one view, see :func:`_serve_metrics`).
+``--http`` is reserved the same way and served by every worker (``SO_REUSEPORT``): the
+dashboard, the JSON API, health and ``/metrics`` (each worker's ``/metrics`` sums every
+worker's files); the live event stream of any worker reads the one shared ledger.
 
 Workers are ordinary ``serve`` processes (the same command line, plus ``--reuse-port``, the
 supervisor's ``--redis-url``, their own port file, no metrics server) with ``QUOTA_WORKER_ID``
@@ -110,10 +113,13 @@ class Supervisor:
     data_dir: str
     metrics_port: int
     port_file: str
+    http: str = ""  # --http HOST:PORT: every worker serves it too, sharing the port like --listen
+    http_port_file: str = ""
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="quota-supervisor-")))
     _slots: list[Worker] = field(default_factory=list)
     _stop: bool = False
     _hup: bool = False
+    _http_listen: str = ""  # --http with a concrete port (held like --listen's)
 
     # -- the worker command ----------------------------------------------------------------
 
@@ -136,6 +142,7 @@ class Supervisor:
             "0",
             "--port-file",
             str(worker.port_file),
+            *(("--http", self._http_listen, "--http-port-file", "") if self._http_listen else ()),
         ]
 
     def _env(self, worker: Worker, multiproc_dir: Path | None) -> dict[str, str]:
@@ -221,19 +228,24 @@ class Supervisor:
         }
         embedded: EmbeddedRedis | None = None
         reservation: socket.socket | None = None
+        http_reservation: socket.socket | None = None
         metrics_server: Any = None
         multiproc_dir: Path | None = None
         try:
             # Exactly as a plain serve: a port in use leaves nothing behind (exit 2).
             ensure_free(self.listen)
             reservation, listen = _reserve(self.listen)
+            if self.http:
+                ensure_free(self.http)
+                http_reservation, self._http_listen = _reserve(self.http)
             redis_url = self.redis_url
             if not redis_url:
                 embedded = EmbeddedRedis(data_dir=Path(self.data_dir), persistence=True)
                 embedded.start()
                 redis_url = embedded.url
                 log.info("embedded redis-server at %s, shared by %d workers", redis_url, self.workers)
-            if self.metrics_port:
+            if self.metrics_port or self.http:
+                # Every worker's /metrics (--http) shows the sum of all workers, as --metrics-port does.
                 multiproc_dir = self.workdir / "metrics"
                 multiproc_dir.mkdir()
             self._slots = [Worker(i, self.workdir / f"worker-{i}.port") for i in range(1, self.workers + 1)]
@@ -254,6 +266,10 @@ class Supervisor:
                 tmp = Path(self.port_file + ".tmp")
                 tmp.write_text(f"{port}\n")
                 tmp.replace(self.port_file)
+            if self.http_port_file and self._http_listen:
+                tmp = Path(self.http_port_file + ".tmp")
+                tmp.write_text(self._http_listen.rsplit(":", 1)[1] + "\n")
+                tmp.replace(self.http_port_file)
             self._loop(listen, redis_url, multiproc_dir)
             return 0
         finally:
@@ -263,6 +279,8 @@ class Supervisor:
                 metrics_server.shutdown()
             if reservation is not None:
                 reservation.close()
+            if http_reservation is not None:
+                http_reservation.close()
             if embedded is not None:
                 embedded.stop()
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -409,6 +427,8 @@ def supervise(argv: Sequence[str], args: Any, workers: int) -> int:
         data_dir=args.data_dir,
         metrics_port=args.metrics_port,
         port_file=args.port_file,
+        http=args.http,
+        http_port_file=args.http_port_file,
     )
     try:
         return supervisor.run()

@@ -313,3 +313,167 @@ class ListAuditResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+
+class GetCompanyUsageRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetCompanyUsageResponse(_message.Message):
+    __slots__ = ("limits", "policy_version")
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    limits: _containers.RepeatedCompositeFieldContainer[_quota_pb2.LimitStatus]
+    policy_version: str
+    def __init__(self, limits: _Optional[_Iterable[_Union[_quota_pb2.LimitStatus, _Mapping]]] = ..., policy_version: _Optional[str] = ...) -> None: ...
+
+class LimitRule(_message.Message):
+    __slots__ = ("metric", "window", "max", "kind", "warn_at", "block_at")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WARN_AT_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_AT_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    window: str
+    max: float
+    kind: _quota_pb2.LimitKind
+    warn_at: float
+    block_at: float
+    def __init__(self, metric: _Optional[str] = ..., window: _Optional[str] = ..., max: _Optional[float] = ..., kind: _Optional[_Union[_quota_pb2.LimitKind, str]] = ..., warn_at: _Optional[float] = ..., block_at: _Optional[float] = ...) -> None: ...
+
+class TierRules(_message.Message):
+    __slots__ = ("name", "display_name", "features", "limits", "hard_stops", "on_store_error", "reservation_ttl_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    HARD_STOPS_FIELD_NUMBER: _ClassVar[int]
+    ON_STORE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    display_name: str
+    features: _containers.RepeatedScalarFieldContainer[str]
+    limits: _containers.RepeatedCompositeFieldContainer[LimitRule]
+    hard_stops: _containers.RepeatedCompositeFieldContainer[LimitRule]
+    on_store_error: str
+    reservation_ttl_seconds: int
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., limits: _Optional[_Iterable[_Union[LimitRule, _Mapping]]] = ..., hard_stops: _Optional[_Iterable[_Union[LimitRule, _Mapping]]] = ..., on_store_error: _Optional[str] = ..., reservation_ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class Price(_message.Message):
+    __slots__ = ("pattern", "metric", "usd_per_unit")
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    USD_PER_UNIT_FIELD_NUMBER: _ClassVar[int]
+    pattern: str
+    metric: str
+    usd_per_unit: str
+    def __init__(self, pattern: _Optional[str] = ..., metric: _Optional[str] = ..., usd_per_unit: _Optional[str] = ...) -> None: ...
+
+class DescribePolicyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DescribePolicyResponse(_message.Message):
+    __slots__ = ("status", "timezone", "unpriced", "tiers", "global_limits", "prices")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    UNPRICED_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    PRICES_FIELD_NUMBER: _ClassVar[int]
+    status: PolicyStatus
+    timezone: str
+    unpriced: str
+    tiers: _containers.RepeatedCompositeFieldContainer[TierRules]
+    global_limits: _containers.RepeatedCompositeFieldContainer[LimitRule]
+    prices: _containers.RepeatedCompositeFieldContainer[Price]
+    def __init__(self, status: _Optional[_Union[PolicyStatus, _Mapping]] = ..., timezone: _Optional[str] = ..., unpriced: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierRules, _Mapping]]] = ..., global_limits: _Optional[_Iterable[_Union[LimitRule, _Mapping]]] = ..., prices: _Optional[_Iterable[_Union[Price, _Mapping]]] = ...) -> None: ...
+
+class GetActivityRequest(_message.Message):
+    __slots__ = ("minutes",)
+    MINUTES_FIELD_NUMBER: _ClassVar[int]
+    minutes: int
+    def __init__(self, minutes: _Optional[int] = ...) -> None: ...
+
+class ActivityBucket(_message.Message):
+    __slots__ = ("start", "allow", "warn", "deny", "cost_usd")
+    START_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_FIELD_NUMBER: _ClassVar[int]
+    WARN_FIELD_NUMBER: _ClassVar[int]
+    DENY_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    allow: int
+    warn: int
+    deny: int
+    cost_usd: float
+    def __init__(self, start: _Optional[int] = ..., allow: _Optional[int] = ..., warn: _Optional[int] = ..., deny: _Optional[int] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+
+class GetActivityResponse(_message.Message):
+    __slots__ = ("buckets",)
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    buckets: _containers.RepeatedCompositeFieldContainer[ActivityBucket]
+    def __init__(self, buckets: _Optional[_Iterable[_Union[ActivityBucket, _Mapping]]] = ...) -> None: ...
+
+class GetAnalyticsRequest(_message.Message):
+    __slots__ = ("period",)
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    period: str
+    def __init__(self, period: _Optional[str] = ...) -> None: ...
+
+class SpendGroup(_message.Message):
+    __slots__ = ("key", "cost_usd", "tokens", "images", "records")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    cost_usd: float
+    tokens: float
+    images: float
+    records: int
+    def __init__(self, key: _Optional[str] = ..., cost_usd: _Optional[float] = ..., tokens: _Optional[float] = ..., images: _Optional[float] = ..., records: _Optional[int] = ...) -> None: ...
+
+class DailyUsage(_message.Message):
+    __slots__ = ("tier", "metric", "subject_days", "p50", "p95", "max", "cap")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_DAYS_FIELD_NUMBER: _ClassVar[int]
+    P50_FIELD_NUMBER: _ClassVar[int]
+    P95_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    CAP_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    metric: str
+    subject_days: int
+    p50: float
+    p95: float
+    max: float
+    cap: float
+    def __init__(self, tier: _Optional[str] = ..., metric: _Optional[str] = ..., subject_days: _Optional[int] = ..., p50: _Optional[float] = ..., p95: _Optional[float] = ..., max: _Optional[float] = ..., cap: _Optional[float] = ...) -> None: ...
+
+class GetAnalyticsResponse(_message.Message):
+    __slots__ = ("period", "since", "until", "cost_usd", "records", "by_tier", "by_feature", "by_provider", "by_model", "daily")
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    BY_TIER_FIELD_NUMBER: _ClassVar[int]
+    BY_FEATURE_FIELD_NUMBER: _ClassVar[int]
+    BY_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    BY_MODEL_FIELD_NUMBER: _ClassVar[int]
+    DAILY_FIELD_NUMBER: _ClassVar[int]
+    period: str
+    since: int
+    until: int
+    cost_usd: float
+    records: int
+    by_tier: _containers.RepeatedCompositeFieldContainer[SpendGroup]
+    by_feature: _containers.RepeatedCompositeFieldContainer[SpendGroup]
+    by_provider: _containers.RepeatedCompositeFieldContainer[SpendGroup]
+    by_model: _containers.RepeatedCompositeFieldContainer[SpendGroup]
+    daily: _containers.RepeatedCompositeFieldContainer[DailyUsage]
+    def __init__(self, period: _Optional[str] = ..., since: _Optional[int] = ..., until: _Optional[int] = ..., cost_usd: _Optional[float] = ..., records: _Optional[int] = ..., by_tier: _Optional[_Iterable[_Union[SpendGroup, _Mapping]]] = ..., by_feature: _Optional[_Iterable[_Union[SpendGroup, _Mapping]]] = ..., by_provider: _Optional[_Iterable[_Union[SpendGroup, _Mapping]]] = ..., by_model: _Optional[_Iterable[_Union[SpendGroup, _Mapping]]] = ..., daily: _Optional[_Iterable[_Union[DailyUsage, _Mapping]]] = ...) -> None: ...

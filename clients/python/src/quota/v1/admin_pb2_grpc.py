@@ -115,6 +115,26 @@ class AdminServiceStub:
                 request_serializer=quota_dot_v1_dot_events__pb2.ListWebhooksRequest.SerializeToString,
                 response_deserializer=quota_dot_v1_dot_events__pb2.ListWebhooksResponse.FromString,
                 _registered_method=True)
+        self.GetCompanyUsage = channel.unary_unary(
+                '/quota.v1.AdminService/GetCompanyUsage',
+                request_serializer=quota_dot_v1_dot_admin__pb2.GetCompanyUsageRequest.SerializeToString,
+                response_deserializer=quota_dot_v1_dot_admin__pb2.GetCompanyUsageResponse.FromString,
+                _registered_method=True)
+        self.DescribePolicy = channel.unary_unary(
+                '/quota.v1.AdminService/DescribePolicy',
+                request_serializer=quota_dot_v1_dot_admin__pb2.DescribePolicyRequest.SerializeToString,
+                response_deserializer=quota_dot_v1_dot_admin__pb2.DescribePolicyResponse.FromString,
+                _registered_method=True)
+        self.GetActivity = channel.unary_unary(
+                '/quota.v1.AdminService/GetActivity',
+                request_serializer=quota_dot_v1_dot_admin__pb2.GetActivityRequest.SerializeToString,
+                response_deserializer=quota_dot_v1_dot_admin__pb2.GetActivityResponse.FromString,
+                _registered_method=True)
+        self.GetAnalytics = channel.unary_unary(
+                '/quota.v1.AdminService/GetAnalytics',
+                request_serializer=quota_dot_v1_dot_admin__pb2.GetAnalyticsRequest.SerializeToString,
+                response_deserializer=quota_dot_v1_dot_admin__pb2.GetAnalyticsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -216,6 +236,30 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCompanyUsage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribePolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetActivity(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAnalytics(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -298,6 +342,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListWebhooks,
                     request_deserializer=quota_dot_v1_dot_events__pb2.ListWebhooksRequest.FromString,
                     response_serializer=quota_dot_v1_dot_events__pb2.ListWebhooksResponse.SerializeToString,
+            ),
+            'GetCompanyUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCompanyUsage,
+                    request_deserializer=quota_dot_v1_dot_admin__pb2.GetCompanyUsageRequest.FromString,
+                    response_serializer=quota_dot_v1_dot_admin__pb2.GetCompanyUsageResponse.SerializeToString,
+            ),
+            'DescribePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribePolicy,
+                    request_deserializer=quota_dot_v1_dot_admin__pb2.DescribePolicyRequest.FromString,
+                    response_serializer=quota_dot_v1_dot_admin__pb2.DescribePolicyResponse.SerializeToString,
+            ),
+            'GetActivity': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetActivity,
+                    request_deserializer=quota_dot_v1_dot_admin__pb2.GetActivityRequest.FromString,
+                    response_serializer=quota_dot_v1_dot_admin__pb2.GetActivityResponse.SerializeToString,
+            ),
+            'GetAnalytics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAnalytics,
+                    request_deserializer=quota_dot_v1_dot_admin__pb2.GetAnalyticsRequest.FromString,
+                    response_serializer=quota_dot_v1_dot_admin__pb2.GetAnalyticsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -732,6 +796,114 @@ class AdminService:
             '/quota.v1.AdminService/ListWebhooks',
             quota_dot_v1_dot_events__pb2.ListWebhooksRequest.SerializeToString,
             quota_dot_v1_dot_events__pb2.ListWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCompanyUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota.v1.AdminService/GetCompanyUsage',
+            quota_dot_v1_dot_admin__pb2.GetCompanyUsageRequest.SerializeToString,
+            quota_dot_v1_dot_admin__pb2.GetCompanyUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota.v1.AdminService/DescribePolicy',
+            quota_dot_v1_dot_admin__pb2.DescribePolicyRequest.SerializeToString,
+            quota_dot_v1_dot_admin__pb2.DescribePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetActivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota.v1.AdminService/GetActivity',
+            quota_dot_v1_dot_admin__pb2.GetActivityRequest.SerializeToString,
+            quota_dot_v1_dot_admin__pb2.GetActivityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAnalytics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota.v1.AdminService/GetAnalytics',
+            quota_dot_v1_dot_admin__pb2.GetAnalyticsRequest.SerializeToString,
+            quota_dot_v1_dot_admin__pb2.GetAnalyticsResponse.FromString,
             options,
             channel_credentials,
             insecure,

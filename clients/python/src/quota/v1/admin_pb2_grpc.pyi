@@ -50,6 +50,10 @@ class AdminServiceStub:
     ListEvents: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListEventsRequest, _events_pb2.ListEventsResponse]
     WatchEvents: _grpc.UnaryStreamMultiCallable[_events_pb2.WatchEventsRequest, _events_pb2.Event]
     ListWebhooks: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListWebhooksRequest, _events_pb2.ListWebhooksResponse]
+    GetCompanyUsage: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetCompanyUsageRequest, _admin_pb2.GetCompanyUsageResponse]
+    DescribePolicy: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DescribePolicyRequest, _admin_pb2.DescribePolicyResponse]
+    GetActivity: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetActivityRequest, _admin_pb2.GetActivityResponse]
+    GetAnalytics: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetAnalyticsRequest, _admin_pb2.GetAnalyticsResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -70,6 +74,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListEvents: _aio.UnaryUnaryMultiCallable[_events_pb2.ListEventsRequest, _events_pb2.ListEventsResponse]  # type: ignore[assignment]
     WatchEvents: _aio.UnaryStreamMultiCallable[_events_pb2.WatchEventsRequest, _events_pb2.Event]  # type: ignore[assignment]
     ListWebhooks: _aio.UnaryUnaryMultiCallable[_events_pb2.ListWebhooksRequest, _events_pb2.ListWebhooksResponse]  # type: ignore[assignment]
+    GetCompanyUsage: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetCompanyUsageRequest, _admin_pb2.GetCompanyUsageResponse]  # type: ignore[assignment]
+    DescribePolicy: _aio.UnaryUnaryMultiCallable[_admin_pb2.DescribePolicyRequest, _admin_pb2.DescribePolicyResponse]  # type: ignore[assignment]
+    GetActivity: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetActivityRequest, _admin_pb2.GetActivityResponse]  # type: ignore[assignment]
+    GetAnalytics: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetAnalyticsRequest, _admin_pb2.GetAnalyticsResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -183,5 +191,33 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _events_pb2.ListWebhooksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_events_pb2.ListWebhooksResponse, _abc.Awaitable[_events_pb2.ListWebhooksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetCompanyUsage(
+        self,
+        request: _admin_pb2.GetCompanyUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetCompanyUsageResponse, _abc.Awaitable[_admin_pb2.GetCompanyUsageResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DescribePolicy(
+        self,
+        request: _admin_pb2.DescribePolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DescribePolicyResponse, _abc.Awaitable[_admin_pb2.DescribePolicyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetActivity(
+        self,
+        request: _admin_pb2.GetActivityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetActivityResponse, _abc.Awaitable[_admin_pb2.GetActivityResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAnalytics(
+        self,
+        request: _admin_pb2.GetAnalyticsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetAnalyticsResponse, _abc.Awaitable[_admin_pb2.GetAnalyticsResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
