@@ -220,6 +220,10 @@ async def restore(
         key = f"{keys.COUNTER}:{{{scope}}}:{metric}:{window}:{window_id}"
         pipe.hset(key, "used", max(0, total))
         pipe.expireat(key, expiry[(scope, metric, window, window_id)])
+        if scope != GLOBAL_SCOPE and counters.keeps_boards and window in (Window.DAY, Window.MONTH):
+            board = keys.board_key(counters.slot_tag(scope), metric, window.value, window_id)
+            pipe.zadd(board, {scope: max(0, total)})
+            pipe.expireat(board, expiry[(scope, metric, window, window_id)])
         report.counters += 1
     await pipe.execute()
 

@@ -84,6 +84,8 @@ AUDIT_KEY: Final = "audit:{__audit__}"
 AUDIT_MAXLEN: Final = 100_000
 #: Keys asked per SCAN call, and counters read per pipeline.
 SCAN_COUNT: Final = 1000
+#: Candidates read past the n-th of a board, so that ties there are ranked by held.
+TOP_TIES: Final = 20
 #: Stream entries read per XREVRANGE when ListAudit filters by subject.
 AUDIT_PAGE: Final = 500
 #: How long the stop subscription waits for a message before looking again (seconds).
@@ -431,12 +433,67 @@ class RedisAdminStore:
             flat = await self._script("admin_reset", found[start : start + SCAN_COUNT], [])
             for i in range(0, len(flat), 2):
                 reset[str(flat[i])[len(prefix) :]] = int(flat[i + 1])
+        await self._note_reset(subject, reset)
         return reset
+
+    async def _note_reset(self, subject: str, reset: dict[str, int]) -> None:
+        """The top spenders' boards follow a reset (the subject's used is 0 there now)."""
+        if not self._counters.keeps_boards:
+            return
+        tag = self._counters.slot_tag(subject)
+        client = self._client
+        boards = []
+        for name in reset:
+            metric, window, window_id = name.split(":", 2)
+            if window in (Window.DAY.value, Window.MONTH.value):
+                boards.append(keys.board_key(tag, metric, window, window_id))
+
+        async def zero() -> None:
+            for board in boards:
+                await client.zadd(board, {subject: 0}, xx=True)
+
+        if boards:
+            await self._call("zadd", zero)
 
     async def top_usage(self, metric: str, window: Window, window_id: str, n: int) -> list[UsageRow]:
         """The ``n`` subjects with the highest ``used`` in window ``window_id`` (ties: higher
-        ``held``, then subject): SCAN every master for ``q:{*}:<metric>:<window>:<window_id>``,
-        read ``used``/``held`` pipelined, keep the best ``n`` (memory O(n + one page)). O(keys)."""
+        ``held``, then subject). Day and month windows are read from the top spenders'
+        boards the scripts keep as used changes (one ZREVRANGE per slot board, then the
+        candidates' counters): O(n) per board, whatever the number of keys. Other windows, or
+        a window with no board (a service without a ledger keeps none), by the scan."""
+        if self._counters.keeps_boards and window in (Window.DAY, Window.MONTH):
+            found = await self._top_from_boards(metric, window, window_id, n)
+            if found is not None:
+                return found
+        return await self._top_by_scan(metric, window, window_id, n)
+
+    async def _top_from_boards(self, metric: str, window: Window, window_id: str, n: int) -> list[UsageRow] | None:
+        tags = self._counters.slot_tags()
+        boards = [keys.board_key(tag, metric, window.value, window_id) for tag in tags]
+        extra = n + TOP_TIES  # ties at the n-th place are ranked by held, read below
+        client = self._client
+
+        async def read() -> list[Any]:
+            pipe = client.pipeline()
+            for board in boards:
+                pipe.zrevrange(board, 0, extra - 1, withscores=True)
+            return list(await pipe.execute())
+
+        pages = await self._call("zrevrange", read)
+        candidates = [(str(s), int(score)) for page in pages for s, score in (page or [])]
+        if not candidates:
+            return None
+        candidates = heapq.nsmallest(extra, candidates, key=lambda c: (-c[1], c[0]))
+        counter_keys = [f"q:{keys.tag(s)}:{metric}:{window.value}:{window_id}" for s, _ in candidates]
+        values = await self._read_counters(counter_keys)
+        rows = [
+            UsageRow(s, used, held) for (s, _), (used, held) in zip(candidates, values, strict=True) if used or held
+        ]
+        return sorted(rows, key=_rank)[:n]
+
+    async def _top_by_scan(self, metric: str, window: Window, window_id: str, n: int) -> list[UsageRow]:
+        """SCAN every master for ``q:{*}:<metric>:<window>:<window_id>``, read ``used``/``held``
+        pipelined, keep the best ``n`` (memory O(n + one page)). O(keys)."""
         suffix = f":{metric}:{window.value}:{window_id}"
         pattern = "q:{*}" + _glob_escape(suffix)
         best: list[UsageRow] = []

@@ -92,6 +92,7 @@ OVERRIDES: Final = "o"
 OUTBOX: Final = "x"
 DUE: Final = "e"
 GRANT: Final = "f"
+BOARD: Final = "t"
 #: The slot tag of the one outbox and due index of a single Redis.
 SINGLE_TAG: Final = "~"
 #: Hash slots of Redis Cluster.
@@ -181,6 +182,11 @@ def outbox_key(slot_tag_: str) -> str:
 
 def due_key(slot_tag_: str) -> str:
     return f"{DUE}:{{{slot_tag_}}}"
+
+
+def board_key(slot_tag_: str, metric: str, window: str, window_id: str) -> str:
+    """The slot's top spenders of one concrete day or month window (lib.lua note_used)."""
+    return f"{BOARD}:{{{slot_tag_}}}:{metric}:{window}:{window_id}"
 
 
 def grant_key(scope: str, name: str) -> str:

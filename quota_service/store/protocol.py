@@ -169,6 +169,7 @@ KEY_KINDS: Final = {
     "OUTBOX": keys.OUTBOX,
     "DUE": keys.DUE,
     "GRANT": keys.GRANT,
+    "BOARD": keys.BOARD,
 }
 
 

@@ -749,6 +749,11 @@ class RedisCounterStore:
     # -- the outbox and the due index ---------------------------------------------------
 
     @property
+    def keeps_boards(self) -> bool:
+        """Whether the scripts keep the top spenders' boards (they do where they keep an outbox)."""
+        return self._outbox
+
+    @property
     def outbox_cap(self) -> int:
         """A new reservation is refused while its slot's outbox holds this many entries."""
         return self._outbox_cap

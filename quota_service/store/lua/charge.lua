@@ -27,10 +27,11 @@ for i = 3, #KEYS do
   local amount = num(ARGV[at])
   if amount ~= 0 then
     local exists = redis.call('EXISTS', KEYS[i]) == 1
-    bump(KEYS[i], 'used', amount)
+    local used = bump(KEYS[i], 'used', amount)
     if not exists then
       redis.call('PEXPIREAT', KEYS[i], math.max(num(ARGV[at + 1]) * 1000, expiry_floor(60000)))
     end
+    note_used(ctx, KEYS[i], string.match(KEYS[i], '^[^}]*}:(.*)$'), used)
   end
 end
 local rec = {gen = ARGV[4], head = ARGV[5], estimate = ARGV[6], created_ms_text = ARGV[7], expires_ms_text = '',

@@ -21,6 +21,7 @@
 
 local KEY = {
   COUNTER = 'q', RECORD = 'r', OPEN = 'z', PLAN = 'a', LAYOUT = 'l', OUTBOX = 'x', DUE = 'e', GRANT = 'f',
+  BOARD = 't',
 }
 local STATUS = {
   RESERVED = 'reserved', DENIED = 'denied', DENIED_GLOBAL = 'denied_global', CHECKED = 'checked',
@@ -180,11 +181,14 @@ end
 -- (only after an admin reset) is clamped to 0, so a refund never creates spare capacity.
 local function bump(key, field, delta)
   if delta == 0 then
-    return
+    return nil
   end
-  if on_key('HINCRBY', key, field, delta) < 0 then
+  local value = on_key('HINCRBY', key, field, delta)
+  if value < 0 then
     redis.call('HSET', key, field, 0)
+    return 0
   end
+  return value
 end
 
 -- The counter key of a counter entry '<metric>:<window>:<window_id>@<resets_at>'.
@@ -345,6 +349,29 @@ end
 
 -- -- settling ---------------------------------------------------------------------------
 
+-- The top spenders, kept as they change (TopUsage reads them instead of scanning every key):
+-- per slot and concrete day or month window, a zset t:{T}:<metric>:<window>:<window_id> of
+-- the slot's subjects scored by the counter's used. Written wherever a subject's used changes
+-- (settlements, the sweep, a fail-open write-back) when the service keeps a ledger (the
+-- outbox names the slot tag); lives as long as the counter it mirrors.
+local function note_used(ctx, key, entry, used)
+  if used == nil or not ctx or not ctx.records then
+    return
+  end
+  local name = string.match(entry, '^[^@]*')
+  local window = string.match(name, '^[^:]*:([^:]*):')
+  if window ~= 'day' and window ~= 'month' then
+    return
+  end
+  local board = KEY.BOARD .. ':' .. string.sub(ctx.outbox, #KEY.OUTBOX + 2) .. ':' .. name
+  if redis.call('ZADD', board, used, ctx.subject) == 1 and redis.call('PTTL', board) == -1 then
+    local ttl = redis.call('PTTL', key)
+    if ttl > 0 then
+      redis.call('PEXPIRE', board, ttl)
+    end
+  end
+end
+
 -- Moves the counters of an open or expired record for mode (SETTLE.EXPIRE, COMMIT or
 -- RELEASE; actual = {metric = units} for COMMIT):
 --   open    + expire : held -= ask, used += ask
@@ -355,7 +382,7 @@ end
 -- A counter key that no longer exists belongs to a window past its retention (or was
 -- reset): it is left alone rather than recreated without a TTL, and reported lost.
 -- Returns per counter {used_delta, held_delta, exists}.
-local function move_counters(tag, rec, mode, actual)
+local function move_counters(tag, rec, mode, actual, ctx)
   local changes = {}
   for i, entry in ipairs(rec.entries) do
     local key, ask = entry_key(tag, entry), rec.asks[i]
@@ -379,7 +406,7 @@ local function move_counters(tag, rec, mode, actual)
     local exists = redis.call('EXISTS', key) == 1
     if exists then
       bump(key, 'held', dheld)
-      bump(key, 'used', dused)
+      note_used(ctx, key, entry, bump(key, 'used', dused))
     end
     changes[i] = {dused, dheld, exists}
   end
@@ -410,7 +437,7 @@ end
 -- COMMIT and RELEASE replace it by a tombstone (ctx.keep) or delete it (the global scope:
 -- replays answer from the subject's record). Returns the counter changes.
 local function settle_record(ctx, rkey, name, rec, mode, actual)
-  local changes = move_counters(ctx.tag, rec, mode, actual)
+  local changes = move_counters(ctx.tag, rec, mode, actual, ctx)
   redis.call('ZREM', ctx.open_key, name)
   if mode == SETTLE.EXPIRE then
     record_usage(ctx, ENTRY.EXPIRED, name, rec, math.min(rec.expires_ms, ctx.now_ms), mode, '')

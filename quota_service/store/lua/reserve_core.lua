@@ -180,10 +180,11 @@ end
 -- Holds every ask on its counter; returns how long the record must live (unix ms): as
 -- long as the counters it holds on, so the expiry sweep always finds it while there is
 -- something to settle, and at least the grace period after its expiry.
-local function hold(a)
+local function hold(a, ctx)
   local floor_ms = expiry_floor(a.grace_ms)
   local record_expiry = math.max(a.expires_ms + a.grace_ms, floor_ms)
-  for _, c in ipairs(a.counters) do
+  local entries = nil
+  for i, c in ipairs(a.counters) do
     if c.ask > 0 then
       local key_expiry = math.max(c.expire_at_ms, floor_ms)
       on_key('HINCRBY', c.key, 'held', c.ask)
@@ -192,6 +193,10 @@ local function hold(a)
       -- (Redis' clock plus the grace period) is later than that.
       if not c.exists or c.expire_at_ms < floor_ms then
         redis.call('PEXPIREAT', c.key, key_expiry)
+      end
+      if not c.exists and ctx.records then  -- a subject's first hold in this window: on the board
+        entries = entries or split(a.own_layout, ' ')
+        note_used(ctx, c.key, entries[i] or '', 0)
       end
       record_expiry = math.max(record_expiry, key_expiry)
     end
@@ -285,7 +290,7 @@ local function reserve_one(KEYS, ARGV)
     note_crossings(a, ctx, false)
     return reply(a, STATUS.DENIED)
   end
-  local record_expiry = hold(a)
+  local record_expiry = hold(a, ctx)
   record_reservation(a, record_expiry, note_crossings(a, ctx, true))
   return reply(a, STATUS.RESERVED)
 end

@@ -45,7 +45,7 @@ local function settle_one(KEYS, ARGV)
     if rec.replayed then
       return settle_answer(ctx, OUTCOME.KEPT, rec, rec.entries, {})
     end
-    local changes = move_counters(ctx.tag, rec, SETTLE.RELEASE, nil)
+    local changes = move_counters(ctx.tag, rec, SETTLE.RELEASE, nil, ctx)
     redis.call('ZREM', ctx.open_key, name)
     redis.call('DEL', rkey)
     if rec.state == STATE.EXPIRED then  -- it had been charged at its estimate: that is taken back
@@ -56,7 +56,7 @@ local function settle_one(KEYS, ARGV)
     return settle_answer(ctx, OUTCOME.SETTLED, rec, rec.entries, changes)
   end
   if mode == SETTLE.COMPENSATE then
-    local changes = move_counters(ctx.tag, rec, SETTLE.RELEASE, nil)
+    local changes = move_counters(ctx.tag, rec, SETTLE.RELEASE, nil, ctx)
     redis.call('ZREM', ctx.open_key, name)
     if ctx.records then  -- the request's one record: denied by the company-wide gate
       outbox_add(ctx, {

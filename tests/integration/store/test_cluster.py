@@ -87,6 +87,8 @@ async def test_every_key_of_one_subject_shares_one_slot(
         keys.overrides_key(subject),
         plan,
         keys.due_key(keys.slot_tag(subject)),  # the reaper's index of the slot (the outbox: after commit)
+        # the slot's top spenders of the day and month windows (TopUsage reads them)
+        *(keys.board_key(keys.slot_tag(subject), r.metric, r.window.value, r.window_id) for r in (tokens, images)),
     ]
     global_keys = [
         keys.counter_key(company),
