@@ -843,12 +843,14 @@ def flush_keeping_identity(client: redis.Redis, *, db_only: bool = False) -> Non
     but for the store identity: the servers would otherwise (rightly) take the flush for a
     Redis that lost its data and fail closed."""
     identity = client.get(IDENTITY_KEY)
-    if db_only:
-        client.flushdb()
-    else:
-        client.flushall()
-    if identity is not None:
-        client.set(IDENTITY_KEY, identity)
+    with client.pipeline(transaction=True) as atomic:  # MULTI: no server ever sees the store without it
+        if db_only:
+            atomic.flushdb()
+        else:
+            atomic.flushall()
+        if identity is not None:
+            atomic.set(IDENTITY_KEY, identity)
+        atomic.execute()
 
 
 def run_main(name: str, run: Callable[[], int]) -> int:
