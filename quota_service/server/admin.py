@@ -145,6 +145,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._admin = admin
         self._feed = feed
         self._webhooks = webhooks
+        self._analytics = dashboard_reads.AnalyticsCache()
 
     def _events(self) -> EventFeed:
         if self._feed is None:
@@ -369,7 +370,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetAnalytics(
         self, request: admin_pb2.GetAnalyticsRequest, context: Context
     ) -> admin_pb2.GetAnalyticsResponse:
-        return await dashboard_reads.analytics_report(
+        return await self._analytics.report(
             self._events().ledger, self._admin.policy, period=request.period, now=self._admin.clock.now()
         )
 

@@ -7,6 +7,9 @@ times in unix seconds.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from quota.v1 import admin_pb2
@@ -182,3 +185,58 @@ async def analytics_report(
         by_model=[_group(r) for r in groups["model"]],
         daily=daily,
     )
+
+
+#: GetAnalytics answers younger than this are served as they are (seconds) ...
+ANALYTICS_FRESH_SECONDS = 15.0
+#: ... older ones (up to this age) are served while a refresh runs in the background.
+ANALYTICS_STALE_SECONDS = 600.0
+
+
+class AnalyticsCache:
+    """GetAnalytics from memory: the ledger's aggregates of a period scan every record of it
+    (a second or more with a million rows on SQLite), so each (period, policy version) is
+    computed at most once per :data:`ANALYTICS_FRESH_SECONDS` in the background and served
+    from here (stale while revalidating, up to :data:`ANALYTICS_STALE_SECONDS`); the first
+    ask of a period computes it. The live views (overview, subject) never go through it."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._answers: dict[tuple[str, str], tuple[float, admin_pb2.GetAnalyticsResponse]] = {}
+        self._running: dict[tuple[str, str], asyncio.Task[admin_pb2.GetAnalyticsResponse]] = {}
+
+    async def report(
+        self, ledger: Ledger, policy: CompiledPolicy, *, period: str, now: datetime
+    ) -> admin_pb2.GetAnalyticsResponse:
+        chosen = period or "today"
+        if chosen not in PERIODS:
+            return await analytics_report(ledger, policy, period=chosen, now=now)  # the refusal, as ever
+        key = (chosen, policy.version)
+        cached = self._answers.get(key)
+        age = self._clock() - cached[0] if cached else float("inf")
+        if cached is not None and age < ANALYTICS_FRESH_SECONDS:
+            return cached[1]
+        task = self._refresh(key, ledger, policy, now)
+        if cached is not None and age < ANALYTICS_STALE_SECONDS:
+            return cached[1]  # the refresh runs on
+        return await asyncio.shield(task)
+
+    def _refresh(
+        self, key: tuple[str, str], ledger: Ledger, policy: CompiledPolicy, now: datetime
+    ) -> asyncio.Task[admin_pb2.GetAnalyticsResponse]:
+        running = self._running.get(key)
+        if running is not None and not running.done():
+            return running
+
+        async def compute() -> admin_pb2.GetAnalyticsResponse:
+            try:
+                answer = await analytics_report(ledger, policy, period=key[0], now=now)
+                self._answers[key] = (self._clock(), answer)
+                return answer
+            finally:
+                self._running.pop(key, None)
+
+        task = asyncio.get_running_loop().create_task(compute(), name=f"analytics {key[0]}")
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: never "never retrieved"
+        self._running[key] = task
+        return task
