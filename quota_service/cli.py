@@ -65,6 +65,26 @@ def _build_parser() -> argparse.ArgumentParser:
         "process, no supervisor; 0 or auto: the number of cores)",
     )
     serve.add_argument(
+        "--redis-appendfsync",
+        choices=("everysec", "always"),
+        default=os.environ.get("QUOTA_REDIS_APPENDFSYNC", "everysec"),
+        help="the embedded Redis' append-only fsync (env QUOTA_REDIS_APPENDFSYNC): everysec (default; a power "
+        "cut may lose the last second of writes) or always (nothing acknowledged is lost; slower)",
+    )
+    serve.add_argument(
+        "--redis-wait-replicas",
+        type=int,
+        default=int(os.environ.get("QUOTA_REDIS_WAIT_REPLICAS", "0")),
+        help="after every money write, WAIT until this many replicas have it (env QUOTA_REDIS_WAIT_REPLICAS; "
+        "0: no WAIT; one Redis with replicas, not Cluster)",
+    )
+    serve.add_argument(
+        "--redis-wait-ms",
+        type=int,
+        default=int(os.environ.get("QUOTA_REDIS_WAIT_MS", "100")),
+        help="the longest a money write waits for its replicas (env QUOTA_REDIS_WAIT_MS; default 100)",
+    )
+    serve.add_argument(
         "--store-timeout",
         type=float,
         default=float(os.environ.get("QUOTA_STORE_TIMEOUT", "0.25")),

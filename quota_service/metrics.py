@@ -84,3 +84,7 @@ FAIL_OPEN = Counter(
     "on_store_error: allow during an outage: requests granted within the allowance, denied past it, written back",
     ["outcome"],
 )
+REPLICA_WAIT_SHORT = Counter(
+    "quota_redis_wait_short_total",
+    "Money writes fewer replicas than --redis-wait-replicas acknowledged within --redis-wait-ms",
+)

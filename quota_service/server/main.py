@@ -121,7 +121,7 @@ async def serve(args: argparse.Namespace) -> int:
     embedded: EmbeddedRedis | None = None
     redis_url = args.redis_url
     if not redis_url:
-        embedded = EmbeddedRedis(data_dir=Path(args.data_dir), persistence=True)
+        embedded = EmbeddedRedis(data_dir=Path(args.data_dir), persistence=True, appendfsync=args.redis_appendfsync)
         # In the main thread, not a worker thread: the server's PR_SET_PDEATHSIG follows the
         # thread that spawned it (see store.embedded). Nothing is served yet; the wait is short.
         embedded.start()
@@ -137,6 +137,8 @@ async def serve(args: argparse.Namespace) -> int:
         timeout_seconds=args.store_timeout,
         grace_seconds=args.grace_seconds,
         outbox=ledger is not None,  # no ledger: the scripts append no usage records
+        wait_replicas=args.redis_wait_replicas,
+        wait_ms=args.redis_wait_ms,
     )
     admin_store = RedisAdminStore(counters=store)
     stops = StopWatcher(store=admin_store)

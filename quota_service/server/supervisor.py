@@ -114,6 +114,7 @@ class Supervisor:
     metrics_port: int
     port_file: str
     http: str = ""  # --http HOST:PORT: every worker serves it too, sharing the port like --listen
+    appendfsync: str = "everysec"  # --redis-appendfsync of the embedded Redis the workers share
     http_port_file: str = ""
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="quota-supervisor-")))
     _slots: list[Worker] = field(default_factory=list)
@@ -240,7 +241,7 @@ class Supervisor:
                 http_reservation, self._http_listen = _reserve(self.http)
             redis_url = self.redis_url
             if not redis_url:
-                embedded = EmbeddedRedis(data_dir=Path(self.data_dir), persistence=True)
+                embedded = EmbeddedRedis(data_dir=Path(self.data_dir), persistence=True, appendfsync=self.appendfsync)
                 embedded.start()
                 redis_url = embedded.url
                 log.info("embedded redis-server at %s, shared by %d workers", redis_url, self.workers)
@@ -426,6 +427,7 @@ def supervise(argv: Sequence[str], args: Any, workers: int) -> int:
         redis_url=args.redis_url,
         data_dir=args.data_dir,
         metrics_port=args.metrics_port,
+        appendfsync=args.redis_appendfsync,
         port_file=args.port_file,
         http=args.http,
         http_port_file=args.http_port_file,

@@ -56,6 +56,12 @@ from typing import IO
 
 from quota_service.store.watchdog import DISARM, process_start_time
 
+#: The append-only file's fsync policies (``--redis-appendfsync``): ``everysec`` (the default)
+#: may lose the last second of writes on a power cut or kernel crash (a crash of redis-server
+#: alone loses nothing: the kernel has the pages); ``always`` fsyncs every write before the
+#: reply (nothing acknowledged is lost, at a measured cost: bench/README.md).
+APPENDFSYNC = ("everysec", "always")
+
 __all__ = [
     "LOCK_NAME",
     "DataDirLocked",
@@ -243,7 +249,11 @@ class EmbeddedRedis:
         extra_args: Sequence[str] = (),
         startup_timeout: float = 10.0,
         lock_wait_seconds: float = 5.0,
+        appendfsync: str = "everysec",
     ) -> None:
+        if appendfsync not in APPENDFSYNC:
+            raise ValueError(f"appendfsync must be one of {', '.join(APPENDFSYNC)}, got {appendfsync!r}")
+        self._appendfsync = appendfsync
         self._requested_port = port
         self._port = port or 0
         self._data_dir = Path(data_dir) if data_dir is not None else None
@@ -399,7 +409,7 @@ class EmbeddedRedis:
             "",
         ]
         if self._persistence:
-            args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+            args += ["--appendonly", "yes", "--appendfsync", self._appendfsync]
         else:
             args += ["--appendonly", "no"]
         return args + list(self._extra_args)

@@ -89,6 +89,7 @@ from quota_service.errors import (
     StoreDataError,
     StoreUnavailable,
 )
+from quota_service.metrics import REPLICA_WAIT_SHORT
 from quota_service.policy.domain import (
     GLOBAL_SCOPE,
     CounterCharge,
@@ -165,6 +166,8 @@ FUSED_BATCH: Final = 64
 #: 300 bytes each, so ~150 MB on one Redis, hours of traffic with the ledger down at a
 #: few hundred requests per second. Settlements always append (what is open is bounded too).
 OUTBOX_CAP: Final = 500_000
+#: The scripts that write money (counters, reservations): followed by WAIT with --redis-wait-replicas.
+MONEY_SCRIPTS: Final = frozenset({"reserve", "reserve_batch", "reserve_fused", "settle", "charge"})
 #: Scopes one reap.lua call settles at most.
 REAP_SCOPES: Final = 200
 
@@ -602,6 +605,8 @@ class RedisCounterStore:
         clock: Callable[[], float] = time.time,
         outbox_cap: int = OUTBOX_CAP,
         outbox: bool = True,
+        wait_replicas: int = 0,
+        wait_ms: int = 100,
     ) -> None:
         if timeout_seconds <= 0:
             raise ValueError("timeout_seconds must be positive")
@@ -617,6 +622,18 @@ class RedisCounterStore:
             raise ValueError("outbox_cap must not be negative")
         self._outbox_cap = outbox_cap
         self._outbox = outbox
+        if wait_replicas < 0 or wait_ms < 0:
+            raise ValueError("wait_replicas and wait_ms must not be negative")
+        if wait_replicas and isinstance(client, RedisCluster):
+            raise ValueError(
+                "--redis-wait-replicas needs one Redis (a primary with replicas): on Redis Cluster WAIT "
+                "would have to run on each slot's primary, which is not supported"
+            )
+        #: After every money write (reserve, settle, charge), WAIT for this many replicas to
+        #: acknowledge it (at most wait_ms); 0: no WAIT.
+        self._wait_replicas = wait_replicas
+        self._wait_ms = wait_ms
+        self._wait_logged = float("-inf")
         self._cluster = isinstance(client, RedisCluster)
         #: Called with the slot tag of every outbox a call may have appended to (the usage
         #: relay's wake-up: it drains that outbox at once rather than at its next poll).
@@ -643,6 +660,8 @@ class RedisCounterStore:
         max_connections: int = 256,
         clock: Callable[[], float] = time.time,
         outbox: bool = True,
+        wait_replicas: int = 0,
+        wait_ms: int = 100,
     ) -> RedisCounterStore:
         """A store for ``url`` (:mod:`quota_service.store.urls` lists the forms); nothing is
         connected until the first call.
@@ -698,7 +717,13 @@ class RedisCounterStore:
             sentinel_pool = client.connection_pool
             sentinel_pool.connection_class = packing_in_c(sentinel_pool.connection_class)
         return cls(
-            client=client, timeout_seconds=timeout_seconds, grace_seconds=grace_seconds, clock=clock, outbox=outbox
+            client=client,
+            timeout_seconds=timeout_seconds,
+            grace_seconds=grace_seconds,
+            clock=clock,
+            outbox=outbox,
+            wait_replicas=wait_replicas,
+            wait_ms=wait_ms,
         )
 
     @property
@@ -734,14 +759,33 @@ class RedisCounterStore:
         """One script call; the reply read by ``parse``. Errors name the script and its first key."""
         script = self._scripts[name]
         first = script_keys[0] if script_keys else ""
-        reply = await bounded_call(
-            name,
-            self._timeout,
-            lambda: script(keys=list(script_keys), args=list(args)),
-            key=first,
-            request_deadline=request_deadline,
-        )
+        if self._wait_replicas and name in MONEY_SCRIPTS:
+            call: Callable[[], Awaitable[Any]] = functools.partial(self._script_and_wait, script, script_keys, args)
+        else:
+            call = functools.partial(script, keys=list(script_keys), args=list(args))
+        reply = await bounded_call(name, self._timeout, call, key=first, request_deadline=request_deadline)
         return parsed(name, first, parse, reply)
+
+    async def _script_and_wait(self, script: AsyncScript, script_keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        """The script and a WAIT on the same connection (a pipeline): the reply comes once
+        ``wait_replicas`` replicas have the write, or after ``wait_ms`` with fewer (counted
+        and logged: the write stands on the primary, only its copy is late)."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            await script(keys=list(script_keys), args=list(args), client=pipe)  # type: ignore[arg-type]
+            pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms)
+            reply, acked = await pipe.execute()
+        if int(acked) < self._wait_replicas:
+            REPLICA_WAIT_SHORT.inc()
+            now = time.monotonic()
+            if now - self._wait_logged > 10.0:
+                self._wait_logged = now
+                log.warning(
+                    "a money write reached %s of %d replicas within %d ms (--redis-wait-replicas)",
+                    acked,
+                    self._wait_replicas,
+                    self._wait_ms,
+                )
+        return reply
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
