@@ -22,7 +22,7 @@ from support.server_process import ROOT, ServerProcess
 from quota.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc
 from quota_service.store.embedded import EmbeddedRedis
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 
 T = TypeVar("T")
 POLICY = """\

@@ -21,7 +21,7 @@ from quota_service.server.usage_relay import UsageRelay
 from quota_service.store.embedded import EmbeddedRedis
 from quota_service.store.redis_store import RedisCounterStore
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.fault]
 
 POLICY = """\
 version: 1

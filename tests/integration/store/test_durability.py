@@ -20,7 +20,7 @@ from quota_service.store.base import ReserveCommand
 from quota_service.store.embedded import EmbeddedRedis
 from quota_service.store.redis_store import RedisCounterStore
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.fault]
 
 DAY = time.strftime("%Y-%m-%d", time.gmtime())
 
