@@ -41,7 +41,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict
 
 from quota_service.ledger.events import Event, EventKind, LimitSnapshot, Threshold, record_id, threshold_event_id
 from quota_service.policy.compiled import LimitKind
@@ -114,6 +114,27 @@ def _common(fields: Mapping[str, str]) -> tuple[str, dict[str, str], str, int]:
     return subject, head, reservation_id, _int(fields, "t")
 
 
+class _About(TypedDict):
+    tier: str
+    feature: str
+    provider: str
+    model: str
+    request_id: str
+    policy_version: str
+
+
+def _about(head: Mapping[str, str], *, tier: str | None = None) -> _About:
+    """What a record says of its request, from the request's head (``tier``: in its place)."""
+    return _About(
+        tier=head["tier"] if tier is None else tier,
+        feature=head["feature"],
+        provider=head["provider"],
+        model=head["model"],
+        request_id=head["request_id"],
+        policy_version=head["policy_version"],
+    )
+
+
 def _estimate(fields: Mapping[str, str], head: Mapping[str, str]) -> tuple[dict[str, int], int]:
     estimate = protocol.parse_amounts(fields.get("e", ""))
     cost = int(head.get("cost") or 0)
@@ -151,17 +172,12 @@ def _usage(kind: EventKind, fields: Mapping[str, str]) -> Event:
         kind=kind,
         at_ms=at_ms,
         subject=subject,
-        tier=head["tier"],
-        feature=head["feature"],
-        provider=head["provider"],
-        model=head["model"],
-        request_id=head["request_id"],
+        **_about(head),
         reservation_id=reservation_id,
         estimate=estimate,
         actual=actual,
         cost_micros=cost,
         decision=_DECISION.get(fields.get("d", "")),
-        policy_version=head["policy_version"],
         detail=_detail(**detail),
     )
 
@@ -189,17 +205,12 @@ def _denied(fields: Mapping[str, str]) -> Event:
         kind=EventKind.DENIED,
         at_ms=at_ms,
         subject=subject,
-        tier=head["tier"],
-        feature=head["feature"],
-        provider=head["provider"],
-        model=head["model"],
-        request_id=head["request_id"],
+        **_about(head),
         reservation_id="",
         estimate=estimate,
         decision=Decision.DENY,
         reason=reason,
         limit=limit,
-        policy_version=head["policy_version"],
         detail=_detail(would_be_reservation_id=reservation_id),
     )
 
@@ -266,13 +277,8 @@ def _threshold(fields: Mapping[str, str]) -> Event:
         kind=EventKind.THRESHOLD_CROSSED,
         at_ms=at_ms,
         subject=subject,
-        tier="" if subject == GLOBAL_SCOPE else head["tier"],
-        feature=head["feature"],
-        provider=head["provider"],
-        model=head["model"],
-        request_id=head["request_id"],
+        **_about(head, tier="" if subject == GLOBAL_SCOPE else None),
         limit=limit,
         threshold=threshold,
-        policy_version=head["policy_version"],
         detail=_detail(line_units=line, window_id=ref.window_id),
     )
