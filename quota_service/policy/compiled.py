@@ -33,6 +33,13 @@ class StoreErrorMode(enum.StrEnum):
     ALLOW = "allow"
 
 
+class StoreLostMode(enum.StrEnum):
+    """``on_store_lost``: what a replica does when Redis came back without its data."""
+
+    FAIL_CLOSED = "fail_closed"  # deny until an operator runs quota-service restore
+    RESTORE = "restore"  # one replica rebuilds the store from the ledger at once
+
+
 class UnpricedMode(enum.StrEnum):
     DENY = "deny"
     FREE = "free"
@@ -228,6 +235,7 @@ class CompiledPolicy:
     thresholds: Thresholds
     notifications: Notifications = field(default_factory=Notifications)
     ledger_retention_days: int = 0  # 0: events are kept for ever
+    on_store_lost: StoreLostMode = StoreLostMode.FAIL_CLOSED
 
     def tier_for(self, assigned: str | None) -> Tier | None:
         """The tier of a subject: its assigned tier, the default when none is assigned

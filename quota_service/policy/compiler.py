@@ -84,6 +84,7 @@ def compile_policy(model: PolicyModel, *, files: tuple[str, ...], version: str) 
         thresholds=defaults,
         notifications=_notifications(model.notifications),
         ledger_retention_days=model.ledger_retention_days or 0,
+        on_store_lost=model.on_store_lost,
     )
 
 

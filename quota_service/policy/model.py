@@ -62,7 +62,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from quota_service.errors import InvalidRequest
-from quota_service.policy.compiled import StoreErrorMode, UnpricedMode
+from quota_service.policy.compiled import StoreErrorMode, StoreLostMode, UnpricedMode
 from quota_service.policy.notifications import EVENT_KIND_NAMES, EVENT_KIND_PREFIX
 from quota_service.policy.units import COST_METRIC, MAX_UNITS, METRIC_NAME, scale
 from quota_service.policy.validation import canonical_name
@@ -533,6 +533,7 @@ PricePattern = Annotated[str, StringConstraints(pattern=PRICE_PATTERN.pattern), 
 FeatureName = Annotated[str, StringConstraints(pattern=FEATURE_NAME.pattern), BeforeValidator(_feature_name)]
 StoreErrorField = Annotated[StoreErrorMode, BeforeValidator(_enum_parser(StoreErrorMode))]
 UnpricedField = Annotated[UnpricedMode, BeforeValidator(_enum_parser(UnpricedMode))]
+StoreLostField = Annotated[StoreLostMode, BeforeValidator(_enum_parser(StoreLostMode))]
 
 WebhookUrl = Annotated[
     str, AfterValidator(_webhook_url), WithJsonSchema({"type": "string", "pattern": "^[hH][tT][tT][pP][sS]?://"})
@@ -724,6 +725,13 @@ class PolicyModel(_StrictModel):
     )
     ledger_retention_days: RetentionDays | None = Field(
         default=None, description="Events older than this many days are removed from the ledger; absent: kept."
+    )
+    on_store_lost: StoreLostField = Field(
+        default=StoreLostMode.FAIL_CLOSED,
+        description=(
+            "When Redis comes back without its data: fail_closed (deny until an operator runs "
+            "quota-service restore) or restore (one replica rebuilds it from the ledger at once)."
+        ),
     )
     on_cross: list[CrossRuleModel] = Field(
         default_factory=list,

@@ -34,6 +34,7 @@ from quota_service.errors import PolicyError, QuotaServiceError, StoreUnavailabl
 from quota_service.ledger.errors import LedgerUnavailable
 from quota_service.ledger.feed import EventFeed
 from quota_service.ledger.store import Ledger, ledger_from_url
+from quota_service.policy.compiled import CompiledPolicy, StoreLostMode
 from quota_service.quotas import Quotas
 from quota_service.reload import LivePolicy
 from quota_service.server.admin import AdminServicer
@@ -381,6 +382,27 @@ async def _close_ledger(ledger: Ledger | None, ready: asyncio.Task[None] | None)
         await ledger.close()
 
 
+async def _restore_automatically(store: RedisCounterStore, ledger: Ledger, policy: CompiledPolicy) -> None:
+    """``on_store_lost: restore``: one replica (the one that claims the empty store's identity
+    key first) rebuilds the store from the ledger; the others keep failing closed until the
+    new identity appears, within a second."""
+    from quota_service.restore import restore
+    from quota_service.server.store_identity import IDENTITY_KEY
+
+    claim = f"restoring:{os.getpid()}"
+    if not await store.client.set(IDENTITY_KEY, claim, nx=True, ex=300):
+        log.warning("the store lost its data; another replica is restoring it from the ledger")
+        return
+    try:
+        report = await restore(ledger=ledger, counters=store, policy=policy, force=True)
+        log.warning("the store lost its data and was restored from the ledger automatically: %s", report.text())
+    except Exception:
+        log.exception("restoring the store from the ledger failed; still failing closed (run quota-service restore)")
+        with contextlib.suppress(Exception):
+            if await store.client.get(IDENTITY_KEY) == claim:
+                await store.client.delete(IDENTITY_KEY)
+
+
 def _identity_guard(
     store: RedisCounterStore,
     ledger: Ledger | None,
@@ -395,6 +417,9 @@ def _identity_guard(
         stops.freeze(True)
         with contextlib.suppress(Exception):
             await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        policy = quotas.policy.current
+        if ledger is not None and policy.on_store_lost is StoreLostMode.RESTORE:
+            await _restore_automatically(store, ledger, policy)
 
     async def recovered() -> None:
         quotas.configs.forget_all()

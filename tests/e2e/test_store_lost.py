@@ -152,3 +152,32 @@ def test_an_empty_redis_is_detected_fails_closed_and_is_restored_from_the_ledger
 
     again = restore(server, ledger_url)  # onto a store that has its data: refused, nothing doubled
     assert again.returncode == 2 and "still has its identity" in again.stderr
+
+
+def test_with_on_store_lost_restore_the_replica_restores_by_itself(own_redis: EmbeddedRedis, tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "policy.yaml").write_text("on_store_lost: restore\n" + POLICY)
+    server = ServerProcess(
+        redis_url=own_redis.url,
+        workdir=tmp_path,
+        policies=policies,
+        extra_args=("--no-watch", "--ledger-url", f"sqlite:///{tmp_path / 'ledger.db'}"),
+    )
+    server.start(timeout=60)
+    try:
+        capped = f"auto-{uuid.uuid4().hex[:6]}"
+        with grpc.insecure_channel(server.target) as channel:
+            stub = quota_pb2_grpc.QuotaServiceStub(channel)
+            for _ in range(10):
+                answer = ask(stub, capped)
+                stub.Commit(quota_pb2.CommitRequest(reservation_id=answer.reservation_id, usage={"tokens": 100}))
+            time.sleep(1.0)  # the records reach the ledger
+            with redis.Redis.from_url(server.redis_url) as raw:
+                raw.flushall()
+            # detected within a second, restored from the ledger at once: still capped, then serving
+            wait_until(lambda: ask(stub, capped).reason == quota_pb2.BLOCK_THRESHOLD, 10, "capped again after restore")
+            assert ask(stub, f"fresh-{capped}").decision == quota_pb2.ALLOW
+        assert "restored from the ledger automatically" in server.log()
+    finally:
+        server.stop()

@@ -36,7 +36,7 @@ EXPECTED: dict[str, list[str]] = {
     "unknown_top_level_key.yaml": [
         "{f}:3: limit_mode: unknown key; expected one of: version, default_tier, timezone, thresholds, "
         "reservation_ttl_seconds, commit_max_ratio, unpriced, on_store_error, prices, hard_stops, tiers, "
-        "notifications, ledger_retention_days, on_cross, fail_open_allowance"
+        "notifications, ledger_retention_days, on_store_lost, on_cross, fail_open_allowance"
     ],
     "unknown_tier_key.yaml": [
         "{f}:8: tiers.free.on_store_eror: unknown key (did you mean 'on_store_error'?); expected one of: "
@@ -214,7 +214,7 @@ def test_all_validation_errors_of_a_file_are_reported_in_line_order() -> None:
     assert _messages(path) == [
         f"{path}:3: colour: unknown key; expected one of: version, default_tier, timezone, thresholds, "
         "reservation_ttl_seconds, commit_max_ratio, unpriced, on_store_error, prices, hard_stops, tiers, "
-        "notifications, ledger_retention_days, on_cross, fail_open_allowance",
+        "notifications, ledger_retention_days, on_store_lost, on_cross, fail_open_allowance",
         f"{path}:4: thresholds.warn_at: must be greater than 0 and at most 1, got 1.2",
         f"{path}:9: tiers.free.limits.tokens.day: must not be negative, got -1",
         f"{path}:10: tiers.free.limits.images.fortnight: unknown window 'fortnight'; "

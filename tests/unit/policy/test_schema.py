@@ -39,6 +39,7 @@ def test_schema_describes_the_top_level_keys() -> None:
         "tiers",
         "notifications",
         "ledger_retention_days",
+        "on_store_lost",
         "on_cross",
         "fail_open_allowance",
     ]
