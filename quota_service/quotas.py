@@ -549,9 +549,7 @@ class Quotas:
                 log.error(
                     "refusing new reservations (%r and every other subject of its slot): %s", request.subject, exc
                 )
-            tier = self._tier_of(policy, self.configs.get(request.subject))
-            outcome = Outcome(Decision.DENY, Reason.STORE_ERROR, f"denied: {exc}")
-            answer = ReserveAnswer(outcome, tier.name if tier else "", policy.version)
+            answer = self._deny_store_error(policy, request, f"denied: {exc}")
         _decision_counter(answer.outcome.decision, answer.outcome.reason).inc()
         if (
             self._records is not None
@@ -876,11 +874,8 @@ class Quotas:
     def _lost_answer(self, policy: CompiledPolicy, request: QuotaRequest) -> ReserveAnswer:
         """DENY ``STORE_ERROR`` whatever the tier says: the counters are gone, so nothing may be
         granted until they are restored from the ledger."""
-        tier = self._tier_of(policy, self.configs.get(request.subject))
         message = f"denied: the quota store lost its data ({self.lost}); an operator must run quota-service restore"
-        return ReserveAnswer(
-            Outcome(Decision.DENY, Reason.STORE_ERROR, message), tier.name if tier else "", policy.version
-        )
+        return self._deny_store_error(policy, request, message)
 
     def _refuse_while_lost(self) -> None:
         if self.lost:
@@ -888,14 +883,18 @@ class Quotas:
 
     def _store_error(self, policy: CompiledPolicy, request: QuotaRequest, exc: StoreDataError) -> ReserveAnswer:
         """DENY ``STORE_ERROR``: damaged data is a bug, never an outage (no ``on_store_error``)."""
-        tier = self._tier_of(policy, self.configs.get(request.subject))
         log.error(
             "DAMAGED DATA in the quota store (key %s) for subject %r: %s; answering DENY STORE_ERROR",
             exc.key or "unknown",
             request.subject,
             exc,
         )
-        message = "quota store error (damaged data or a script error): denied"
+        return self._deny_store_error(policy, request, "quota store error (damaged data or a script error): denied")
+
+    def _deny_store_error(self, policy: CompiledPolicy, request: QuotaRequest, message: str) -> ReserveAnswer:
+        """DENY ``STORE_ERROR`` (never ``on_store_error``), in the tier this replica last read
+        for the subject (the default tier if it never did)."""
+        tier = self._tier_of(policy, self.configs.get(request.subject))
         outcome = Outcome(Decision.DENY, Reason.STORE_ERROR, message)
         return ReserveAnswer(outcome, tier.name if tier else "", policy.version)
 
