@@ -66,7 +66,7 @@ OUTBOX_PENDING = Gauge(
 OUTBOX_RELAYED = Counter("quota_outbox_relayed_total", "Outbox entries stored in the ledger by this replica")
 OUTBOX_LAG = Histogram(
     "quota_outbox_lag_seconds",
-    "From an outbox entry's append to its storage in the ledger",
+    "From an outbox entry's append to its storage in the ledger (one observation per stored batch: its oldest entry)",
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 30.0, 300.0),
 )
 RECORDS_DROPPED = Counter(

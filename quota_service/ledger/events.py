@@ -74,6 +74,7 @@ __all__ = [
     "EventKind",
     "LimitSnapshot",
     "Threshold",
+    "is_event_id",
     "new_event_id",
     "record_id",
     "threshold_event_id",
@@ -84,6 +85,11 @@ MAX_EVENT_ID_CHARS = 512
 _ID = re.compile(r"^[A-Za-z0-9._~=-]{1,512}$")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _FIELD_SEPARATOR = "\x1f"
+
+
+def is_event_id(text: str) -> bool:
+    """Whether ``text`` may be an event id (:data:`MAX_EVENT_ID_CHARS` header-safe characters)."""
+    return _ID.fullmatch(text) is not None
 
 
 class EventKind(enum.IntEnum):
@@ -299,7 +305,7 @@ class Event:
     detail: str = ""
 
     def __post_init__(self) -> None:
-        if not _ID.fullmatch(self.id):
+        if not is_event_id(self.id):
             raise ValueError(
                 f"event id {self.id[:64]!r} is not valid: 1-{MAX_EVENT_ID_CHARS} characters of [A-Za-z0-9._~=-]"
             )

@@ -39,11 +39,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, TypedDict
 
-from quota_service.ledger.events import Event, EventKind, LimitSnapshot, Threshold, record_id, threshold_event_id
+from quota_service.ledger.errors import LedgerError
+from quota_service.ledger.events import (
+    Event,
+    EventKind,
+    LimitSnapshot,
+    Threshold,
+    is_event_id,
+    record_id,
+    threshold_event_id,
+)
+from quota_service.ledger.store import EventRow, amounts_json, event_of, row_of
 from quota_service.policy.compiled import LimitKind
 from quota_service.policy.domain import GLOBAL_SCOPE, CounterRef, Decision, Reason
 from quota_service.policy.units import COST_METRIC
@@ -51,7 +62,7 @@ from quota_service.store import keys, protocol
 from quota_service.store.base import KIND_OF_LETTER, THRESHOLD_OF_LETTER
 from quota_service.store.protocol import Entry
 
-__all__ = ["EntryError", "entry_event"]
+__all__ = ["EntryError", "entry_event", "entry_record"]
 
 _KIND = {
     Entry.COMMITTED: EventKind.COMMITTED,
@@ -59,6 +70,9 @@ _KIND = {
     Entry.EXPIRED: EventKind.EXPIRED,
     Entry.CORRECTED: EventKind.CORRECTED,
 }
+_USAGE_ENTRY = {entry.value: kind for entry, kind in _KIND.items()}
+#: Metric names whose JSON is the name in quotes (every name a policy accepts).
+_PLAIN_METRIC = re.compile(r"[A-Za-z0-9_]{1,64}")
 _THRESHOLD = {"warn": Threshold.WARN, "block": Threshold.BLOCK, "cap": Threshold.CAP}
 _DECISION = {"w": Decision.WARN, "a": Decision.ALLOW}
 #: The reason a denial by a limit of each kind gives (as the engine's judge names them).
@@ -144,41 +158,111 @@ def _estimate(fields: Mapping[str, str], head: Mapping[str, str]) -> tuple[dict[
 
 
 def _usage(kind: EventKind, fields: Mapping[str, str]) -> Event:
+    try:
+        return event_of(_usage_row(kind, fields))
+    except LedgerError as exc:
+        raise EntryError(str(exc)) from exc
+
+
+def entry_record(fields: Mapping[str, str]) -> tuple[EventRow, Event | None]:
+    """The ledger row of one outbox entry, what :func:`entry_event` says in the form the
+    ledger stores (the usage relay's fast path), and for a denial or a crossing its event
+    too (what the rules that act on new events read). The usage records, nearly every
+    entry, are made straight into their row, checked as an :class:`Event` checks them (a
+    valid id, whole amounts, negative only in a CORRECTED record), with no event made.
+    :class:`EntryError` when the entry cannot be a record."""
+    kind = _USAGE_ENTRY.get(fields.get("k", ""))
+    if kind is None:
+        event = entry_event(fields)
+        return row_of(event), event
+    try:
+        return _usage_row(kind, fields), None
+    except EntryError:
+        raise
+    except (ValueError, KeyError, IndexError) as exc:
+        raise EntryError(f"{kind.name} entry: {exc}") from exc
+
+
+def _amounts_row(name: str, amounts: dict[str, int], *, signed: bool) -> str:
+    """``amounts`` as the ledger's JSON text (:func:`~quota_service.ledger.store.amounts_json`),
+    checked; written by hand for the plain metric names every policy has."""
+    for metric, units in amounts.items():
+        if not metric:
+            raise EntryError(f"{name}: a metric without a name")
+        if units < 0 and not signed:
+            raise EntryError(f"{name}[{metric!r}] must not be negative, got {units}")
+        if not _PLAIN_METRIC.fullmatch(metric):
+            return amounts_json(amounts)
+    return "{" + ",".join(f'"{m}":{amounts[m]}' for m in sorted(amounts)) + "}"
+
+
+def _usage_row(kind: EventKind, fields: Mapping[str, str]) -> EventRow:
     subject, head, reservation_id, at_ms = _common(fields)
     if not reservation_id:
         raise EntryError("a usage record without its reservation")
+    event_id = record_id(kind, reservation_id)
+    if not is_event_id(event_id):
+        raise EntryError(f"not a valid record id: {event_id[:64]!r}")
     estimate, estimate_cost = _estimate(fields, head)
     actual: dict[str, int] = {}
     cost = 0
     mode = fields.get("m", "")
-    detail: dict[str, Any] = {"reserved_at_ms": _int(fields, "c", 0), "expires_at_ms": _int(fields, "x", 0)}
+    # detail, in the order of its sorted keys (as _detail writes it: falsy values left out)
+    corrects = settled_by = ""
+    fail_open = withdrawn = False
     if kind is EventKind.COMMITTED:
         actual = protocol.parse_amounts(fields.get("a", ""))
         cost = actual.get(COST_METRIC, 0)
-        if mode == "fail_open":  # granted while the store was unreachable, charged at its estimate
-            detail["fail_open"] = True
+        fail_open = mode == "fail_open"  # granted while the store was unreachable, charged at its estimate
     elif kind is EventKind.EXPIRED:
         actual, cost = dict(estimate), estimate_cost
     elif kind is EventKind.CORRECTED:
         settled = protocol.parse_amounts(fields.get("a", "")) if mode == "commit" else {}
         actual = {m: settled.get(m, 0) - estimate.get(m, 0) for m in sorted(set(settled) | set(estimate))}
         cost = actual.get(COST_METRIC, 0)
-        detail["corrects"] = record_id(EventKind.EXPIRED, reservation_id)
-        detail["settled_by"] = mode
+        corrects = record_id(EventKind.EXPIRED, reservation_id)
+        settled_by = mode
     elif mode == "withdraw":
-        detail["withdrawn"] = True
-    return Event(
-        id=record_id(kind, reservation_id),
-        kind=kind,
+        withdrawn = True
+    signed = kind is EventKind.CORRECTED
+    if cost < 0 and not signed:
+        raise EntryError(f"cost_micros must not be negative in a {kind.name} record")
+    if not 0 <= at_ms < 2**63:
+        raise EntryError(f"at_ms must be unix milliseconds, got {at_ms}")
+    detail = [f'"corrects":{json.dumps(corrects)}'] if corrects else []
+    expires, reserved = _int(fields, "x", 0), _int(fields, "c", 0)
+    if expires:
+        detail.append(f'"expires_at_ms":{expires}')
+    if fail_open:
+        detail.append('"fail_open":true')
+    if reserved:
+        detail.append(f'"reserved_at_ms":{reserved}')
+    if settled_by:
+        detail.append(f'"settled_by":{json.dumps(settled_by)}')
+    if withdrawn:
+        detail.append('"withdrawn":true')
+    decision = _DECISION.get(fields.get("d", ""))
+    return EventRow(
+        id=event_id,
+        kind=int(kind),
         at_ms=at_ms,
         subject=subject,
-        **_about(head),
+        tier=head["tier"],
+        feature=head["feature"],
+        provider=head["provider"],
+        model=head["model"],
+        request_id=head["request_id"],
         reservation_id=reservation_id,
-        estimate=estimate,
-        actual=actual,
+        estimate=_amounts_row("estimate", estimate, signed=signed),
+        actual=_amounts_row("actual", actual, signed=signed),
         cost_micros=cost,
-        decision=_DECISION.get(fields.get("d", "")),
-        detail=_detail(**detail),
+        decision=0 if decision is None else int(decision),
+        reason="",
+        limit_status=None,
+        threshold=0,
+        policy_version=head["policy_version"],
+        actor="",
+        detail="{" + ",".join(detail) + "}" if detail else "",
     )
 
 

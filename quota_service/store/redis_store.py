@@ -851,7 +851,8 @@ class RedisCounterStore:
             await self._script("charge", script_keys, args, int, request_deadline=False)
 
     async def outbox_done(self, tag: str, group: str, ids: Sequence[str]) -> int:
-        """Acknowledge and delete outbox entries the relay has stored (outbox_done.lua)."""
+        """Acknowledge and delete outbox entries the relay has stored (outbox_done.lua); how
+        many entries the outbox holds afterwards."""
         return await self._script("outbox_done", [keys.outbox_key(tag)], [group, *ids], int, request_deadline=False)
 
     async def reap(self, tag: str, now_ms: int, *, max_scopes: int = REAP_SCOPES) -> tuple[int, int]:

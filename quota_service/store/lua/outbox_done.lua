@@ -7,14 +7,14 @@
 -- ARGV[1]  group     the relay's consumer group
 -- ARGV[2..] ids      the entry ids
 --
--- Returns how many entries were deleted.
+-- Returns how many entries the stream holds afterwards (what still waits for the ledger).
 
 local ids = {}
 for i = 2, #ARGV do
   ids[#ids + 1] = ARGV[i]
 end
-if #ids == 0 then
-  return 0
+if #ids > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+  redis.call('XDEL', KEYS[1], unpack(ids))
 end
-redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
-return redis.call('XDEL', KEYS[1], unpack(ids))
+return redis.call('XLEN', KEYS[1])
