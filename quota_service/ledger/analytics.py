@@ -23,7 +23,7 @@ so nothing but one row per tier leaves the database.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "SpendRow",
     "activity",
     "daily_distribution",
+    "group_spend",
     "spend_by",
 ]
 
@@ -150,8 +151,15 @@ async def spend_by(ledger: Ledger, *, since_ms: int, until_ms: int) -> dict[str,
         .where(events.c.kind.in_(CHARGING_KINDS), *_window(since_ms, until_ms))
         .group_by(events.c.tier, events.c.feature, events.c.provider, events.c.model)
     )
+    return group_spend(await _all(ledger, "analytics_spend", query))
+
+
+def group_spend(rows: Iterable[Sequence[Any]]) -> dict[str, list[SpendRow]]:
+    """(tier, feature, provider, model, cost, tokens, images, records) groups summed per
+    value of each of :data:`DIMENSIONS`, highest spend first (what :func:`spend_by` and the
+    rollups' :func:`~quota_service.ledger.rollup.spend` answer)."""
     totals: dict[str, dict[str, list[int]]] = {name: {} for name in DIMENSIONS}
-    for tier, feature, provider, model, cost, tokens, images, records in await _all(ledger, "analytics_spend", query):
+    for tier, feature, provider, model, cost, tokens, images, records in rows:
         keys = {"tier": tier, "feature": feature, "provider": provider, "model": f"{provider}/{model}"}
         for name, key in keys.items():
             row = totals[name].setdefault(str(key), [0, 0, 0, 0])

@@ -56,6 +56,9 @@ __all__ = [
     "events",
     "metadata",
     "relay_cursors",
+    "rollup_day_values",
+    "rollup_spend",
+    "rollup_subject_days",
     "webhook_cursors",
     "webhook_deliveries",
 ]
@@ -123,6 +126,47 @@ webhook_cursors = sa.Table(
     sa.Column("endpoint_id", sa.String(64), primary_key=True),
     sa.Column("position", sa.BigInteger, nullable=False),
     sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
+)
+
+#: The analytics rollups (:mod:`quota_service.ledger.rollup`), kept from the events by one
+#: writer at a time past the ``relay_cursors`` row ``rollup`` (an events ``seq``).
+#: ``rollup_spend``: per quarter hour (``at_ms // 900000``) and (tier, feature, provider,
+#: model): the charging records' spend, tokens, images and count.
+rollup_spend = sa.Table(
+    "rollup_spend",
+    metadata,
+    sa.Column("quarter", sa.BigInteger, primary_key=True),
+    sa.Column("tier", sa.Text, primary_key=True),
+    sa.Column("feature", sa.Text, primary_key=True),
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("model", sa.Text, primary_key=True),
+    sa.Column("cost_micros", sa.BigInteger, nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("images", sa.BigInteger, nullable=False),
+    sa.Column("records", sa.BigInteger, nullable=False),
+)
+#: ``rollup_subject_days``: per calendar day of the policy's timezone (the date's ordinal)
+#: and (tier, subject): the day's totals so far.
+rollup_subject_days = sa.Table(
+    "rollup_subject_days",
+    metadata,
+    sa.Column("day", sa.Integer, primary_key=True),
+    sa.Column("tier", sa.Text, primary_key=True),
+    sa.Column("subject", sa.Text, primary_key=True),
+    sa.Column("cost_micros", sa.BigInteger, nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("images", sa.BigInteger, nullable=False),
+)
+#: ``rollup_day_values``: per metric, day and tier, how many subjects' day totals equal each
+#: value (the exact distribution the percentiles are read from, one row per distinct value).
+rollup_day_values = sa.Table(
+    "rollup_day_values",
+    metadata,
+    sa.Column("metric", sa.Text, primary_key=True),
+    sa.Column("day", sa.Integer, primary_key=True),
+    sa.Column("tier", sa.Text, primary_key=True),
+    sa.Column("value", sa.BigInteger, primary_key=True),
+    sa.Column("subjects", sa.BigInteger, nullable=False),
 )
 
 relay_cursors = sa.Table(

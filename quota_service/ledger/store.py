@@ -78,6 +78,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",
     "MAX_PAGE_SIZE",
     "MIGRATIONS_DIR",
+    "ROLLUP_LOCK_KEY",
     "EventRow",
     "Ledger",
     "TailPage",
@@ -96,6 +97,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # PostgreSQL advisory lock keys (bigint): "quota" in ASCII, then a number per purpose.
 _SEQ_LOCK_KEY = 0x71756F7461_0001
 _MIGRATE_LOCK_KEY = 0x71756F7461_0002
+#: Held by the step that adds records to the analytics rollups (:mod:`quota_service.ledger.rollup`).
+ROLLUP_LOCK_KEY = 0x71756F7461_0003
 _DELETE_CHUNK = 5000
 _TOKEN_PREFIX = "t1."
 # SQLSTATE classes of an outage: 08 connection exception, 53 insufficient resources,
@@ -434,6 +437,20 @@ class Ledger:
                 await conn.execution_options(quota_ledger_write=True)
             async with conn.begin():
                 yield conn
+
+    @contextlib.asynccontextmanager
+    async def write_transaction(self, *, lock_key: int) -> AsyncIterator[AsyncConnection]:
+        """A write transaction that no other writer of ``lock_key`` runs beside: in this
+        process (the write lock), on SQLite (``BEGIN IMMEDIATE``), on PostgreSQL (a
+        transaction-scoped advisory lock on ``lock_key``)."""
+        async with self._write_lock, self.transaction(write=True) as conn:
+            if self._postgres:
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key)))
+            yield conn
+
+    def clock_ms(self) -> int:
+        """The ledger clock's now, unix milliseconds."""
+        return to_ms(self._clock.now())
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (alembic ``upgrade head``), in one transaction."""

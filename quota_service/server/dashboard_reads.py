@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from quota.v1 import admin_pb2
 from quota_service.clock import to_ms
 from quota_service.errors import InvalidRequest
-from quota_service.ledger import analytics
+from quota_service.ledger import analytics, rollup
 from quota_service.ledger.store import Ledger
 from quota_service.policy.compiled import CompiledPolicy, Limit
 from quota_service.policy.domain import GLOBAL_SCOPE, CounterRef
@@ -153,12 +153,10 @@ async def analytics_report(
 ) -> admin_pb2.GetAnalyticsResponse:
     chosen = period or "today"
     since, until = period_bounds(chosen, now, policy)
-    bounds = {"since_ms": since * 1000, "until_ms": until * 1000}
-    groups = await analytics.spend_by(ledger, **bounds)
-    offset = now.astimezone(policy.timezone).utcoffset() or timedelta(0)
-    distributions = await analytics.daily_distribution(
-        ledger, DISTRIBUTION_METRICS, day_offset_ms=int(offset.total_seconds() * 1000), **bounds
-    )
+    await rollup.catch_up(ledger, policy.timezone)  # every record stored before this ask
+    groups = analytics.group_spend(await rollup.spend(ledger, since_ms=since * 1000, until_ms=until * 1000))
+    first_day, end_day = rollup.day_range(since * 1000, until * 1000, policy.timezone)
+    distributions = await rollup.distribution(ledger, DISTRIBUTION_METRICS, first_day=first_day, end_day=end_day)
     daily = [
         admin_pb2.DailyUsage(
             tier=row.tier,

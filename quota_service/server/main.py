@@ -33,6 +33,7 @@ from quota_service.background import survived
 from quota_service.errors import PolicyError, QuotaServiceError, StoreUnavailable
 from quota_service.ledger.errors import LedgerUnavailable
 from quota_service.ledger.feed import EventFeed
+from quota_service.ledger.rollup import RollupKeeper
 from quota_service.ledger.store import Ledger, ledger_from_url
 from quota_service.policy.compiled import CompiledPolicy, StoreLostMode
 from quota_service.quotas import Quotas
@@ -169,8 +170,9 @@ async def serve(args: argparse.Namespace) -> int:
     )
     rules = CrossRules(admin=admin_core, policy=policy)  # on_cross: act on crossings the relay stores
     usage.on_new = rules.on_new
+    rollups = RollupKeeper(ledger, lambda: policy.current.timezone) if ledger is not None else None
     background = (
-        asyncio.create_task(_start_background(ledger_ready, relay, notifications, usage))
+        asyncio.create_task(_start_background(ledger_ready, relay, notifications, usage, rollups))
         if ledger_ready is not None and relay is not None and notifications is not None
         else asyncio.create_task(usage.start())
     )
@@ -214,7 +216,7 @@ async def serve(args: argparse.Namespace) -> int:
                 port_file=args.http_port_file,
             )
     except BaseException:
-        await _stop_background(background, relay, notifications, usage)
+        await _stop_background(background, relay, notifications, usage, rollups)
         await _close_ledger(ledger, ledger_ready)
         await stops.close()
         await store.close()
@@ -266,7 +268,7 @@ async def serve(args: argparse.Namespace) -> int:
         await quotas.drain()  # for as long as the withdraw retries can last (about 10 s)
         await rules.stop()
         await guard.stop()
-        await _stop_background(background, relay, notifications, usage)
+        await _stop_background(background, relay, notifications, usage, rollups)
         await _close_ledger(ledger, ledger_ready)
         await stops.close()
         await store.close()
@@ -340,13 +342,20 @@ async def _migrate(ledger: Ledger) -> None:
 
 
 async def _start_background(
-    ready: asyncio.Task[None], relay: AuditRelay, notifications: Notifications, usage: UsageRelay
+    ready: asyncio.Task[None],
+    relay: AuditRelay,
+    notifications: Notifications,
+    usage: UsageRelay,
+    rollups: RollupKeeper | None,
 ) -> None:
-    """Once the ledger's schema is up to date: the usage and audit relays and the webhook deliverer."""
+    """Once the ledger's schema is up to date: the usage and audit relays, the webhook
+    deliverer and the analytics rollups."""
     await ready
     await usage.start()
     await relay.start()
     await notifications.start()
+    if rollups is not None:
+        await rollups.start()
     names = ", ".join(e.name or e.id for e in notifications.deliverer.endpoints) or "none"
     log.info("webhooks: %s", names)
 
@@ -356,7 +365,10 @@ async def _stop_background(
     relay: AuditRelay | None,
     notifications: Notifications | None,
     usage: UsageRelay,
+    rollups: RollupKeeper | None = None,
 ) -> None:
+    if rollups is not None:
+        await rollups.stop()
     if background is not None and not background.done():
         background.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -88,7 +88,7 @@ async def test_migrations_make_exactly_the_schema_the_code_uses(ledger: Ledger) 
     async with ledger.engine.connect() as conn:
         assert await conn.run_sync(diff) == []
         version = (await conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}"))).scalar_one()
-    assert version == "0003"
+    assert version == "0004"
 
 
 async def test_insert_is_idempotent_on_id(ledger: Ledger) -> None:
