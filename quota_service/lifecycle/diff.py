@@ -28,16 +28,19 @@ people; :meth:`PolicyDiff.to_json_obj` for scripts.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from quota_service.policy.compiled import CompiledPolicy, CrossRule, Limit, Tier
-from quota_service.policy.messages import format_amount
+from quota_service.policy.domain import CounterRef, CounterValue, Decision, Reason, SubjectConfig
+from quota_service.policy.engine import CounterPlan, LimitReport, report_usage, usage_counters
+from quota_service.policy.messages import format_amount, limit_label
 from quota_service.policy.units import scale
 
-__all__ = ["Category", "Change", "PolicyDiff", "diff_policies"]
+__all__ = ["Category", "Change", "PolicyDiff", "Standing", "diff_policies", "standing", "standing_counters"]
 
 #: The section of policy-wide entries (``Change.tier``).
 POLICY_WIDE = ""
@@ -297,3 +300,56 @@ def _change(key: tuple[str, Category, str], before: Value | None, after: Value |
         shown_before=_shown(category, name, before),
         shown_after=_shown(category, name, after),
     )
+
+
+# -- who would be WARN or DENY now ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """A subject's answer under a policy right now with nothing asked (the next request's
+    lower bound): the worst decision over its per-subject limits, why, and the deciding limit
+    (the one nearest, or furthest past, its cap). ``deciding`` is ``None`` for ALLOW and for
+    a tier that does not exist (DENY ``UNKNOWN_TIER``)."""
+
+    subject: str
+    tier: str
+    decision: Decision
+    reason: Reason
+    message: str
+    deciding: LimitReport | None = None
+
+
+def standing_counters(
+    policy: CompiledPolicy, subject: str, config: SubjectConfig, now: datetime
+) -> tuple[CounterPlan, ...]:
+    """The subject's counters under ``policy`` (what :func:`standing` needs the values of)."""
+    tier = policy.tier_for(config.tier)
+    return () if tier is None else usage_counters(policy, tier, config, subject, now)
+
+
+def standing(
+    policy: CompiledPolicy,
+    subject: str,
+    config: SubjectConfig,
+    values: Mapping[CounterRef, CounterValue],
+    now: datetime,
+) -> Standing:
+    """The decision rule of every per-subject limit (tier caps, overrides, hard stops) with
+    ``ask = 0`` on the counter ``values`` (a missing counter counts as zero): DENY when a
+    limit is at its block line or past its cap, WARN at its warn line. Company-wide caps
+    are not a subject's standing and are left out."""
+    tier = policy.tier_for(config.tier)
+    if tier is None:
+        return Standing(subject, "", Decision.DENY, Reason.UNKNOWN_TIER, f"tier {config.tier!r} does not exist")
+    reports = report_usage(usage_counters(policy, tier, config, subject, now), values)
+    worst = max((r.decision for r in reports), default=Decision.ALLOW)
+    if worst is Decision.ALLOW:
+        return Standing(subject, tier.name, Decision.ALLOW, Reason.WITHIN_LIMITS, "within limits")
+    deciding = max((r for r in reports if r.decision is worst), key=lambda r: r.ratio)
+    limit = deciding.limit
+    message = (
+        f"{limit_label(limit)}: {format_amount(limit.metric, deciding.used + deciding.held)} used or held "
+        f"of {format_amount(limit.metric, limit.max_units)} ({deciding.ratio:.0%})"
+    )
+    return Standing(subject, tier.name, worst, deciding.reason, message, deciding)

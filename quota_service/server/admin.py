@@ -245,8 +245,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ReloadPoliciesRequest, context: Context
     ) -> admin_pb2.ReloadPoliciesResponse:
         # A bad file raises PolicyError -> FAILED_PRECONDITION; the running policy stays.
+        if request.dry_run:
+            preview = await self._admin.preview_reload()
+            return admin_pb2.ReloadPoliciesResponse(
+                status=convert.policy_status(preview.status),
+                changed=preview.diff.changed,
+                diff=convert.policy_diff(preview.diff),
+                at_risk=[convert.at_risk(r) for r in preview.at_risk],
+                subjects_checked=preview.subjects_checked,
+            )
         changed, status = await self._admin.reload_policies(actor=_actor(context))
-        return admin_pb2.ReloadPoliciesResponse(status=convert.policy_status(status), changed=changed)
+        reply = admin_pb2.ReloadPoliciesResponse(status=convert.policy_status(status), changed=changed)
+        if changed and status.last_change is not None:
+            reply.diff.CopyFrom(convert.policy_diff(status.last_change.diff))
+        return reply
 
     # -- usage --------------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,10 @@ import pytest
 import yaml
 
 from quota_service.cli import main
-from quota_service.lifecycle.diff import Category, diff_policies
+from quota_service.lifecycle.diff import Category, Standing, diff_policies, standing, standing_counters
 from quota_service.policy.compiled import CompiledPolicy
 from quota_service.policy.compiler import compile_policy
+from quota_service.policy.domain import CounterValue, Decision, Reason, SubjectConfig
 from quota_service.policy.loader import load_policy
 from quota_service.policy.model import PolicyModel
 
@@ -262,3 +264,33 @@ def test_cli_bad_file_exits_1_with_the_message(tmp_path: Path, capsys: pytest.Ca
     assert "nothing compared" in err
     assert main(["diff-policy", str(tmp_path / "missing.yaml"), str(ALPHA)]) == 1
     assert "no such file or directory" in capsys.readouterr().err
+
+
+# -- who would be WARN or DENY now ------------------------------------------------------------
+
+
+def _standing_of(document: dict[str, Any], used_tokens: int, held_tokens: int = 0) -> Standing:
+    policy = _policy(document, "p")
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    config = SubjectConfig(tier=None, overrides=(), version="0")
+    values = {
+        c.ref: CounterValue(used=used_tokens, held=held_tokens)
+        for c in standing_counters(policy, "alice", config, now)
+        if c.ref.metric == "tokens"
+    }
+    return standing(policy, "alice", config, values, now)
+
+
+def test_standing_applies_the_rule_with_nothing_asked() -> None:
+    tighter = copy.deepcopy(BASE)
+    tighter["tiers"]["free"]["limits"]["tokens"] = {"day": 500}
+    assert _standing_of(BASE, 700).decision is Decision.ALLOW  # 700 < 800 (warn line of 1000)
+    found = _standing_of(tighter, 700)
+    assert (found.decision, found.reason) == (Decision.DENY, Reason.BLOCK_THRESHOLD)  # 700 >= 475
+    assert found.deciding is not None and found.deciding.limit.max_units == 500
+    assert found.message == "tokens per day: 700 tokens used or held of 500 tokens (140%)"
+    assert _standing_of(tighter, 300, 100).decision is Decision.WARN  # 400 >= 400, < 475
+    assert _standing_of(tighter, 399).decision is Decision.ALLOW
+    unknown = copy.deepcopy(BASE)
+    unknown["tiers"]["free"]["limits"] = {}
+    assert _standing_of(unknown, 10**6).deciding.limit.kind.value == "hard_stop"  # type: ignore[union-attr]
