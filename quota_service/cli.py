@@ -157,6 +157,20 @@ def _build_parser() -> argparse.ArgumentParser:
         help="write the bound port to this file once serving (for scripts and tests using port 0)",
     )
     serve.add_argument(
+        "--shadow-policies",
+        default=os.environ.get("QUOTA_SHADOW_POLICIES", ""),
+        help="a second policy file or directory decided on every CheckAndReserve against the live counters, "
+        "never enforced: divergences are counted (quota_shadow_divergences_total) and sampled into the "
+        "feed as SHADOW_DIVERGED (env QUOTA_SHADOW_POLICIES; empty: off). Hot-reloaded like --policies",
+    )
+    serve.add_argument(
+        "--shadow-samples-per-second",
+        type=float,
+        default=float(os.environ.get("QUOTA_SHADOW_SAMPLES_PER_SECOND", "10")),
+        help="SHADOW_DIVERGED events written per tier and second at most (env QUOTA_SHADOW_SAMPLES_PER_SECOND; "
+        "default 10; 0: count only)",
+    )
+    serve.add_argument(
         "--no-watch",
         dest="watch",
         action="store_false",

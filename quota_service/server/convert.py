@@ -9,6 +9,7 @@ from datetime import UTC, datetime, tzinfo
 from quota.v1 import admin_pb2, quota_pb2
 from quota_service.admin import AtRisk
 from quota_service.lifecycle.diff import PolicyDiff
+from quota_service.lifecycle.shadow import LoadStatus, ShadowStatus
 from quota_service.policy.compiled import Limit, LimitKind
 from quota_service.policy.domain import GLOBAL_SCOPE, Decision, Reason
 from quota_service.policy.engine import LimitReport
@@ -178,3 +179,19 @@ def at_risk(entry: AtRisk) -> admin_pb2.SubjectAtRisk:
     if found.deciding is not None:
         message.limit.CopyFrom(limit_status(found.deciding))
     return message
+
+
+def shadow_status(shadow: ShadowStatus, loaded: LoadStatus) -> admin_pb2.ShadowStatus:
+    """The shadow policy's counts (this replica) and its load status (``loaded``)."""
+    return admin_pb2.ShadowStatus(
+        version=shadow.version,
+        files=list(shadow.files),
+        loaded_at=loaded.loaded_at,
+        last_error=loaded.last_error,
+        decided=shadow.decided,
+        divergences=[
+            admin_pb2.ShadowDivergenceCount(tier=tier, reason=reason, count=count)
+            for (tier, reason), count in sorted(shadow.divergences.items())
+        ],
+        sampled=shadow.sampled,
+    )
