@@ -354,6 +354,7 @@ def test_the_policy_view_shows_the_last_change_and_the_shadow_divergences(
         assert "1 change" in page.inner_text("#policy-change-summary")
         row = page.inner_text("#policy-last-change tbody tr")
         assert row.split("\t") == ["free_alpha", "cap tokens/day", "1,000 tokens", "500 tokens"], row
+        page.wait_for_selector("#toast:not(.show)", state="attached", timeout=6000)  # out of the picture
         screenshot(page, "policy-change")
     finally:
         server.stop()
