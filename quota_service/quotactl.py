@@ -280,7 +280,26 @@ def cmd_status(remote: Remote, args: argparse.Namespace) -> Outcome:
     """The policy in force: version (content hash), when it was loaded, from which files,
     its tiers, and the error of the last failed reload (that policy was *not* loaded)."""
     reply = remote.call(remote.admin.GetPolicyStatus, admin_pb2.GetPolicyStatusRequest())
-    return Outcome(reply, policy_status_text(reply.status))
+    text = policy_status_text(reply.status)
+    if reply.HasField("shadow"):
+        text += f"\n\n{shadow_text(reply.shadow)}"
+    return Outcome(reply, text)
+
+
+def shadow_text(shadow: admin_pb2.ShadowStatus) -> str:
+    """The shadow policy (``serve --shadow-policies``) and its divergences on this replica."""
+    pairs: list[tuple[str, str | list[str]]] = [
+        ("shadow version", shadow.version),
+        ("shadow files", list(shadow.files) or "-"),
+        ("shadow decided", f"{shadow.decided:,} requests; {shadow.sampled:,} divergences sampled into the feed"),
+    ]
+    if shadow.last_error:
+        pairs.append(("shadow error", shadow.last_error.split("\n")))
+    text = fmt.fields(pairs)
+    if shadow.divergences:
+        rows = [[d.tier, d.reason, f"{d.count:,}"] for d in shadow.divergences]
+        text += "\n\n" + fmt.table(["TIER", "LIVE->SHADOW", "REQUESTS"], rows, right=(2,))
+    return text
 
 
 def cmd_reload(remote: Remote, args: argparse.Namespace) -> Outcome:

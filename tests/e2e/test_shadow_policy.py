@@ -14,6 +14,7 @@ import grpc
 import pytest
 from support.server_process import SHIPPED_POLICIES, ServerProcess
 from support.waiting import wait_for
+from test_quotactl import Console
 
 from quota.v1 import admin_pb2, admin_pb2_grpc, events_pb2, quota_pb2, quota_pb2_grpc
 from quota_service.store.embedded import free_port
@@ -119,6 +120,9 @@ def test_shadow_divergences_are_counted_exactly_sampled_into_the_feed_and_never_
                 ("free_alpha", "DENY->ALLOW"): 1,
             }
             assert status.shadow.sampled == 5  # 5 within the default 10 per second and tier
+            shown = Console(server).ok("status")
+            assert f"shadow version  {status.shadow.version}" in shown
+            assert "free_alpha  ALLOW->DENY          2" in shown
 
             def shadow_events() -> list[events_pb2.Event]:
                 found: list[events_pb2.Event] = []
