@@ -7,7 +7,7 @@ the rule alone decides, as for a dry run), applied to the counter values *before
 request, as the live reservation step reported them. A counter the shadow policy has and
 the live request did not read (another window, a metric the live policy does not cap, or
 an early live denial that read nothing) is read from the store afterwards, off the
-request's path; it is not one the live request reserved on, so its value is the one the
+request's path and outside its deadline (the store's own timeout bounds it); it is not one the live request reserved on, so its value is the one the
 live request saw, give or take concurrent requests.
 
 Off the hot path: :meth:`Shadow.observe` (called by the quota path once the live answer is
@@ -35,6 +35,7 @@ and imports neither grpc nor redis (``read_counters`` is the store's ``usage``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -281,7 +282,8 @@ class Shadow:
         self._idle.clear()
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._drain)
+            # A context of its own: not the request's (its deadline would bound the reads).
+            asyncio.get_running_loop().call_soon(self._drain, context=contextvars.Context())
 
     # -- after the answer -------------------------------------------------------------------
 
@@ -296,7 +298,7 @@ class Shadow:
                 log.exception("shadow decision failed for %s", seen.request.subject)
         if self._pending:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._drain)
+            asyncio.get_running_loop().call_soon(self._drain, context=contextvars.Context())
         else:
             self._settle_idle()
 
