@@ -7,8 +7,9 @@ the rule alone decides, as for a dry run), applied to the counter values *before
 request, as the live reservation step reported them. A counter the shadow policy has and
 the live request did not read (another window, a metric the live policy does not cap, or
 an early live denial that read nothing) is read from the store afterwards, off the
-request's path and outside its deadline (the store's own timeout bounds it); it is not one the live request reserved on, so its value is the one the
-live request saw, give or take concurrent requests.
+request's path and outside its deadline (the store's own timeout bounds it); it is not one
+the live request reserved on, so its value is the one the live request saw, give or take
+concurrent requests.
 
 Off the hot path: :meth:`Shadow.observe` (called by the quota path once the live answer is
 built) only queues what the request saw and schedules one drain on the event loop; the
@@ -27,9 +28,11 @@ Live answers decided without the store's verdict (the store unreachable or damag
 an outage's fail-open grants) and replays (the first answer, shadowed when it was made) are
 not shadowed: there are no counter values to judge them on.
 
-The deciding parts (:func:`shadow_outcome`, :func:`divergence_reason`, :class:`SampleGate`,
-:func:`divergence_event`) are pure; :class:`Shadow` is the little scheduling around them
-and imports neither grpc nor redis (``read_counters`` is the store's ``usage``).
+The deciding parts (:func:`shadow_decision`, :func:`shadow_outcome`, :func:`divergence_reason`,
+:class:`SampleGate`, :func:`divergence_event`) are pure: every request pays the plan and the
+rule (:func:`shadow_decision`), only a sampled divergence the explained answer. :class:`Shadow`
+is the little scheduling around them and imports neither grpc nor redis (``read_counters`` is
+the store's ``usage``).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from quota_service.ledger.events import Event, EventKind, LimitSnapshot, new_eve
 from quota_service.metrics import SHADOW_DECISIONS, SHADOW_DIVERGENCES
 from quota_service.policy.compiled import CompiledPolicy
 from quota_service.policy.domain import CounterRef, CounterValue, Decision, SubjectConfig
-from quota_service.policy.engine import Outcome, Plan, decide, plan
+from quota_service.policy.engine import Outcome, Plan, decide, judge, plan
 from quota_service.policy.stops import EmergencyStop
 from quota_service.policy.validation import QuotaRequest
 
@@ -61,6 +64,7 @@ __all__ = [
     "ShadowStatus",
     "divergence_event",
     "divergence_reason",
+    "shadow_decision",
     "shadow_outcome",
 ]
 
@@ -90,9 +94,28 @@ def shadow_plan(
 
 
 def shadow_outcome(the_plan: Plan, values: Mapping[CounterRef, CounterValue]) -> Outcome:
-    """The shadow decision of ``the_plan`` on counter ``values`` before the live request
-    (a missing value counts as zero): the engine's rule alone, nothing reserved."""
+    """The shadow answer of ``the_plan`` on counter ``values`` before the live request
+    (a missing value counts as zero): the engine's rule alone, nothing reserved, with its
+    reason, message and deciding limit (what a SHADOW_DIVERGED event carries)."""
     return decide(the_plan, values, reserved=False)
+
+
+_ZERO = CounterValue()
+
+
+def shadow_decision(the_plan: Plan, values: Mapping[CounterRef, CounterValue]) -> Decision:
+    """:func:`shadow_outcome`'s decision alone, without its message (what every request
+    pays): the worst :func:`~quota_service.policy.engine.judge` over the plan's limits."""
+    if the_plan.denial is not None:
+        return the_plan.denial.decision
+    worst = Decision.ALLOW
+    for counter in the_plan.all_counters:
+        value = values.get(counter.ref, _ZERO)
+        for limit in counter.limits:
+            decision, _ = judge(limit, value.used, value.held, counter.ask)
+            if decision > worst:
+                worst = decision
+    return worst
 
 
 def divergence_reason(live: Decision, shadow: Decision) -> str | None:
@@ -212,7 +235,7 @@ class ShadowStatus:
     dropped: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Seen:
     request: QuotaRequest
     config: SubjectConfig
@@ -337,11 +360,11 @@ class Shadow:
     def _judge(
         self, policy: CompiledPolicy, seen: _Seen, the_plan: Plan, values: Mapping[CounterRef, CounterValue]
     ) -> None:
-        outcome = shadow_outcome(the_plan, values)
+        decision = shadow_decision(the_plan, values)
         counts = self._counts
         counts.decided += 1
         SHADOW_DECISIONS.inc()
-        pair = divergence_reason(seen.live.decision, outcome.decision)
+        pair = divergence_reason(seen.live.decision, decision)
         if pair is None:
             return
         key = (seen.tier, pair)
@@ -349,6 +372,7 @@ class Shadow:
         SHADOW_DIVERGENCES.labels(seen.tier, pair).inc()
         if self._record is None or not self._gate.allow(seen.tier):
             return
+        outcome = shadow_outcome(the_plan, values)
         self._record(
             divergence_event(
                 seen.request,

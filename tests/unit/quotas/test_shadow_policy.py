@@ -140,3 +140,24 @@ async def test_a_full_queue_drops_and_counts_instead_of_waiting(
     status = shadow.status()
     assert status.decided + status.dropped == 5
     assert status.dropped >= 1 and status.divergences == {}
+
+
+def test_the_fast_decision_is_the_explained_one(policy_file: Path, clock: ManualClock) -> None:
+    from quota_service.lifecycle.shadow import shadow_decision, shadow_outcome, shadow_plan
+    from quota_service.policy.domain import CounterValue
+    from quota_service.quotas import UNCONFIGURED
+
+    policy = LivePolicy(policy_file, clock=clock).current
+    seen = set()
+    for feature in ("blog_writer", "seo_analysis"):
+        for ask in (1, 100, 999, 5000):
+            request = build_request(
+                subject="s", feature=feature, provider="openai", model="gpt-4o-mini", usage={"tokens": ask}
+            )
+            the_plan = shadow_plan(policy, request, config=UNCONFIGURED, stops=(), now=clock.now())
+            for used in (0, 500, 799, 800, 949, 950, 1000, 2000):
+                values = {c.ref: CounterValue(used=used, held=0) for c in the_plan.all_counters}
+                decision = shadow_decision(the_plan, values)
+                assert decision is shadow_outcome(the_plan, values).decision
+                seen.add(decision)
+    assert seen == {Decision.ALLOW, Decision.WARN, Decision.DENY}
