@@ -14,7 +14,8 @@ the store identity, or the servers would rightly fail closed).
 
 Reported per concurrency (median of the rounds): requests/s and p50 / p99 of each, the
 ratio shadow / live of requests/s (the issue's target: the live answer is never slowed by
-more than 10 %: a ratio >= 0.90) and of p50, and how many requests the shadow policy
+more than 10 %: a ratio >= 0.90), of p50 and of the server's CPU per request (what the
+shadow work costs, less sensitive to other tenants than requests/s), and how many requests the shadow policy
 decided and found diverging over the whole run (``quota_shadow_*_total`` from the shadow
 server's /metrics): proof the shadow work was done, not skipped.
 
@@ -141,8 +142,20 @@ def summarize(cells: list[dict[str, Any]], concurrencies: Sequence[int]) -> dict
                 "server_cpu_pct": statistics.median(x["server_cpu_pct"] for x in mine),
                 "outcomes": dict(sum((Counter(x["outcomes"]) for x in mine), Counter())),
             }
+        for cell, mine in ((row["live"], "live"), (row["shadow"], "shadow")):
+            per_request = [
+                x["server_cpu_pct"] * 1e4 / x["rps"]
+                for x in cells
+                if x["concurrency"] == c and x["server_name"] == mine and x["rps"]
+            ]
+            cell["server_cpu_us_per_request"] = statistics.median(per_request) if per_request else 0.0
         live, shadow = row["live"], row["shadow"]
         row["shadow_over_live"] = shadow["rps"] / live["rps"] if live["rps"] else 0.0
+        row["shadow_cpu_over_live"] = (
+            shadow["server_cpu_us_per_request"] / live["server_cpu_us_per_request"]
+            if live["server_cpu_us_per_request"]
+            else 0.0
+        )
         row["shadow_p50_over_live"] = shadow["p50_ms"] / live["p50_ms"] if live["p50_ms"] else 0.0
         table[str(c)] = row
     return {"by_concurrency": table}
@@ -155,14 +168,15 @@ def render(report: dict[str, Any]) -> str:
             cell = row[name]
             lines.append(
                 f"  c={c:<3} {name:<6} {cell['rps']:8.0f} req/s  p50 {cell['p50_ms']:6.2f} ms  "
-                f"p99 {cell['p99_ms']:6.2f} ms  server CPU {cell['server_cpu_pct']:5.1f} %  "
+                f"p99 {cell['p99_ms']:6.2f} ms  server CPU {cell['server_cpu_pct']:5.1f} % "
+                f"({cell['server_cpu_us_per_request']:.0f} us/request)  "
                 f"answers {', '.join(f'{k} {v}' for k, v in sorted(cell['outcomes'].items()))}"
             )
         ratio = row["shadow_over_live"]
         met = "MET" if ratio >= TARGET_RATIO else "NOT MET"
         lines.append(
             f"  c={c:<3} shadow/live: {ratio:.2f} req/s (target >= {TARGET_RATIO:.2f}: {met}), "
-            f"p50 {row['shadow_p50_over_live']:.2f}x"
+            f"p50 {row['shadow_p50_over_live']:.2f}x, server CPU per request {row['shadow_cpu_over_live']:.2f}x"
         )
     metrics = report["shadow_metrics"]
     decided = metrics.get("quota_shadow_decisions_total", 0.0)
