@@ -28,9 +28,10 @@ Live answers decided without the store's verdict (the store unreachable or damag
 an outage's fail-open grants) and replays (the first answer, shadowed when it was made) are
 not shadowed: there are no counter values to judge them on.
 
-The deciding parts (:func:`shadow_decision`, :func:`shadow_outcome`, :func:`divergence_reason`,
-:class:`SampleGate`, :func:`divergence_event`) are pure: every request pays the plan and the
-rule (:func:`shadow_decision`), only a sampled divergence the explained answer. :class:`Shadow`
+The deciding parts (:func:`fast_decision`, :func:`shadow_decision`, :func:`shadow_outcome`,
+:func:`divergence_reason`, :class:`SampleGate`, :func:`divergence_event`) are pure: every request pays the admission, the
+cached plan shape and the rule (:func:`fast_decision`); only a counter the live request did not
+read costs a plan (and a read), only a sampled divergence the explained answer. :class:`Shadow`
 is the little scheduling around them and imports neither grpc nor redis (``read_counters`` is
 the store's ``usage``).
 """
@@ -52,8 +53,8 @@ from quota_service.clock import to_ms
 from quota_service.ledger.events import Event, EventKind, LimitSnapshot, new_event_id
 from quota_service.metrics import SHADOW_DECISIONS, SHADOW_DIVERGENCES
 from quota_service.policy.compiled import CompiledPolicy
-from quota_service.policy.domain import CounterRef, CounterValue, Decision, SubjectConfig
-from quota_service.policy.engine import Outcome, Plan, decide, judge, plan
+from quota_service.policy.domain import GLOBAL_SCOPE, CounterRef, CounterValue, Decision, SubjectConfig
+from quota_service.policy.engine import Outcome, Plan, admit, decide, judge, plan, plan_shape
 from quota_service.policy.stops import EmergencyStop
 from quota_service.policy.validation import QuotaRequest
 
@@ -64,6 +65,7 @@ __all__ = [
     "ShadowStatus",
     "divergence_event",
     "divergence_reason",
+    "fast_decision",
     "shadow_decision",
     "shadow_outcome",
 ]
@@ -101,6 +103,39 @@ def shadow_outcome(the_plan: Plan, values: Mapping[CounterRef, CounterValue]) ->
 
 
 _ZERO = CounterValue()
+
+
+def fast_decision(
+    policy: CompiledPolicy,
+    request: QuotaRequest,
+    *,
+    config: SubjectConfig,
+    stops: Sequence[EmergencyStop],
+    now: datetime,
+    values: Mapping[CounterRef, CounterValue],
+) -> Decision | None:
+    """``shadow_decision(shadow_plan(...), values)`` without building the plan (what every
+    request pays: the admission, the cached plan shape and the rule per limit); ``None``
+    when a counter of the shadow policy is not in ``values`` (then read it and use the plan).
+    ``values`` are the live request's: its subject's counters and the company-wide ones."""
+    admitted = admit(policy, request, config=config, stops=stops)
+    if admitted.denial is not None or admitted.tier is None:
+        return Decision.DENY
+    shape = plan_shape(policy, admitted.tier, config, admitted.metrics, now)
+    found = {(ref.scope == GLOBAL_SCOPE, ref.metric, ref.window, ref.window_id): v for ref, v in values.items()}
+    asks = admitted.asks
+    worst = Decision.ALLOW
+    for company, counters in ((False, shape.own), (True, shape.company)):
+        for counter in counters:
+            value = found.get((company, counter.metric, counter.window, counter.window_id))
+            if value is None:
+                return None
+            ask = asks[counter.metric]
+            for limit in counter.limits:
+                decision, _ = judge(limit, value.used, value.held, ask)
+                if decision > worst:
+                    worst = decision
+    return worst
 
 
 def shadow_decision(the_plan: Plan, values: Mapping[CounterRef, CounterValue]) -> Decision:
@@ -326,11 +361,14 @@ class Shadow:
             self._settle_idle()
 
     def _decide(self, policy: CompiledPolicy, seen: _Seen) -> None:
+        decision = fast_decision(
+            policy, seen.request, config=seen.config, stops=seen.stops, now=seen.now, values=seen.values
+        )
+        if decision is not None:
+            self._judge(policy, seen, decision, seen.values)
+            return
         the_plan = shadow_plan(policy, seen.request, config=seen.config, stops=seen.stops, now=seen.now)
         missing = tuple(c.ref for c in the_plan.all_counters if c.ref not in seen.values)
-        if not missing or the_plan.denial is not None:
-            self._judge(policy, seen, the_plan, seen.values)
-            return
         task = asyncio.get_running_loop().create_task(self._read_then_judge(policy, seen, the_plan, missing))
         self._reads.add(task)
         task.add_done_callback(self._read_done)
@@ -353,14 +391,19 @@ class Shadow:
             self._counts.dropped += 1
             return
         try:
-            self._judge(policy, seen, the_plan, {**read, **seen.values})
+            values = {**read, **seen.values}
+            self._judge(policy, seen, shadow_decision(the_plan, values), values, the_plan)
         except Exception:
             log.exception("shadow decision failed for %s", seen.request.subject)
 
     def _judge(
-        self, policy: CompiledPolicy, seen: _Seen, the_plan: Plan, values: Mapping[CounterRef, CounterValue]
+        self,
+        policy: CompiledPolicy,
+        seen: _Seen,
+        decision: Decision,
+        values: Mapping[CounterRef, CounterValue],
+        the_plan: Plan | None = None,
     ) -> None:
-        decision = shadow_decision(the_plan, values)
         counts = self._counts
         counts.decided += 1
         SHADOW_DECISIONS.inc()
@@ -372,6 +415,8 @@ class Shadow:
         SHADOW_DIVERGENCES.labels(seen.tier, pair).inc()
         if self._record is None or not self._gate.allow(seen.tier):
             return
+        if the_plan is None:  # a sampled divergence: the explained answer, once
+            the_plan = shadow_plan(policy, seen.request, config=seen.config, stops=seen.stops, now=seen.now)
         outcome = shadow_outcome(the_plan, values)
         self._record(
             divergence_event(

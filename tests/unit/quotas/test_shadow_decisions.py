@@ -142,8 +142,8 @@ async def test_a_full_queue_drops_and_counts_instead_of_waiting(
     assert status.dropped >= 1 and status.divergences == {}
 
 
-def test_the_fast_decision_is_the_explained_one(policy_file: Path, clock: ManualClock) -> None:
-    from quota_service.lifecycle.shadow import shadow_decision, shadow_outcome, shadow_plan
+def test_the_fast_decisions_are_the_explained_one(policy_file: Path, clock: ManualClock) -> None:
+    from quota_service.lifecycle.shadow import fast_decision, shadow_decision, shadow_outcome, shadow_plan
     from quota_service.policy.domain import CounterValue
     from quota_service.quotas import UNCONFIGURED
 
@@ -159,5 +159,11 @@ def test_the_fast_decision_is_the_explained_one(policy_file: Path, clock: Manual
                 values = {c.ref: CounterValue(used=used, held=0) for c in the_plan.all_counters}
                 decision = shadow_decision(the_plan, values)
                 assert decision is shadow_outcome(the_plan, values).decision
+                fast = fast_decision(policy, request, config=UNCONFIGURED, stops=(), now=clock.now(), values=values)
+                assert fast is decision
                 seen.add(decision)
+            if the_plan.all_counters:  # a counter missing: the fast path says so
+                partial = {c.ref: CounterValue() for c in the_plan.all_counters[1:]}
+                now = clock.now()
+                assert fast_decision(policy, request, config=UNCONFIGURED, stops=(), now=now, values=partial) is None
     assert seen == {Decision.ALLOW, Decision.WARN, Decision.DENY}
