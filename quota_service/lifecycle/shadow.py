@@ -29,11 +29,11 @@ an outage's fail-open grants) and replays (the first answer, shadowed when it wa
 not shadowed: there are no counter values to judge them on.
 
 The deciding parts (:func:`fast_decision`, :func:`shadow_decision`, :func:`shadow_outcome`,
-:func:`divergence_reason`, :class:`SampleGate`, :func:`divergence_event`) are pure: every request pays the admission, the
-cached plan shape and the rule (:func:`fast_decision`); only a counter the live request did not
-read costs a plan (and a read), only a sampled divergence the explained answer. :class:`Shadow`
-is the little scheduling around them and imports neither grpc nor redis (``read_counters`` is
-the store's ``usage``).
+:func:`divergence_reason`, :class:`SampleGate`, :func:`divergence_event`) are pure. Every
+request pays the admission, the cached plan shape and the rule (:func:`fast_decision`); only
+a counter the live request did not read costs a plan (and a read), only a sampled divergence
+the explained answer. :class:`Shadow` is the little scheduling around them and imports
+neither grpc nor redis (``read_counters`` is the store's ``usage``).
 """
 
 from __future__ import annotations
