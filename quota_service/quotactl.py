@@ -293,6 +293,8 @@ def shadow_text(shadow: admin_pb2.ShadowStatus) -> str:
         ("shadow files", list(shadow.files) or "-"),
         ("shadow decided", f"{shadow.decided:,} requests; {shadow.sampled:,} divergences sampled into the feed"),
     ]
+    if shadow.dropped:
+        pairs.append(("shadow dropped", f"{shadow.dropped:,} requests not shadowed (queue full or a read failed)"))
     if shadow.last_error:
         pairs.append(("shadow error", shadow.last_error.split("\n")))
     text = fmt.fields(pairs)

@@ -194,4 +194,5 @@ def shadow_status(shadow: ShadowStatus, loaded: LoadStatus) -> admin_pb2.ShadowS
             for (tier, reason), count in sorted(shadow.divergences.items())
         ],
         sampled=shadow.sampled,
+        dropped=shadow.dropped,
     )

@@ -113,7 +113,7 @@ def test_shadow_divergences_are_counted_exactly_sampled_into_the_feed_and_never_
             status = admin.GetPolicyStatus(admin_pb2.GetPolicyStatusRequest(), metadata=auth, timeout=5)
             assert status.HasField("shadow")
             assert status.shadow.version != status.status.version
-            assert status.shadow.decided == 10
+            assert status.shadow.decided == 10 and status.shadow.dropped == 0
             assert {(d.tier, d.reason): d.count for d in status.shadow.divergences} == {
                 ("free_alpha", "ALLOW->DENY"): 2,
                 ("free_alpha", "ALLOW->WARN"): 2,

@@ -563,7 +563,7 @@ class ShadowDivergenceCount(_message.Message):
     def __init__(self, tier: _Optional[str] = ..., reason: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ShadowStatus(_message.Message):
-    __slots__ = ("version", "files", "loaded_at", "last_error", "decided", "divergences", "sampled")
+    __slots__ = ("version", "files", "loaded_at", "last_error", "decided", "divergences", "sampled", "dropped")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -571,6 +571,7 @@ class ShadowStatus(_message.Message):
     DECIDED_FIELD_NUMBER: _ClassVar[int]
     DIVERGENCES_FIELD_NUMBER: _ClassVar[int]
     SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
     version: str
     files: _containers.RepeatedScalarFieldContainer[str]
     loaded_at: int
@@ -578,4 +579,5 @@ class ShadowStatus(_message.Message):
     decided: int
     divergences: _containers.RepeatedCompositeFieldContainer[ShadowDivergenceCount]
     sampled: int
-    def __init__(self, version: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ..., loaded_at: _Optional[int] = ..., last_error: _Optional[str] = ..., decided: _Optional[int] = ..., divergences: _Optional[_Iterable[_Union[ShadowDivergenceCount, _Mapping]]] = ..., sampled: _Optional[int] = ...) -> None: ...
+    dropped: int
+    def __init__(self, version: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ..., loaded_at: _Optional[int] = ..., last_error: _Optional[str] = ..., decided: _Optional[int] = ..., divergences: _Optional[_Iterable[_Union[ShadowDivergenceCount, _Mapping]]] = ..., sampled: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
