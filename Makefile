@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test proto sync-client lint bench bench-flat bench-ledger bench-durability check-policy clean
+.PHONY: run test proto sync-client lint bench bench-flat bench-ledger bench-durability bench-shadow check-policy clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench-flat: $(STAMP)
 ## The usage ledger's cost (issue 9): reserve + commit with the ledger off, on SQLite (and ARGS="--ledger-url URL").
 bench-ledger: $(STAMP)
 	$(BIN)/python -m bench.ledger $(ARGS)
+
+## What a shadow policy costs the live answer (issue 11): live alone vs live + --shadow-policies.
+bench-shadow: $(STAMP)
+	$(BIN)/python -m bench.shadow $(ARGS)
 
 ## What durability costs (issue 13): appendfsync everysec vs always vs WAIT for one replica.
 bench-durability: $(STAMP)

@@ -38,13 +38,15 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from quota_service.clock import Clock, to_ms
 from quota_service.errors import InvalidRequest, NotFound, PolicyError, StoreDataError, StoreUnavailable
+from quota_service.lifecycle.diff import PolicyDiff, Standing, diff_policies, standing, standing_counters
 from quota_service.policy.compiled import CompiledPolicy
-from quota_service.policy.domain import OverrideRecord, SubjectConfig
+from quota_service.policy.domain import CounterRef, Decision, OverrideRecord, SubjectConfig
 from quota_service.policy.engine import LimitReport
 from quota_service.policy.stops import EmergencyStop, StopScope
 from quota_service.policy.units import MAX_UNITS, exact_units, from_units, validate_metric_name
@@ -73,6 +75,9 @@ MAX_OVERRIDE_TTL_SECONDS = 10 * 366 * 86_400
 OVERRIDE_INDEX_GRACE_SECONDS = 60
 #: Subjects whose overrides are read at once by ListOverrides of every subject.
 LIST_CONCURRENCY = 32
+#: ``reload --dry-run``: the most subjects read from each top-spenders board (one per metric
+#: and window the candidate policy caps per subject): the active subjects evaluated.
+PREVIEW_SUBJECTS_PER_BOARD = 1000
 #: The longest ``reason`` of an admin write (bytes of UTF-8): a sentence or a ticket
 #: reference. Every reason is read back by everyone: an audit entry holds it up to three
 #: times (the entry, the before/after JSON) and ListOverrides lists every override's; one
@@ -196,6 +201,26 @@ class SubjectView:
     overrides: tuple[OverrideRecord, ...]
     stops: tuple[EmergencyStop, ...]
     limits: tuple[LimitReport, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AtRisk:
+    """A subject the candidate policy would answer WARN or DENY now (``standing``), and
+    what the policy in force answers it (``live_decision``)."""
+
+    standing: Standing
+    live_decision: Decision
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPreview:
+    """``reload --dry-run``: the files' policy against the one in force, swapped nothing.
+    ``at_risk``: DENY first, then by how far past their line, then by subject."""
+
+    diff: PolicyDiff
+    at_risk: tuple[AtRisk, ...]
+    subjects_checked: int
+    status: PolicyStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -653,6 +678,54 @@ class Admin:
         )
         return changed, live.status()
 
+    async def preview_reload(self, *, per_board: int = PREVIEW_SUBJECTS_PER_BOARD) -> ReloadPreview:
+        """Load and validate the files on disk without swapping (a bad file raises
+        :class:`PolicyError`; nothing is recorded: a dry run changes nothing), diff them
+        against the policy in force, and evaluate the active subjects under both with
+        nothing asked and nothing reserved (:func:`~quota_service.lifecycle.diff.standing`).
+        Active subjects: the top ``per_board`` of each top-spenders board (one per metric and
+        window the candidate caps per subject, current window in its timezone) with usage
+        or holds. An admin read, O(boards x per_board) store reads, never on the request path."""
+        live = self.quotas.policy
+        current = live.current
+        candidate = await asyncio.to_thread(live.load_candidate)
+        diff = diff_policies(current, candidate)
+        now = self.clock.now()
+        boards = sorted(
+            {limit.counter for tier in candidate.tiers.values() for limit in (*tier.limits, *tier.hard_stops)},
+            key=lambda counter: (counter[0], WINDOW_ORDER.index(counter[1])),
+        )
+        subjects: set[str] = set()
+        for metric, window in boards:
+            span = window_span(window, now, candidate.timezone)
+            rows = await self.store.top_usage(metric, window, span.window_id, per_board)
+            subjects.update(row.subject for row in rows if row.used > 0 or row.held > 0)
+        ordered = sorted(subjects)
+        found: list[AtRisk] = []
+        for start in range(0, len(ordered), LIST_CONCURRENCY):
+            chunk = ordered[start : start + LIST_CONCURRENCY]
+            found.extend(
+                r
+                for r in await asyncio.gather(*(self._at_risk(s, current, candidate, now) for s in chunk))
+                if r is not None
+            )
+        found.sort(key=lambda r: (-r.standing.decision, -(r.standing.deciding.ratio if r.standing.deciding else 0)))
+        return ReloadPreview(diff, tuple(found), len(ordered), live.status())
+
+    async def _at_risk(
+        self, subject: str, current: CompiledPolicy, candidate: CompiledPolicy, now: datetime
+    ) -> AtRisk | None:
+        now_ms = to_ms(now)
+        config = await self.store.subject_config(subject, now_ms)
+        refs: dict[CounterRef, None] = {}
+        for policy in (current, candidate):
+            refs.update((c.ref, None) for c in standing_counters(policy, subject, config, now))
+        values = await self.quotas.store.usage(tuple(refs), now_ms)
+        after = standing(candidate, subject, config, values, now)
+        if after.decision is Decision.ALLOW:
+            return None
+        return AtRisk(after, standing(current, subject, config, values, now).decision)
+
     # -- usage --------------------------------------------------------------------------------
 
     async def reset_usage(
@@ -705,8 +778,10 @@ def _display(counter: str, used: int) -> float:
 __all__ = [
     "Admin",
     "AdminStore",
+    "AtRisk",
     "AuditAction",
     "AuditRecord",
+    "ReloadPreview",
     "StopRefresher",
     "SubjectView",
     "TierChange",

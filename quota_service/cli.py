@@ -2,6 +2,7 @@
 
 quota-service serve [--policies PATH] [--redis-url URL] [--listen HOST:PORT] ...
 quota-service check-policy PATH
+quota-service diff-policy OLD NEW [--json]
 quota-service restore [--policies PATH] [--redis-url URL] [--ledger-url URL] [--force]
 """
 
@@ -156,6 +157,20 @@ def _build_parser() -> argparse.ArgumentParser:
         help="write the bound port to this file once serving (for scripts and tests using port 0)",
     )
     serve.add_argument(
+        "--shadow-policies",
+        default=os.environ.get("QUOTA_SHADOW_POLICIES", ""),
+        help="a second policy file or directory decided on every CheckAndReserve against the live counters, "
+        "never enforced: divergences are counted (quota_shadow_divergences_total) and sampled into the "
+        "feed as SHADOW_DIVERGED (env QUOTA_SHADOW_POLICIES; empty: off). Hot-reloaded like --policies",
+    )
+    serve.add_argument(
+        "--shadow-samples-per-second",
+        type=float,
+        default=float(os.environ.get("QUOTA_SHADOW_SAMPLES_PER_SECOND", "10")),
+        help="SHADOW_DIVERGED events written per tier and second at most (env QUOTA_SHADOW_SAMPLES_PER_SECOND; "
+        "default 10; 0: count only)",
+    )
+    serve.add_argument(
         "--no-watch",
         dest="watch",
         action="store_false",
@@ -195,6 +210,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-policy", help="validate a policy file or directory and print a summary")
     check.add_argument("path", help="policy file or directory")
+
+    diff = sub.add_parser(
+        "diff-policy",
+        help="every cap, threshold, price, feature and hard-stop change from OLD to NEW, per tier "
+        "(exit 0: no change, 2: changes, 1: an error)",
+    )
+    diff.add_argument("old", help="the policy file or directory in force (as check-policy reads it)")
+    diff.add_argument("new", help="the candidate policy file or directory")
+    diff.add_argument("--json", action="store_true", help="one JSON object instead of the text for people")
     return parser
 
 
@@ -223,6 +247,34 @@ def _check_policy(path: str) -> int:
         return 1
     print(summary)
     return 0
+
+
+def _diff_policy(old: str, new: str, *, as_json: bool) -> int:
+    """Exit 0 when OLD and NEW decide the same, 2 with the changes on stdout, 1 with one
+    ``error: ...`` line per issue of a file that does not load (as check-policy)."""
+    import json
+
+    from quota_service.lifecycle.diff import diff_policies
+    from quota_service.policy.loader import load_policy
+
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+    policies = []
+    for path in (old, new):
+        try:
+            policies.append(load_policy(path))
+        except PolicyError as exc:
+            for issue in exc.issues:
+                print(f"error: {issue}", file=sys.stderr)
+            print(f"{path}: {len(exc.issues)} error(s); nothing compared", file=sys.stderr)
+            return 1
+        except Exception as exc:
+            print(f"error: {path}: internal error while loading: {type(exc).__name__}: {exc} (a bug)", file=sys.stderr)
+            return 1
+    result = diff_policies(policies[0], policies[1])
+    print(json.dumps(result.to_json_obj(), indent=2) if as_json else result.text())
+    return 2 if result.changed else 0
 
 
 def _health(args: argparse.Namespace) -> int:
@@ -304,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(raw)
     if args.command == "check-policy":
         return _check_policy(args.path)
+    if args.command == "diff-policy":
+        return _diff_policy(args.old, args.new, as_json=args.json)
     if args.command == "health":
         return _health(args)
     if args.command == "restore":

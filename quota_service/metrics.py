@@ -88,3 +88,11 @@ REPLICA_WAIT_SHORT = Counter(
     "quota_redis_wait_short_total",
     "Money writes fewer replicas than --redis-wait-replicas acknowledged within --redis-wait-ms",
 )
+#: ``serve --shadow-policies``: requests the shadow policy decided, and those it decided
+#: otherwise than the live policy, by the live tier and ``<live>-><shadow>`` (``ALLOW->DENY``).
+SHADOW_DECISIONS = Counter("quota_shadow_decisions_total", "Requests the shadow policy decided (never enforced)")
+SHADOW_DIVERGENCES = Counter(
+    "quota_shadow_divergences_total",
+    "Requests the shadow policy would have answered otherwise, by live tier and live->shadow decision",
+    ["tier", "reason"],
+)

@@ -228,7 +228,49 @@ def policy_status_text(status: admin_pb2.PolicyStatus) -> str:
         pairs.append(("error", status.last_error.split("\n")))  # one problem a line
     else:
         pairs.append(("last reload", "ok"))
+    if status.HasField("last_change"):
+        change = status.last_change
+        pairs.append(("last change", f"at {fmt.timestamp(change.at)}: {change.diff.summary or 'no change'}"))
     return fmt.fields(pairs)
+
+
+def diff_text(diff: admin_pb2.PolicyDiff) -> str:
+    """A policy diff for people, grouped per tier (policy-wide first), one change a line."""
+    if not diff.changes:
+        return f"no change: the files hold version {diff.new_version}, which decides as {diff.old_version}"
+    count = len(diff.changes)
+    lines = [f"policy {diff.old_version} -> {diff.new_version}: {count} change{'s' if count != 1 else ''}"]
+    sections: dict[str, list[admin_pb2.PolicyChangeEntry]] = {}
+    for change in diff.changes:
+        sections.setdefault(change.tier, []).append(change)
+    for tier in sorted(sections, key=lambda t: (t != "", t)):
+        heading = "policy-wide" if not tier else f"tier {tier}"
+        if tier in diff.tiers_added:
+            heading += " (added)"
+        elif tier in diff.tiers_removed:
+            heading += " (removed)"
+        lines.append(f"{heading}:")
+        for c in sections[tier]:
+            if c.category == "feature":
+                lines.append(f"  feature {c.key}: {'added' if c.change == 'added' else 'removed'}")
+            else:
+                lines.append(f"  {c.category} {c.key}: {c.shown_before} -> {c.shown_after}")
+    return "\n".join(visible(line) for line in lines)
+
+
+def at_risk_table(entries: Sequence[admin_pb2.SubjectAtRisk]) -> str:
+    rows = [
+        [
+            e.subject,
+            e.tier,
+            quota_pb2.Decision.Name(e.live_decision),
+            quota_pb2.Decision.Name(e.decision),
+            quota_pb2.Reason.Name(e.reason),
+            e.message,
+        ]
+        for e in entries
+    ]
+    return fmt.table(["SUBJECT", "TIER", "NOW", "UNDER THE FILES", "REASON", "WHY"], rows)
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -238,19 +280,60 @@ def cmd_status(remote: Remote, args: argparse.Namespace) -> Outcome:
     """The policy in force: version (content hash), when it was loaded, from which files,
     its tiers, and the error of the last failed reload (that policy was *not* loaded)."""
     reply = remote.call(remote.admin.GetPolicyStatus, admin_pb2.GetPolicyStatusRequest())
-    return Outcome(reply, policy_status_text(reply.status))
+    text = policy_status_text(reply.status)
+    if reply.HasField("shadow"):
+        text += f"\n\n{shadow_text(reply.shadow)}"
+    return Outcome(reply, text)
+
+
+def shadow_text(shadow: admin_pb2.ShadowStatus) -> str:
+    """The shadow policy (``serve --shadow-policies``) and its divergences on this replica."""
+    pairs: list[tuple[str, str | list[str]]] = [
+        ("shadow version", shadow.version),
+        ("shadow files", list(shadow.files) or "-"),
+        ("shadow decided", f"{shadow.decided:,} requests; {shadow.sampled:,} divergences sampled into the feed"),
+    ]
+    if shadow.dropped:
+        pairs.append(("shadow dropped", f"{shadow.dropped:,} requests not shadowed (queue full or a read failed)"))
+    if shadow.last_error:
+        pairs.append(("shadow error", shadow.last_error.split("\n")))
+    text = fmt.fields(pairs)
+    if shadow.divergences:
+        rows = [[d.tier, d.reason, f"{d.count:,}"] for d in shadow.divergences]
+        text += "\n\n" + fmt.table(["TIER", "LIVE->SHADOW", "REQUESTS"], rows, right=(2,))
+    return text
 
 
 def cmd_reload(remote: Remote, args: argparse.Namespace) -> Outcome:
     """Reload the policy files now. A bad file is refused (exit 1, FAILED_PRECONDITION,
-    the errors on stderr) and the running policy stays; counters are never touched."""
-    reply = remote.call(remote.admin.ReloadPolicies, admin_pb2.ReloadPoliciesRequest())
+    the errors on stderr) and the running policy stays; counters are never touched.
+    With --dry-run the server loads and validates the files and swaps nothing: it prints
+    every change against the policy in force and the active subjects who would be WARN or
+    DENY now under the files' policy (evaluated on their counters, nothing reserved)."""
+    dry_run = bool(getattr(args, "dry_run", False))
+    reply = remote.call(remote.admin.ReloadPolicies, admin_pb2.ReloadPoliciesRequest(dry_run=dry_run))
+    if dry_run:
+        parts = [
+            visible(f"dry run: nothing swapped; version {reply.status.version} stays in force"),
+            diff_text(reply.diff),
+        ]
+        if reply.at_risk:
+            parts.append(
+                f"would be WARN or DENY now under the files' policy ({len(reply.at_risk)} of "
+                f"{reply.subjects_checked} active subjects):\n{at_risk_table(reply.at_risk)}"
+            )
+        else:
+            parts.append(f"nobody would be WARN or DENY now ({reply.subjects_checked} active subjects checked)")
+        return Outcome(reply, "\n\n".join(parts))
     headline = (
         f"reloaded: version {reply.status.version} is in force"
         if reply.changed
         else f"unchanged: the files still hold version {reply.status.version}"
     )
-    return Outcome(reply, f"{visible(headline)}\n\n{policy_status_text(reply.status)}")
+    text = f"{visible(headline)}\n\n{policy_status_text(reply.status)}"
+    if reply.changed and reply.diff.changes:
+        text += f"\n\n{diff_text(reply.diff)}"
+    return Outcome(reply, text)
 
 
 def cmd_tier_set(remote: Remote, args: argparse.Namespace) -> Outcome:
@@ -882,7 +965,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="", help="why (kept in the audit log)")
     command(commands, "stops", cmd_stops, "the emergency stops in force")
 
-    command(commands, "reload", cmd_reload, "reload the policy files now")
+    p = command(commands, "reload", cmd_reload, "reload the policy files now (--dry-run: show what would change)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="load and validate the files, swap nothing: the changes and who would be WARN or DENY now",
+    )
     command(commands, "status", cmd_status, "the policy in force and the last reload error")
 
     p = command(commands, "usage", cmd_usage, "a subject's limits in their current windows")

@@ -244,6 +244,11 @@ def event_detail(
         data = json.loads(detail) if detail else None
     except ValueError:
         data = None
+    if kind == "SHADOW_DIVERGED" and isinstance(data, dict) and isinstance(data.get("divergence"), str):
+        why = reason.removeprefix("REASON_") if reason and reason != "REASON_UNSPECIFIED" else ""
+        limit = f"{limit_metric}/{limit_window}" if limit_metric else ""
+        text = " ".join(part for part in (f"shadow {data['divergence']}", why, limit) if part)
+        return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
     if isinstance(data, dict) and "action" in data:
         why = f" ({data['reason']})" if data.get("reason") else ""
         if "stop" in data:

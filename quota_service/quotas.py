@@ -51,6 +51,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
@@ -172,6 +173,25 @@ class ConfigFeed(Protocol):
 class NoStops:
     def active(self) -> Sequence[EmergencyStop]:
         return ()
+
+
+class DecisionObserver(Protocol):
+    """Told of every live answer decided by the engine on the store's counter values (a
+    shadow policy, :class:`quota_service.lifecycle.shadow.Shadow`): must return at once and
+    never raise (it schedules its work)."""
+
+    def observe(
+        self,
+        request: QuotaRequest,
+        *,
+        config: SubjectConfig,
+        stops: Sequence[EmergencyStop],
+        now: datetime,
+        live: Outcome,
+        tier: str,
+        policy_version: str,
+        values: Mapping[CounterRef, CounterValue],
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +449,7 @@ class Quotas:
         max_pending_withdraws: int = MAX_PENDING_WITHDRAWS,
         rng: random.Random | None = None,
         records: Callable[[Event], None] | None = None,
+        observer: DecisionObserver | None = None,
     ) -> None:
         if request_budget_seconds <= 0:
             raise ValueError("request_budget_seconds must be positive")
@@ -446,6 +467,8 @@ class Quotas:
         #: Where the DENIED records of denials decided without a store step go (the usage
         #: relay); ``None``: no ledger. Every other record is written by the store's own step.
         self._records = records
+        #: Told of every answer the engine decided on counter values (a shadow policy).
+        self.observer = observer
         #: Set (to why) while the store has lost its data (the store identity guard): every
         #: reservation is denied, settlements answer UNAVAILABLE (retried) until a restore.
         self.lost = ""
@@ -577,7 +600,10 @@ class Quotas:
                 if not confirmed and _rests_on_config(the_plan, request, stops):
                     fresh = True  # the denial rests on a cached tier nobody vouches for: read it
                     continue
-                return self._answer(policy, the_plan, the_plan.denial)
+                answer = self._answer(policy, the_plan, the_plan.denial)
+                if self.observer is not None:
+                    self._observe(answer, the_plan, config, stops, now, {})
+                return answer
             command = self._command(policy, the_plan, config, now_ms=to_ms(now))
             left = deadline.remaining()
             if left is not None and left <= 0:
@@ -599,14 +625,42 @@ class Quotas:
                     continue
                 return await self._replayed(policy, the_plan, result)
             reserved = result.status is ReserveStatus.RESERVED
-            return self._answer(
+            answer = self._answer(
                 policy,
                 the_plan,
                 self._explain(the_plan, result.values, result.status),
                 reservation_id=result.reservation_id if reserved else "",
                 expires_at=result.expires_at if reserved else 0,
             )
+            if self.observer is not None:
+                self._observe(answer, the_plan, config, stops, now, result.values)
+            return answer
         raise StoreUnavailable("the subject's configuration kept changing during the request")
+
+    def _observe(
+        self,
+        answer: ReserveAnswer,
+        the_plan: Plan,
+        config: SubjectConfig,
+        stops: Sequence[EmergencyStop],
+        now: datetime,
+        values: Mapping[CounterRef, CounterValue],
+    ) -> None:
+        """Hand the answer and what it was decided on to the observer; its failure is logged."""
+        assert self.observer is not None
+        try:
+            self.observer.observe(
+                the_plan.request,
+                config=config,
+                stops=stops,
+                now=now,
+                live=answer.outcome,
+                tier=answer.tier,
+                policy_version=answer.policy_version,
+                values=values,
+            )
+        except Exception:  # never the live answer's problem
+            log.exception("the decision observer failed on %s", the_plan.request.subject)
 
     def _explain(self, the_plan: Plan, values: Mapping[CounterRef, CounterValue], status: ReserveStatus) -> Outcome:
         """The store's verdict, explained by the engine (never overruled)."""

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from quota_service.clock import Clock, SystemClock
 from quota_service.errors import PolicyError
+from quota_service.lifecycle.diff import PolicyDiff, diff_policies
 from quota_service.policy.compiled import CompiledPolicy
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,15 @@ MAX_RESTART_DELAY_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """What one swap changed (:func:`~quota_service.lifecycle.diff.diff_policies` of the
+    policy swapped out and the one swapped in) and when (unix seconds)."""
+
+    diff: PolicyDiff
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyStatus:
     version: str
     loaded_at: int  # unix seconds
@@ -43,6 +53,7 @@ class PolicyStatus:
     last_error_at: int  # unix seconds; 0 when none
     tiers: tuple[str, ...]
     default_tier: str
+    last_change: PolicyChange | None = None  # None: no swap since start
 
 
 class LivePolicy:
@@ -63,6 +74,7 @@ class LivePolicy:
         self._last_error = ""
         self._last_error_at = 0
         self._last_exception: BaseException | None = None  # what _last_error was made from
+        self._last_change: PolicyChange | None = None
 
     def _now(self) -> int:
         return int(self._clock.now().timestamp())
@@ -93,11 +105,21 @@ class LivePolicy:
             self._last_error, self._last_error_at, self._last_exception = "", 0, None
             if fresh.version == self._current.version:
                 return False
-            previous, self._current = self._current, fresh
-            self._loaded_at = self._now()
+            previous = self._current
+            # Before the swap: a diff that fails (a bug) leaves the running policy as it was.
+            change = PolicyChange(diff_policies(previous, fresh), self._now())
+            self._current = fresh
+            self._loaded_at = change.at
+            self._last_change = change
             log.info("policy reloaded: version %s -> %s (%s)", previous.version, fresh.version, ", ".join(fresh.files))
         _record_swap()
         return True
+
+    def load_candidate(self) -> CompiledPolicy:
+        """Load and validate the files as :meth:`reload` would, and swap nothing (``reload
+        --dry-run``). Raises :class:`PolicyError` for bad files; neither the policy in force
+        nor the status (its last error included) changes either way."""
+        return self._loader(self.path)
 
     def _record_error(self, exc: BaseException, text: str) -> None:
         """Make ``text`` the status's last error (caller holds the lock or is the only writer)."""
@@ -176,6 +198,7 @@ class LivePolicy:
             last_error_at=self._last_error_at,
             tiers=tuple(sorted(policy.tiers)),
             default_tier=policy.default_tier,
+            last_change=self._last_change,
         )
 
 

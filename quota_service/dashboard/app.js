@@ -852,14 +852,22 @@ views.policy = {
         ),
         card("Company-wide caps", h("div", { id: "policy-global", class: "scroll" }))
       ),
+      h(
+        "div",
+        { class: "grid two spaced" },
+        card("Last change", h("div", { id: "policy-last-change", class: "scroll" })),
+        card("Shadow policy", h("div", { id: "policy-shadow", class: "scroll" }))
+      ),
       h("div", { class: "spaced" }, card("Tiers and their limits", h("div", { id: "policy-tiers", class: "scroll" }))),
       h("div", { class: "spaced" }, card("Prices", h("div", { id: "policy-prices", class: "scroll" })))
     );
   },
   async refresh() {
-    const policy = await admin("DescribePolicy");
+    const [policy, live] = await Promise.all([admin("DescribePolicy"), admin("GetPolicyStatus")]);
     state.policy = policy;
     const status = policy.status || {};
+    fill("policy-last-change", lastChangeView(status.lastChange));
+    fill("policy-shadow", shadowView(live.shadow));
     fill(
       "policy-status",
       h(
@@ -911,6 +919,72 @@ views.policy = {
     );
   },
 };
+
+// What the last reload swapped in changed (GetPolicyStatus.last_change), per tier.
+function lastChangeView(change) {
+  if (!change || !change.diff) return h("p", { class: "muted", id: "policy-no-change" }, "No reload has changed the policy since the service started.");
+  const diff = change.diff;
+  const rows = diff.changes || [];
+  return h(
+    "div",
+    {},
+    h("p", { id: "policy-change-summary" }, h("span", { class: "muted" }, `${when(change.at)} · `), h("span", { class: "mono" }, `${diff.oldVersion} → ${diff.newVersion}`), ` · ${rows.length} change${rows.length === 1 ? "" : "s"}`),
+    rows.length
+      ? h(
+          "table",
+          { class: "changes" },
+          h("thead", {}, h("tr", {}, h("th", {}, "Tier"), h("th", {}, "What"), h("th", {}, "Before"), h("th", {}, "After"))),
+          h(
+            "tbody",
+            {},
+            rows.map((c) =>
+              h(
+                "tr",
+                { class: `change ${c.change}` },
+                h("td", {}, c.tier || h("span", { class: "muted" }, "policy-wide")),
+                h("td", {}, `${c.category.replace("_", " ")} `, h("span", { class: "mono" }, c.key)),
+                h("td", { class: "num" }, c.shownBefore),
+                h("td", { class: "num" }, c.shownAfter)
+              )
+            )
+          )
+        )
+      : h("p", { class: "muted" }, "The files changed; nothing the engine decides did.")
+  );
+}
+
+// The shadow policy's divergences on this replica (GetPolicyStatus.shadow), by tier and live → shadow.
+function shadowView(shadow) {
+  if (!shadow) return h("p", { class: "muted", id: "policy-no-shadow" }, "No shadow policy (serve --shadow-policies PATH decides one on every request, never enforced).");
+  const counts = shadow.divergences || [];
+  return h(
+    "div",
+    {},
+    h(
+      "dl",
+      { class: "facts" },
+      h("dt", {}, "Version"),
+      h("dd", { class: "mono", id: "shadow-version" }, shadow.version),
+      h("dt", {}, "Files"),
+      h("dd", {}, (shadow.files || []).map((f) => h("div", { class: "mono" }, f))),
+      h("dt", {}, "Decided"),
+      h("dd", { id: "shadow-decided" }, `${Number(shadow.decided || 0).toLocaleString()} requests · ${Number(shadow.sampled || 0).toLocaleString()} divergences sampled into the feed`),
+      shadow.lastError ? [h("dt", {}, "Last reload error"), h("dd", {}, h("pre", { class: "mono error wrap" }, shadow.lastError))] : null
+    ),
+    counts.length
+      ? h(
+          "table",
+          { class: "divergences", id: "shadow-divergences" },
+          h("thead", {}, h("tr", {}, h("th", {}, "Tier"), h("th", {}, "Live → shadow"), h("th", { class: "num" }, "Requests"))),
+          h(
+            "tbody",
+            {},
+            counts.map((d) => h("tr", { "data-divergence": `${d.tier} ${d.reason}` }, h("td", {}, d.tier), h("td", { class: "mono" }, d.reason.replace("->", " → ")), h("td", { class: "num" }, Number(d.count).toLocaleString())))
+          )
+        )
+      : h("p", { class: "muted" }, "No divergence: the shadow policy has answered as the live one.")
+  );
+}
 
 function rulesTable(rules) {
   if (!rules.length) return h("p", { class: "muted" }, "None.");

@@ -44,6 +44,7 @@ from quota_service.policy.validation import QuotaRequest
 from quota_service.policy.windows import Window, current_span
 
 __all__ = [
+    "Admission",
     "CounterPlan",
     "LimitReport",
     "Outcome",
@@ -51,6 +52,7 @@ __all__ = [
     "PlanShape",
     "PlannedCharges",
     "active_overrides",
+    "admit",
     "decide",
     "judge",
     "plan",
@@ -344,6 +346,48 @@ def plan_shape(
     return shape
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What :func:`admit` found: the subject's tier, the denial that needs no counter
+    (``None``: the counters decide), and, when admitted, every metric's ask in units
+    (``cost_usd`` included when anything is priced), the metrics asked (``ask > 0``), the
+    cost in micro-dollars and the rates it was priced at."""
+
+    tier: Tier | None
+    denial: Outcome | None = None
+    asks: dict[str, int] = field(default_factory=dict)
+    metrics: frozenset[str] = frozenset()
+    cost: int = 0
+    rates: dict[str, Decimal] = field(default_factory=dict)
+
+
+def admit(
+    policy: CompiledPolicy, request: QuotaRequest, *, config: SubjectConfig, stops: Sequence[EmergencyStop] = ()
+) -> Admission:
+    """The denials that need no counter, in order: unknown tier, emergency stop, feature
+    not in tier, unpriced model; else the request's asks and cost (what :func:`plan` and a
+    shadow policy's decision start from)."""
+    tier = policy.tier_for(config.tier)
+    if tier is None:
+        return Admission(None, _deny(Reason.UNKNOWN_TIER, f"tier {config.tier!r} does not exist"))
+    for stop in stops:
+        if stop.covers(request, tier.name):
+            return Admission(tier, _deny(Reason.EMERGENCY_STOP, f"denied by {stop.describe()}"))
+    if not tier.allows_feature(request.feature):
+        message = f"feature {request.feature!r} is not included in tier {tier.display_name!r}"
+        return Admission(tier, _deny(Reason.FEATURE_NOT_ALLOWED, message))
+    cost, unpriced, rates = policy.prices.cost_micros(request.provider, request.model, request.usage)
+    if unpriced and policy.unpriced is UnpricedMode.DENY:
+        target = f"{request.provider}/{request.model}" if request.provider else "(no provider)"
+        return Admission(tier, _deny(Reason.UNPRICED_MODEL, f"no price for {', '.join(unpriced)} on {target}"))
+    if cost > MAX_UNITS:
+        raise InvalidRequest("the request's cost is too large to count")
+    asks = dict(request.usage)
+    if cost:
+        asks[COST_METRIC] = cost
+    return Admission(tier, None, asks, frozenset(m for m, ask in asks.items() if ask > 0), cost, rates)
+
+
 def plan(
     policy: CompiledPolicy,
     request: QuotaRequest,
@@ -357,27 +401,13 @@ def plan(
     emergency stop, feature not in tier, unpriced model. What does not depend on the
     request's subject and amounts comes from :func:`plan_shape`."""
     now_s = int(now.timestamp())
-    tier = policy.tier_for(config.tier)
-    if tier is None:
-        return Plan(request, None, denial=_deny(Reason.UNKNOWN_TIER, f"tier {config.tier!r} does not exist"))
-    for stop in stops:
-        if stop.covers(request, tier.name):
-            return Plan(request, tier, denial=_deny(Reason.EMERGENCY_STOP, f"denied by {stop.describe()}"))
-    if not tier.allows_feature(request.feature):
-        message = f"feature {request.feature!r} is not included in tier {tier.display_name!r}"
-        return Plan(request, tier, denial=_deny(Reason.FEATURE_NOT_ALLOWED, message))
-    cost, unpriced, rates = policy.prices.cost_micros(request.provider, request.model, request.usage)
-    if unpriced and policy.unpriced is UnpricedMode.DENY:
-        target = f"{request.provider}/{request.model}" if request.provider else "(no provider)"
-        return Plan(
-            request, tier, denial=_deny(Reason.UNPRICED_MODEL, f"no price for {', '.join(unpriced)} on {target}")
-        )
-    if cost > MAX_UNITS:
-        raise InvalidRequest("the request's cost is too large to count")
-    asks = dict(request.usage)
-    if cost:
-        asks[COST_METRIC] = cost
-    shape = plan_shape(policy, tier, config, frozenset(m for m, ask in asks.items() if ask > 0), now)
+    admitted = admit(policy, request, config=config, stops=stops)
+    tier = admitted.tier
+    if admitted.denial is not None or tier is None:
+        return Plan(request, tier, denial=admitted.denial)
+    asks = admitted.asks
+    cost, rates = admitted.cost, admitted.rates
+    shape = plan_shape(policy, tier, config, admitted.metrics, now)
     subject = request.subject
     counters = []
     own_charges = []

@@ -24,6 +24,7 @@ from quota_service.ledger.events import EventKind
 from quota_service.ledger.feed import EventFeed
 from quota_service.ledger.schema import DELIVERY_DEAD, DELIVERY_DELIVERED, DELIVERY_PENDING
 from quota_service.ledger.webhooks import Delivery, WebhookDeliverer, WebhookEndpoint
+from quota_service.lifecycle.shadow import Shadow
 from quota_service.policy.domain import OverrideRecord
 from quota_service.policy.stops import EmergencyStop, StopScope
 from quota_service.policy.units import from_units
@@ -137,6 +138,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         quotas: Quotas | None = None,
         feed: EventFeed | None = None,
         webhooks: WebhookDeliverer | None = None,
+        shadow: Shadow | None = None,
     ) -> None:
         if admin is None:
             if quotas is None:
@@ -145,6 +147,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._admin = admin
         self._feed = feed
         self._webhooks = webhooks
+        self._shadow = shadow
         self._analytics = dashboard_reads.AnalyticsCache()
 
     def _events(self) -> EventFeed:
@@ -238,15 +241,30 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetPolicyStatus(
         self, request: admin_pb2.GetPolicyStatusRequest, context: Context
     ) -> admin_pb2.GetPolicyStatusResponse:
-        return admin_pb2.GetPolicyStatusResponse(status=convert.policy_status(self._admin.policy_status()))
+        reply = admin_pb2.GetPolicyStatusResponse(status=convert.policy_status(self._admin.policy_status()))
+        if self._shadow is not None:
+            reply.shadow.CopyFrom(convert.shadow_status(self._shadow.status(), self._shadow.policy.status()))
+        return reply
 
     @grpc_errors
     async def ReloadPolicies(
         self, request: admin_pb2.ReloadPoliciesRequest, context: Context
     ) -> admin_pb2.ReloadPoliciesResponse:
         # A bad file raises PolicyError -> FAILED_PRECONDITION; the running policy stays.
+        if request.dry_run:
+            preview = await self._admin.preview_reload()
+            return admin_pb2.ReloadPoliciesResponse(
+                status=convert.policy_status(preview.status),
+                changed=preview.diff.changed,
+                diff=convert.policy_diff(preview.diff),
+                at_risk=[convert.at_risk(r) for r in preview.at_risk],
+                subjects_checked=preview.subjects_checked,
+            )
         changed, status = await self._admin.reload_policies(actor=_actor(context))
-        return admin_pb2.ReloadPoliciesResponse(status=convert.policy_status(status), changed=changed)
+        reply = admin_pb2.ReloadPoliciesResponse(status=convert.policy_status(status), changed=changed)
+        if changed and status.last_change is not None:
+            reply.diff.CopyFrom(convert.policy_diff(status.last_change.diff))
+        return reply
 
     # -- usage --------------------------------------------------------------------------------------
 

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
 from quota.v1 import admin_pb2, quota_pb2
+from quota_service.admin import AtRisk
+from quota_service.lifecycle.diff import PolicyDiff
+from quota_service.lifecycle.shadow import LoadStatus, ShadowStatus
 from quota_service.policy.compiled import Limit, LimitKind
 from quota_service.policy.domain import GLOBAL_SCOPE, Decision, Reason
 from quota_service.policy.engine import LimitReport
@@ -124,7 +127,7 @@ def reserve_response(answer: ReserveAnswer) -> quota_pb2.CheckAndReserveResponse
 
 
 def policy_status(status: PolicyStatus) -> admin_pb2.PolicyStatus:
-    return admin_pb2.PolicyStatus(
+    message = admin_pb2.PolicyStatus(
         version=status.version,
         loaded_at=status.loaded_at,
         files=list(status.files),
@@ -132,4 +135,64 @@ def policy_status(status: PolicyStatus) -> admin_pb2.PolicyStatus:
         last_error_at=status.last_error_at,
         tiers=list(status.tiers),
         default_tier=status.default_tier,
+    )
+    if status.last_change is not None:
+        message.last_change.CopyFrom(
+            admin_pb2.PolicyChange(diff=policy_diff(status.last_change.diff), at=status.last_change.at)
+        )
+    return message
+
+
+def policy_diff(diff: PolicyDiff) -> admin_pb2.PolicyDiff:
+    return admin_pb2.PolicyDiff(
+        old_version=diff.old_version,
+        new_version=diff.new_version,
+        changes=[
+            admin_pb2.PolicyChangeEntry(
+                tier=c.tier,
+                category=c.category.value,
+                key=c.key,
+                change=c.kind,
+                before=c.before or "",
+                after=c.after or "",
+                shown_before=c.shown_before,
+                shown_after=c.shown_after,
+            )
+            for c in diff.changes
+        ],
+        tiers_added=list(diff.tiers_added),
+        tiers_removed=list(diff.tiers_removed),
+        summary=diff.summary(),
+    )
+
+
+def at_risk(entry: AtRisk) -> admin_pb2.SubjectAtRisk:
+    found = entry.standing
+    message = admin_pb2.SubjectAtRisk(
+        subject=found.subject,
+        tier=found.tier,
+        decision=DECISION[found.decision],
+        reason=REASON[found.reason],
+        message=found.message,
+        live_decision=DECISION[entry.live_decision],
+    )
+    if found.deciding is not None:
+        message.limit.CopyFrom(limit_status(found.deciding))
+    return message
+
+
+def shadow_status(shadow: ShadowStatus, loaded: LoadStatus) -> admin_pb2.ShadowStatus:
+    """The shadow policy's counts (this replica) and its load status (``loaded``)."""
+    return admin_pb2.ShadowStatus(
+        version=shadow.version,
+        files=list(shadow.files),
+        loaded_at=loaded.loaded_at,
+        last_error=loaded.last_error,
+        decided=shadow.decided,
+        divergences=[
+            admin_pb2.ShadowDivergenceCount(tier=tier, reason=reason, count=count)
+            for (tier, reason), count in sorted(shadow.divergences.items())
+        ],
+        sampled=shadow.sampled,
+        dropped=shadow.dropped,
     )

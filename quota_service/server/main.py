@@ -35,6 +35,7 @@ from quota_service.ledger.errors import LedgerUnavailable
 from quota_service.ledger.feed import EventFeed
 from quota_service.ledger.rollup import RollupKeeper
 from quota_service.ledger.store import Ledger, ledger_from_url
+from quota_service.lifecycle.shadow import Shadow
 from quota_service.policy.compiled import CompiledPolicy, StoreLostMode
 from quota_service.quotas import Quotas
 from quota_service.reload import LivePolicy
@@ -120,6 +121,16 @@ async def serve(args: argparse.Namespace) -> int:
         if ledger is not None:
             await ledger.close()
         raise
+    shadow_policy: LivePolicy | None = None
+    if getattr(args, "shadow_policies", ""):
+        if args.shadow_samples_per_second < 0:
+            raise ConfigurationError("--shadow-samples-per-second must not be negative")
+        try:
+            shadow_policy = LivePolicy(args.shadow_policies)  # a bad shadow file stops start-up too
+        except BaseException:
+            if ledger is not None:
+                await ledger.close()
+            raise
     embedded: EmbeddedRedis | None = None
     redis_url = args.redis_url
     if not redis_url:
@@ -155,12 +166,23 @@ async def serve(args: argparse.Namespace) -> int:
     relay = AuditRelay(counters=store, ledger=ledger, on_stored=stored) if ledger is not None else None
     # The usage relay drains the outboxes into the ledger; its reaper runs with or without one.
     usage = UsageRelay(store=store, ledger=ledger, on_stored=stored)
+    shadow = (
+        Shadow(
+            policy=shadow_policy,
+            read_counters=store.usage,
+            record=usage.record if ledger is not None else None,
+            samples_per_second=args.shadow_samples_per_second,
+        )
+        if shadow_policy is not None
+        else None
+    )
     quotas = Quotas(
         policy=policy,
         store=store,
         stops=stops,
         request_budget_seconds=args.request_budget,
         records=usage.record if ledger is not None else None,
+        observer=shadow,
     )
     admin_core = Admin(
         quotas=quotas,
@@ -186,6 +208,7 @@ async def serve(args: argparse.Namespace) -> int:
             admin=admin_core,
             feed=feed,
             webhooks=notifications.deliverer if notifications is not None else None,
+            shadow=shadow,
         )
         server, port, health_servicer = await create_server(
             quotas=quotas,
@@ -239,6 +262,13 @@ async def serve(args: argparse.Namespace) -> int:
     status = policy.status()
     log.info("listening on %s:%d (%s)", host, port, "TLS" if tls else "plaintext")
     log.info("policy version %s from %s; tiers: %s", status.version, ", ".join(status.files), ", ".join(status.tiers))
+    if shadow_policy is not None:
+        shadow_status = shadow_policy.status()
+        log.info(
+            "shadow policy version %s from %s: decided on every request, never enforced",
+            shadow_status.version,
+            ", ".join(shadow_status.files),
+        )
     log.info("store: %s", store_desc)
     _check_budget(args.request_budget, args.store_timeout)
     log.info("admin service: %s", _describe_access(token))
@@ -247,10 +277,14 @@ async def serve(args: argparse.Namespace) -> int:
 
     stop = asyncio.Event()
     watcher = asyncio.create_task(policy.watch(stop=stop)) if args.watch else None
+    shadow_watcher = (
+        asyncio.create_task(shadow_policy.watch(stop=stop)) if args.watch and shadow_policy is not None else None
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(policy)))
+    reloaded = (policy,) if shadow_policy is None else (policy, shadow_policy)
+    loop.add_signal_handler(signal.SIGHUP, lambda: [asyncio.ensure_future(_reload(p)) for p in reloaded])
     try:
         await stop.wait()
     finally:
@@ -261,10 +295,13 @@ async def serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(Exception):
             await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(DRAIN_SECONDS)
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+        for task in (watcher, shadow_watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if shadow is not None:
+            await shadow.close()
         await quotas.drain()  # for as long as the withdraw retries can last (about 10 s)
         await rules.stop()
         await guard.stop()

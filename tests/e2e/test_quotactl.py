@@ -170,7 +170,12 @@ def test_reload_a_bad_edit_keeps_the_last_good_policy(editable_server: ServerPro
 
     out = ctl.ok("reload")
     assert out.startswith(f"unchanged: the files still hold version {version}\n")
-    assert ctl.json("reload") == {"changed": False, "status": ctl.json("status")["status"]}
+    assert ctl.json("reload") == {
+        "changed": False,
+        "status": ctl.json("status")["status"],
+        "at_risk": [],  # reload --dry-run's fields: empty on a real reload
+        "subjects_checked": 0,
+    }
 
     policy_file.write_text(good + "surprise_key: 1\n")
     refused = ctl.fails(1, "reload")

@@ -195,3 +195,9 @@ def test_a_crossing_and_a_usage_record_read_as_a_sentence() -> None:
         "COMMITTED", "{}", "", "", "", decision="WARN", actual={"tokens": 280, "cost_usd": 168}
     )
     assert committed == "WARN tokens=280"
+
+
+def test_a_shadow_divergence_says_the_pair_the_reason_and_the_limit() -> None:
+    detail = '{"divergence":"ALLOW->DENY","live":{"decision":"ALLOW"},"shadow":{"decision":"DENY"}}'
+    text = fmt.event_detail("SHADOW_DIVERGED", detail, "BLOCK_THRESHOLD", "tokens", "day")
+    assert text == "shadow ALLOW->DENY BLOCK_THRESHOLD tokens/day"

@@ -311,3 +311,50 @@ def test_a_failed_reload_shows_its_file_and_line(redis_url: str, tmp_path: Path,
         screenshot(page, "policy-reload-error")
     finally:
         server.stop()
+
+
+FREE_TOKENS = "      tokens: {day: 1000}\n      images: {day: 5}"  # free_alpha's limits in alpha.yaml
+
+
+def test_the_policy_view_shows_the_last_change_and_the_shadow_divergences(
+    redis_url: str, tmp_path: Path, page: Any
+) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(SHIPPED_POLICIES, policies)
+    live_file = policies / "alpha.yaml"
+    original = live_file.read_text()
+    assert original.count(FREE_TOKENS) == 1
+    shadow_file = tmp_path / "shadow" / "alpha.yaml"
+    shadow_file.parent.mkdir()
+    shadow_file.write_text(original.replace(FREE_TOKENS, FREE_TOKENS.replace("1000", "100")))
+    server = HttpServerProcess(
+        redis_url=redis_url,
+        workdir=tmp_path,
+        policies=policies,
+        extra_args=("--no-watch", "--shadow-policies", str(shadow_file)),
+    )
+    server.start()
+    try:
+        # Live (cap 1000): ALLOW twice. Shadow (cap 100): WARN at 100, then DENY at the block line.
+        with grpc.insecure_channel(server.target) as channel:
+            stub = quota_pb2_grpc.QuotaServiceStub(channel)
+            spend(stub, "gina", 100, model="gpt-4o-mini")
+            spend(stub, "gina", 100, model="gpt-4o-mini")
+        login(page, server, server.admin_token)
+        page.goto(server.http_url + "/#/policy")
+        page.wait_for_selector("#policy-no-change")
+        page.wait_for_selector('#shadow-divergences tr[data-divergence="free_alpha ALLOW->DENY"]', timeout=5000)
+        divergences = page.inner_text("#shadow-divergences")
+        assert "ALLOW → WARN" in divergences and "ALLOW → DENY" in divergences
+        assert page.inner_text("#shadow-decided").startswith("2 requests")
+
+        live_file.write_text(original.replace(FREE_TOKENS, FREE_TOKENS.replace("1000", "500")))
+        page.click("#policy-reload")
+        page.wait_for_selector("#policy-change-summary", timeout=5000)
+        assert "1 change" in page.inner_text("#policy-change-summary")
+        row = page.inner_text("#policy-last-change tbody tr")
+        assert row.split("\t") == ["free_alpha", "cap tokens/day", "1,000 tokens", "500 tokens"], row
+        page.wait_for_selector("#toast:not(.show)", state="attached", timeout=6000)  # out of the picture
+        screenshot(page, "policy-change")
+    finally:
+        server.stop()

@@ -195,11 +195,13 @@ class ListStopsResponse(_message.Message):
     def __init__(self, stops: _Optional[_Iterable[_Union[Stop, _Mapping]]] = ...) -> None: ...
 
 class ReloadPoliciesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("dry_run",)
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
 
 class PolicyStatus(_message.Message):
-    __slots__ = ("version", "loaded_at", "files", "last_error", "last_error_at", "tiers", "default_tier")
+    __slots__ = ("version", "loaded_at", "files", "last_error", "last_error_at", "tiers", "default_tier", "last_change")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +209,7 @@ class PolicyStatus(_message.Message):
     LAST_ERROR_AT_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TIER_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHANGE_FIELD_NUMBER: _ClassVar[int]
     version: str
     loaded_at: int
     files: _containers.RepeatedScalarFieldContainer[str]
@@ -214,25 +217,34 @@ class PolicyStatus(_message.Message):
     last_error_at: int
     tiers: _containers.RepeatedScalarFieldContainer[str]
     default_tier: str
-    def __init__(self, version: _Optional[str] = ..., loaded_at: _Optional[int] = ..., files: _Optional[_Iterable[str]] = ..., last_error: _Optional[str] = ..., last_error_at: _Optional[int] = ..., tiers: _Optional[_Iterable[str]] = ..., default_tier: _Optional[str] = ...) -> None: ...
+    last_change: PolicyChange
+    def __init__(self, version: _Optional[str] = ..., loaded_at: _Optional[int] = ..., files: _Optional[_Iterable[str]] = ..., last_error: _Optional[str] = ..., last_error_at: _Optional[int] = ..., tiers: _Optional[_Iterable[str]] = ..., default_tier: _Optional[str] = ..., last_change: _Optional[_Union[PolicyChange, _Mapping]] = ...) -> None: ...
 
 class ReloadPoliciesResponse(_message.Message):
-    __slots__ = ("status", "changed")
+    __slots__ = ("status", "changed", "diff", "at_risk", "subjects_checked")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CHANGED_FIELD_NUMBER: _ClassVar[int]
+    DIFF_FIELD_NUMBER: _ClassVar[int]
+    AT_RISK_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     status: PolicyStatus
     changed: bool
-    def __init__(self, status: _Optional[_Union[PolicyStatus, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
+    diff: PolicyDiff
+    at_risk: _containers.RepeatedCompositeFieldContainer[SubjectAtRisk]
+    subjects_checked: int
+    def __init__(self, status: _Optional[_Union[PolicyStatus, _Mapping]] = ..., changed: _Optional[bool] = ..., diff: _Optional[_Union[PolicyDiff, _Mapping]] = ..., at_risk: _Optional[_Iterable[_Union[SubjectAtRisk, _Mapping]]] = ..., subjects_checked: _Optional[int] = ...) -> None: ...
 
 class GetPolicyStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetPolicyStatusResponse(_message.Message):
-    __slots__ = ("status",)
+    __slots__ = ("status", "shadow")
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
     status: PolicyStatus
-    def __init__(self, status: _Optional[_Union[PolicyStatus, _Mapping]] = ...) -> None: ...
+    shadow: ShadowStatus
+    def __init__(self, status: _Optional[_Union[PolicyStatus, _Mapping]] = ..., shadow: _Optional[_Union[ShadowStatus, _Mapping]] = ...) -> None: ...
 
 class ResetUsageRequest(_message.Message):
     __slots__ = ("subject", "metric", "window", "reason")
@@ -477,3 +489,95 @@ class GetAnalyticsResponse(_message.Message):
     by_model: _containers.RepeatedCompositeFieldContainer[SpendGroup]
     daily: _containers.RepeatedCompositeFieldContainer[DailyUsage]
     def __init__(self, period: _Optional[str] = ..., since: _Optional[int] = ..., until: _Optional[int] = ..., cost_usd: _Optional[float] = ..., records: _Optional[int] = ..., by_tier: _Optional[_Iterable[_Union[SpendGroup, _Mapping]]] = ..., by_feature: _Optional[_Iterable[_Union[SpendGroup, _Mapping]]] = ..., by_provider: _Optional[_Iterable[_Union[SpendGroup, _Mapping]]] = ..., by_model: _Optional[_Iterable[_Union[SpendGroup, _Mapping]]] = ..., daily: _Optional[_Iterable[_Union[DailyUsage, _Mapping]]] = ...) -> None: ...
+
+class PolicyChangeEntry(_message.Message):
+    __slots__ = ("tier", "category", "key", "change", "before", "after", "shown_before", "shown_after")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    SHOWN_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    SHOWN_AFTER_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    category: str
+    key: str
+    change: str
+    before: str
+    after: str
+    shown_before: str
+    shown_after: str
+    def __init__(self, tier: _Optional[str] = ..., category: _Optional[str] = ..., key: _Optional[str] = ..., change: _Optional[str] = ..., before: _Optional[str] = ..., after: _Optional[str] = ..., shown_before: _Optional[str] = ..., shown_after: _Optional[str] = ...) -> None: ...
+
+class PolicyDiff(_message.Message):
+    __slots__ = ("old_version", "new_version", "changes", "tiers_added", "tiers_removed", "summary")
+    OLD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NEW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    TIERS_ADDED_FIELD_NUMBER: _ClassVar[int]
+    TIERS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    old_version: str
+    new_version: str
+    changes: _containers.RepeatedCompositeFieldContainer[PolicyChangeEntry]
+    tiers_added: _containers.RepeatedScalarFieldContainer[str]
+    tiers_removed: _containers.RepeatedScalarFieldContainer[str]
+    summary: str
+    def __init__(self, old_version: _Optional[str] = ..., new_version: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[PolicyChangeEntry, _Mapping]]] = ..., tiers_added: _Optional[_Iterable[str]] = ..., tiers_removed: _Optional[_Iterable[str]] = ..., summary: _Optional[str] = ...) -> None: ...
+
+class PolicyChange(_message.Message):
+    __slots__ = ("diff", "at")
+    DIFF_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    diff: PolicyDiff
+    at: int
+    def __init__(self, diff: _Optional[_Union[PolicyDiff, _Mapping]] = ..., at: _Optional[int] = ...) -> None: ...
+
+class SubjectAtRisk(_message.Message):
+    __slots__ = ("subject", "tier", "decision", "reason", "message", "limit", "live_decision")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    LIVE_DECISION_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    tier: str
+    decision: _quota_pb2.Decision
+    reason: _quota_pb2.Reason
+    message: str
+    limit: _quota_pb2.LimitStatus
+    live_decision: _quota_pb2.Decision
+    def __init__(self, subject: _Optional[str] = ..., tier: _Optional[str] = ..., decision: _Optional[_Union[_quota_pb2.Decision, str]] = ..., reason: _Optional[_Union[_quota_pb2.Reason, str]] = ..., message: _Optional[str] = ..., limit: _Optional[_Union[_quota_pb2.LimitStatus, _Mapping]] = ..., live_decision: _Optional[_Union[_quota_pb2.Decision, str]] = ...) -> None: ...
+
+class ShadowDivergenceCount(_message.Message):
+    __slots__ = ("tier", "reason", "count")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    reason: str
+    count: int
+    def __init__(self, tier: _Optional[str] = ..., reason: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ShadowStatus(_message.Message):
+    __slots__ = ("version", "files", "loaded_at", "last_error", "decided", "divergences", "sampled", "dropped")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    LOADED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_FIELD_NUMBER: _ClassVar[int]
+    DIVERGENCES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    files: _containers.RepeatedScalarFieldContainer[str]
+    loaded_at: int
+    last_error: str
+    decided: int
+    divergences: _containers.RepeatedCompositeFieldContainer[ShadowDivergenceCount]
+    sampled: int
+    dropped: int
+    def __init__(self, version: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ..., loaded_at: _Optional[int] = ..., last_error: _Optional[str] = ..., decided: _Optional[int] = ..., divergences: _Optional[_Iterable[_Union[ShadowDivergenceCount, _Mapping]]] = ..., sampled: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
