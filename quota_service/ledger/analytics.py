@@ -44,6 +44,7 @@ __all__ = [
     "daily_distribution",
     "group_spend",
     "spend_by",
+    "usage_of",
 ]
 
 #: The records that charge money (and count usage).
@@ -95,7 +96,7 @@ def _amount(ledger: Ledger, column: sa.Column[Any], metric: str) -> sa.ColumnEle
     return sa.func.coalesce(value, 0)
 
 
-def _usage(ledger: Ledger, metric: str) -> sa.ColumnElement[Any]:
+def usage_of(ledger: Ledger, metric: str) -> sa.ColumnElement[Any]:
     """A charging record's usage of ``metric`` (units; cost_usd: micro-dollars)."""
     if metric == COST_METRIC:
         return events.c.cost_micros
@@ -144,8 +145,8 @@ async def spend_by(ledger: Ledger, *, since_ms: int, until_ms: int) -> dict[str,
             events.c.provider,
             events.c.model,
             sa.func.sum(events.c.cost_micros),
-            sa.func.sum(_usage(ledger, "tokens")),
-            sa.func.sum(_usage(ledger, "images")),
+            sa.func.sum(usage_of(ledger, "tokens")),
+            sa.func.sum(usage_of(ledger, "images")),
             sa.func.count(),
         )
         .where(events.c.kind.in_(CHARGING_KINDS), *_window(since_ms, until_ms))
@@ -185,7 +186,7 @@ async def daily_distribution(
             events.c.tier,
             events.c.subject,
             day,
-            *(sa.func.sum(_usage(ledger, metric)).label(f"total_{i}") for i, metric in enumerate(metrics)),
+            *(sa.func.sum(usage_of(ledger, metric)).label(f"total_{i}") for i, metric in enumerate(metrics)),
         )
         .where(events.c.kind.in_(CHARGING_KINDS), *_window(since_ms, until_ms))
         .group_by(events.c.tier, events.c.subject, day)

@@ -1,53 +1,53 @@
 """The analytics rollups: what the dashboard's period views read instead of every record.
 
 A month of a busy ledger is millions of rows; grouping them for every ask takes seconds.
-The rollups are kept from the ``events`` table as records arrive, by :func:`catch_up`
-(the server runs it every few seconds and before every analytics read, so a read sees
-every record stored before it):
+Two rollups, kept by :func:`catch_up` (the server runs it every few seconds, and before
+every analytics read, so a read sees every record stored before it):
 
 * ``rollup_spend``: per quarter hour and (tier, feature, provider, model), the charging
-  records' spend, tokens, images and count (a month is a few thousand rows);
-* ``rollup_subject_days``: per calendar day of the policy's timezone and (tier, subject),
-  the day's totals;
-* ``rollup_day_values``: per metric, day and tier, how many subjects' day totals equal each
-  value: the exact distribution (one row per distinct value) that p50 / p95 / max are read
-  from, however many subjects there are.
+  records' spend, tokens, images and count: a month is a few thousand rows. Each step is
+  one ``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE`` over the events after the
+  cursor (the ``relay_cursors`` row ``rollup``, an events ``seq``, which grows in commit
+  order, so no record is skipped): the database sums them, no row comes back to Python.
+* ``rollup_day_values``: per closed day of the policy's timezone, metric and tier, how many
+  subjects' day totals have each value (to three significant digits, exact below 1,000
+  units: :func:`shown`), the distribution p50 / p95 / max are read from: a few thousand
+  rows per day and tier however many subjects there are. A day is reduced once it has
+  closed (``rollup_closed_days``), and again when records of it arrive later (they waited
+  in an outbox, or were restored). Today, and a day not reduced yet, are read from their
+  records at the ask.
 
 What counts is what :mod:`quota_service.ledger.analytics` counts over the raw records (its
 functions are the definition, and the tests compare the two): spend is ``cost_micros`` of
 COMMITTED, EXPIRED and CORRECTED records; usage of a metric is the ``actual`` (COMMITTED,
 CORRECTED) or the ``estimate`` (EXPIRED).
 
-**Exactly once.** Each step reads the charging events after the cursor (the
-``relay_cursors`` row ``rollup``: an events ``seq``, which grows in commit order, so no
-record is skipped), adds them to the rollups and moves the cursor, in one transaction that
-holds the ledger's write lock (SQLite ``BEGIN IMMEDIATE``, a PostgreSQL advisory lock): two
-replicas never add the same record twice. A day's totals are moved between the values of
-``rollup_day_values`` as they grow (a late record for a past day is placed in its day).
+**Exactly once.** Each step holds the ledger's write lock (SQLite ``BEGIN IMMEDIATE``, a
+PostgreSQL advisory lock) and moves the cursor in the transaction that adds the records:
+two replicas never add the same record twice.
 
-Days are counted in the timezone the caller gives when the step runs; records rolled up
-before a policy changes its timezone keep the days they were given. Retention
-(:meth:`Ledger.delete_older_than`) leaves the rollups alone: past periods stay reportable.
+Days are counted in the timezone the caller gives; days reduced before a policy changes its
+timezone keep the bounds they had. Retention (:meth:`Ledger.delete_older_than`) leaves the
+rollups alone: past periods stay reportable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, tzinfo
-from typing import Any
+from collections.abc import Callable, Sequence
+from datetime import date, datetime, time, tzinfo
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from quota_service.background import survived
+from quota_service.ledger import analytics
 from quota_service.ledger.analytics import DailyDistribution
 from quota_service.ledger.errors import LedgerError
 from quota_service.ledger.events import EventKind
-from quota_service.ledger.schema import events, relay_cursors, rollup_day_values, rollup_spend, rollup_subject_days
+from quota_service.ledger.schema import events, relay_cursors, rollup_closed_days, rollup_day_values, rollup_spend
 from quota_service.ledger.store import ROLLUP_LOCK_KEY, Ledger, translate_errors
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "day_number",
     "day_range",
     "distribution",
+    "shown",
     "spend",
 ]
 
@@ -69,14 +70,13 @@ CURSOR = "rollup"
 #: The metrics a day's totals hold (``cost_usd`` in micro-dollars).
 METRICS = ("cost_usd", "tokens", "images")
 QUARTER_MS = 900_000
-#: Records read and rolled up per transaction.
-CHUNK = 20_000
-#: Keys per ``IN`` list (SQLite allows 32,766 parameters per statement).
-_KEYS_PER_QUERY = 3_000
+#: Events (by ``seq``) added to ``rollup_spend`` per transaction.
+SEQ_CHUNK = 100_000
+#: Closed days reduced to their distribution per pass.
+DAYS_PER_PASS = 40
 _CHARGING = (int(EventKind.COMMITTED), int(EventKind.EXPIRED), int(EventKind.CORRECTED))
-_EXPIRED = int(EventKind.EXPIRED)
-_SpendKey = tuple[int, str, str, str, str]  # quarter, tier, feature, provider, model
 _SPEND_SUMS = ("cost_micros", "tokens", "images", "records")
+_Counts = dict[tuple[str, str], dict[int, int]]  # (metric, tier) -> {day total: subjects}
 
 
 def day_number(at_ms: int, tz: tzinfo) -> int:
@@ -84,163 +84,149 @@ def day_number(at_ms: int, tz: tzinfo) -> int:
     return datetime.fromtimestamp(at_ms / 1000, tz).date().toordinal()
 
 
-def _units(text: str, metric: str) -> int:
-    if not text or metric not in text:
-        return 0
-    value = json.loads(text).get(metric, 0)
-    return int(value)
+def day_bounds(day: int, tz: tzinfo) -> tuple[int, int]:
+    """``[start, end)`` of a day (a date's ordinal) in ``tz``, unix milliseconds."""
+    first, after = date.fromordinal(day), date.fromordinal(day + 1)
+    return (
+        int(datetime.combine(first, time(), tz).timestamp() * 1000),
+        int(datetime.combine(after, time(), tz).timestamp() * 1000),
+    )
 
 
-async def catch_up(ledger: Ledger, tz: tzinfo, *, chunk: int = CHUNK) -> int:
-    """Roll up every charging record stored after the cursor; how many were added."""
-    total = 0
+def day_range(since_ms: int, until_ms: int, tz: tzinfo) -> tuple[int, int]:
+    """The days ``[first, end)`` (ordinals in ``tz``) that ``[since_ms, until_ms)`` covers."""
+    return day_number(since_ms, tz), day_number(max(since_ms, until_ms - 1), tz) + 1
+
+
+def shown(units: int) -> int:
+    """A day total as the distribution keeps it: exact below 1,000 units, else to three
+    significant digits (rounded half away from zero), so a day's distribution has a few
+    thousand values per tier however many subjects there are. Monotonic, so a percentile
+    of the kept values is the kept value of the percentile."""
+    size = abs(units)
+    if size < 1000:
+        return units
+    step = int(10 ** (len(str(size)) - 3))
+    rounded = (size + step // 2) // step * step
+    return rounded if units > 0 else -rounded
+
+
+async def catch_up(ledger: Ledger, tz: tzinfo, *, now_ms: int | None = None, seq_chunk: int = SEQ_CHUNK) -> int:
+    """Add every event stored after the cursor to ``rollup_spend`` (marking the closed days
+    late records belong to for another reduction), then reduce the closed days not yet
+    reduced (at most :data:`DAYS_PER_PASS`); how many events the cursor moved past."""
+    today = day_number(ledger.clock_ms() if now_ms is None else now_ms, tz)
+    passed = 0
     while True:
         with translate_errors("rollup"):
             async with ledger.write_transaction(lock_key=ROLLUP_LOCK_KEY) as conn:
-                added, more = await _step(conn, ledger, tz, chunk)
-        total += added
+                moved, more = await _spend_step(conn, ledger, tz, today, seq_chunk)
+        passed += moved
         if not more:
-            return total
+            break
+    with translate_errors("rollup"):
+        async with ledger.write_transaction(lock_key=ROLLUP_LOCK_KEY) as conn:
+            await _close_days(conn, ledger, tz, today)
+    return passed
 
 
-async def _step(conn: AsyncConnection, ledger: Ledger, tz: tzinfo, chunk: int) -> tuple[int, bool]:
+async def _spend_step(
+    conn: AsyncConnection, ledger: Ledger, tz: tzinfo, today: int, seq_chunk: int
+) -> tuple[int, bool]:
+    """One ``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE``: the database sums
+    the next events itself (no row comes back here)."""
     found = (
         await conn.execute(sa.select(relay_cursors.c.position).where(relay_cursors.c.source == CURSOR))
     ).scalar_one_or_none()
     cursor = int(found) if found else 0
-    rows = (
-        await conn.execute(
-            sa.select(
-                events.c.seq,
-                events.c.kind,
-                events.c.at_ms,
-                events.c.tier,
-                events.c.subject,
-                events.c.feature,
-                events.c.provider,
-                events.c.model,
-                events.c.estimate,
-                events.c.actual,
-                events.c.cost_micros,
-            )
-            .where(events.c.seq > cursor, events.c.kind.in_(_CHARGING))
-            .order_by(events.c.seq)
-            .limit(chunk)
-        )
-    ).all()
-    if not rows:
+    top = int((await conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0)))).scalar_one())
+    if top <= cursor:
         return 0, False
-    spend: dict[_SpendKey, list[int]] = {}
-    days: dict[tuple[int, str, str], list[int]] = {}
-    day_of_quarter: dict[int, int] = {}
-    for _, kind, at_ms, tier, subject, feature, provider, model, estimate, actual, cost in rows:
-        amounts = estimate if kind == _EXPIRED else actual
-        tokens, images = _units(amounts, "tokens"), _units(amounts, "images")
-        quarter = at_ms // QUARTER_MS
-        row = spend.setdefault((quarter, tier, feature, provider, model), [0, 0, 0, 0])
-        row[0] += cost
-        row[1] += tokens
-        row[2] += images
-        row[3] += 1
-        day = day_of_quarter.get(quarter)
-        if day is None:  # every real timezone's midnight falls on a quarter hour
-            day = day_of_quarter[quarter] = day_number(quarter * QUARTER_MS, tz)
-        totals = days.setdefault((day, tier, subject), [0, 0, 0])
-        totals[0] += cost
-        totals[1] += tokens
-        totals[2] += images
-    await _add_spend(conn, ledger, spend)
-    await _add_days(conn, ledger, days)
-    last = int(rows[-1][0])
-    await conn.execute(sa.delete(relay_cursors).where(relay_cursors.c.source == CURSOR))
-    await conn.execute(
-        sa.insert(relay_cursors).values(source=CURSOR, position=str(last), updated_at_ms=ledger.clock_ms())
-    )
-    return len(rows), len(rows) == chunk
-
-
-async def _add_spend(
-    conn: AsyncConnection, ledger: Ledger, spend: dict[tuple[int, str, str, str, str], list[int]]
-) -> None:
-    insert = ledger.dialect_insert(rollup_spend)
-    statement = insert.on_conflict_do_update(
-        index_elements=[c for c in rollup_spend.primary_key.columns],
-        set_={
-            name: rollup_spend.c[name] + insert.excluded[name]
-            for name in ("cost_micros", "tokens", "images", "records")
-        },
-    )
-    await conn.execute(
-        statement,
-        [
-            {
-                "quarter": q,
-                "tier": t,
-                "feature": f,
-                "provider": p,
-                "model": m,
-                "cost_micros": v[0],
-                "tokens": v[1],
-                "images": v[2],
-                "records": v[3],
-            }
-            for (q, t, f, p, m), v in spend.items()
-        ],
-    )
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for first in range(0, len(items), size):
-        yield items[first : first + size]
-
-
-async def _add_days(conn: AsyncConnection, ledger: Ledger, days: dict[tuple[int, str, str], list[int]]) -> None:
-    keys = list(days)
-    before: dict[tuple[int, str, str], tuple[int, int, int]] = {}
-    table = rollup_subject_days
-    for part in _chunks(keys, _KEYS_PER_QUERY):
-        found = await conn.execute(
-            sa.select(
-                table.c.day, table.c.tier, table.c.subject, table.c.cost_micros, table.c.tokens, table.c.images
-            ).where(sa.tuple_(table.c.day, table.c.tier, table.c.subject).in_(part))
+    end = min(top, cursor + seq_chunk)
+    # ``kind + 0``: the seq range is the index to use (SQLite, without statistics, would take
+    # the (kind, at_ms) index and read every charging record)
+    window = (events.c.seq > cursor, events.c.seq <= end, (events.c.kind + 0).in_(_CHARGING))
+    quarter = (events.c.at_ms // QUARTER_MS).label("quarter")
+    groups = (
+        sa.select(
+            quarter,
+            events.c.tier,
+            events.c.feature,
+            events.c.provider,
+            events.c.model,
+            sa.func.sum(events.c.cost_micros),
+            sa.func.sum(analytics.usage_of(ledger, "tokens")),
+            sa.func.sum(analytics.usage_of(ledger, "images")),
+            sa.func.count(),
         )
-        for day, tier, subject, cost, tokens, images in found:
-            before[(day, tier, subject)] = (cost, tokens, images)
-    moves: dict[tuple[str, int, str, int], int] = {}
-    rows = []
-    for key, delta in days.items():
-        old = before.get(key)
-        new = tuple(delta) if old is None else tuple(o + d for o, d in zip(old, delta, strict=True))
-        day, tier, subject = key
-        for i, metric in enumerate(METRICS):
-            if old is not None:
-                moves[(metric, day, tier, old[i])] = moves.get((metric, day, tier, old[i]), 0) - 1
-            moves[(metric, day, tier, new[i])] = moves.get((metric, day, tier, new[i]), 0) + 1
-        rows.append(
-            {"day": day, "tier": tier, "subject": subject, "cost_micros": new[0], "tokens": new[1], "images": new[2]}
-        )
-    insert = ledger.dialect_insert(table)
+        .where(*window)
+        .group_by(quarter, events.c.tier, events.c.feature, events.c.provider, events.c.model)
+    )
+    table = rollup_spend
+    insert = ledger.dialect_insert(table).from_select(
+        ["quarter", "tier", "feature", "provider", "model", *_SPEND_SUMS], groups
+    )
     await conn.execute(
         insert.on_conflict_do_update(
-            index_elements=[c for c in table.primary_key.columns],
-            set_={name: insert.excluded[name] for name in ("cost_micros", "tokens", "images")},
-        ),
-        rows,
-    )
-    changed = [
-        {"metric": metric, "day": day, "tier": tier, "value": value, "subjects": n}
-        for (metric, day, tier, value), n in moves.items()
-        if n
-    ]
-    if changed:
-        values = ledger.dialect_insert(rollup_day_values)
-        await conn.execute(
-            values.on_conflict_do_update(
-                index_elements=[c for c in rollup_day_values.primary_key.columns],
-                set_={"subjects": rollup_day_values.c.subjects + values.excluded.subjects},
-            ),
-            changed,
+            index_elements=list(table.primary_key.columns),
+            set_={name: table.c[name] + insert.excluded[name] for name in _SPEND_SUMS},
         )
+    )
+    # records of days already reduced (they waited in an outbox, or were restored): again
+    quarters = (await conn.execute(sa.select(quarter).where(*window).distinct())).scalars().all()
+    late = sorted({d for d in (day_number(int(q) * QUARTER_MS, tz) for q in quarters) if d < today})
+    if late:
+        await conn.execute(sa.update(rollup_closed_days).where(rollup_closed_days.c.day.in_(late)).values(dirty=True))
+    await conn.execute(sa.delete(relay_cursors).where(relay_cursors.c.source == CURSOR))
+    await conn.execute(
+        sa.insert(relay_cursors).values(source=CURSOR, position=str(end), updated_at_ms=ledger.clock_ms())
+    )
+    return end - cursor, end < top
+
+
+async def _close_days(conn: AsyncConnection, ledger: Ledger, tz: tzinfo, today: int) -> None:
+    """Reduce each closed day not reduced yet (or marked again) to its distribution."""
+    reduced = {
+        int(day): bool(dirty)
+        for day, dirty in await conn.execute(sa.select(rollup_closed_days.c.day, rollup_closed_days.c.dirty))
+    }
+    first = (await conn.execute(sa.select(sa.func.min(events.c.at_ms)))).scalar_one_or_none()  # the at_ms index
+    if first is None:
+        return
+    todo = [d for d in range(day_number(int(first), tz), today) if reduced.get(d, True)][:DAYS_PER_PASS]
+    for day in todo:
+        counts = await _day_counts(conn, ledger, tz, day)
+        await conn.execute(sa.delete(rollup_day_values).where(rollup_day_values.c.day == day))
+        rows = [
+            {"metric": metric, "day": day, "tier": tier, "value": value, "subjects": n}
+            for (metric, tier), values in counts.items()
+            for value, n in values.items()
+        ]
+        if rows:
+            await conn.execute(sa.insert(rollup_day_values), rows)
+        await conn.execute(sa.delete(rollup_closed_days).where(rollup_closed_days.c.day == day))
+        await conn.execute(sa.insert(rollup_closed_days).values(day=day, dirty=False, reduced_at_ms=ledger.clock_ms()))
+
+
+async def _day_counts(conn: AsyncConnection, ledger: Ledger, tz: tzinfo, day: int) -> _Counts:
+    """A day's distribution from its records: per metric and tier, how many subjects' day
+    totals (:func:`shown`) have each value."""
+    start, end = day_bounds(day, tz)
+    totals = (
+        sa.select(
+            events.c.tier,
+            *(sa.func.sum(analytics.usage_of(ledger, metric)) for metric in METRICS),
+        )
+        .where(events.c.kind.in_(_CHARGING), events.c.at_ms >= start, events.c.at_ms < end)
+        .group_by(events.c.tier, events.c.subject)
+    )
+    counts: _Counts = {}
+    for tier, *values in await conn.execute(totals):
+        for metric, value in zip(METRICS, values, strict=True):
+            kept = counts.setdefault((metric, str(tier)), {})
+            v = shown(int(value or 0))
+            kept[v] = kept.get(v, 0) + 1
+    return counts
 
 
 async def spend(ledger: Ledger, *, since_ms: int, until_ms: int) -> list[tuple[str, str, str, str, int, int, int, int]]:
@@ -271,31 +257,50 @@ async def spend(ledger: Ledger, *, since_ms: int, until_ms: int) -> list[tuple[s
 
 
 async def distribution(
-    ledger: Ledger, metrics: Sequence[str], *, first_day: int, end_day: int
+    ledger: Ledger, metrics: Sequence[str], tz: tzinfo, *, first_day: int, end_day: int, now_ms: int | None = None
 ) -> dict[str, list[DailyDistribution]]:
     """Per metric (of :data:`METRICS`) and tier: the (subject, day) totals of the days in
-    ``[first_day, end_day)`` (date ordinals) reduced to their count, nearest-rank p50 and
-    p95, and max."""
+    ``[first_day, end_day)`` (date ordinals in ``tz``) reduced to their count, nearest-rank
+    p50 and p95, and max (each :func:`shown`). Reduced days are read from the rollup; the
+    others (today, a day not reduced yet or marked again) from their records."""
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"no rollup of {sorted(unknown)}")
-    t = rollup_day_values
-    query = (
-        sa.select(t.c.metric, t.c.tier, t.c.value, sa.func.sum(t.c.subjects))
-        .where(t.c.metric.in_(list(metrics)), t.c.day >= first_day, t.c.day < end_day)
-        .group_by(t.c.metric, t.c.tier, t.c.value)
-        .order_by(t.c.metric, t.c.tier, t.c.value)
-    )
+    today = day_number(ledger.clock_ms() if now_ms is None else now_ms, tz)
+    t, closed = rollup_day_values, rollup_closed_days
+    counts: _Counts = {}
     with translate_errors("rollup_distribution"):
         async with ledger.transaction(write=False) as conn:
-            rows = (await conn.execute(query)).all()
-    counts: dict[tuple[str, str], list[tuple[int, int]]] = {}
-    for metric, tier, value, n in rows:
-        if n:
-            counts.setdefault((str(metric), str(tier)), []).append((int(value), int(n)))
+            reduced = set(
+                (
+                    await conn.execute(
+                        sa.select(closed.c.day).where(
+                            closed.c.day >= first_day, closed.c.day < end_day, closed.c.dirty.is_(False)
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            query = (
+                sa.select(t.c.metric, t.c.tier, t.c.value, sa.func.sum(t.c.subjects))
+                .where(t.c.metric.in_(list(metrics)), t.c.day.in_(sorted(reduced)))
+                .group_by(t.c.metric, t.c.tier, t.c.value)
+            )
+            for metric, tier, value, n in (await conn.execute(query)).all() if reduced else ():
+                kept = counts.setdefault((str(metric), str(tier)), {})
+                kept[int(value)] = kept.get(int(value), 0) + int(n)
+            for day in range(first_day, min(end_day, today + 1)):
+                if day in reduced:
+                    continue
+                for key, values in (await _day_counts(conn, ledger, tz, day)).items():
+                    kept = counts.setdefault(key, {})
+                    for value, n in values.items():
+                        kept[value] = kept.get(value, 0) + n
     found: dict[str, list[DailyDistribution]] = {metric: [] for metric in metrics}
     for (metric, tier), values in sorted(counts.items()):
-        found[metric].append(_reduce(tier, values))
+        if metric in found:
+            found[metric].append(_reduce(tier, sorted((v, n) for v, n in values.items() if n)))
     return found
 
 
@@ -312,11 +317,6 @@ def _reduce(tier: str, values: Sequence[tuple[int, int]]) -> DailyDistribution:
         return values[-1][0]
 
     return DailyDistribution(tier, n, at(50), at(95), values[-1][0])
-
-
-def day_range(since_ms: int, until_ms: int, tz: tzinfo) -> tuple[int, int]:
-    """The days ``[first, end)`` (ordinals in ``tz``) that ``[since_ms, until_ms)`` covers."""
-    return day_number(since_ms, tz), day_number(max(since_ms, until_ms - 1), tz) + 1
 
 
 #: How often the server adds new records to the rollups (seconds).

@@ -56,9 +56,9 @@ __all__ = [
     "events",
     "metadata",
     "relay_cursors",
+    "rollup_closed_days",
     "rollup_day_values",
     "rollup_spend",
-    "rollup_subject_days",
     "webhook_cursors",
     "webhook_deliveries",
 ]
@@ -135,7 +135,7 @@ webhook_cursors = sa.Table(
 rollup_spend = sa.Table(
     "rollup_spend",
     metadata,
-    sa.Column("quarter", sa.BigInteger, primary_key=True),
+    sa.Column("quarter", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("tier", sa.Text, primary_key=True),
     sa.Column("feature", sa.Text, primary_key=True),
     sa.Column("provider", sa.Text, primary_key=True),
@@ -145,27 +145,25 @@ rollup_spend = sa.Table(
     sa.Column("images", sa.BigInteger, nullable=False),
     sa.Column("records", sa.BigInteger, nullable=False),
 )
-#: ``rollup_subject_days``: per calendar day of the policy's timezone (the date's ordinal)
-#: and (tier, subject): the day's totals so far.
-rollup_subject_days = sa.Table(
-    "rollup_subject_days",
+#: ``rollup_closed_days``: the closed days (date ordinals in the policy's timezone) reduced
+#: to their distribution in ``rollup_day_values``; ``dirty`` when records of the day arrived
+#: after it was reduced (it is reduced again).
+rollup_closed_days = sa.Table(
+    "rollup_closed_days",
     metadata,
-    sa.Column("day", sa.Integer, primary_key=True),
-    sa.Column("tier", sa.Text, primary_key=True),
-    sa.Column("subject", sa.Text, primary_key=True),
-    sa.Column("cost_micros", sa.BigInteger, nullable=False),
-    sa.Column("tokens", sa.BigInteger, nullable=False),
-    sa.Column("images", sa.BigInteger, nullable=False),
+    sa.Column("day", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("dirty", sa.Boolean, nullable=False),
+    sa.Column("reduced_at_ms", sa.BigInteger, nullable=False),
 )
-#: ``rollup_day_values``: per metric, day and tier, how many subjects' day totals equal each
-#: value (the exact distribution the percentiles are read from, one row per distinct value).
+#: ``rollup_day_values``: per metric, closed day and tier, how many subjects' day totals
+#: equal each value (to three significant digits: the distribution the percentiles are read from).
 rollup_day_values = sa.Table(
     "rollup_day_values",
     metadata,
     sa.Column("metric", sa.Text, primary_key=True),
-    sa.Column("day", sa.Integer, primary_key=True),
+    sa.Column("day", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("tier", sa.Text, primary_key=True),
-    sa.Column("value", sa.BigInteger, primary_key=True),
+    sa.Column("value", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("subjects", sa.BigInteger, nullable=False),
 )
 

@@ -153,10 +153,12 @@ async def analytics_report(
 ) -> admin_pb2.GetAnalyticsResponse:
     chosen = period or "today"
     since, until = period_bounds(chosen, now, policy)
-    await rollup.catch_up(ledger, policy.timezone)  # every record stored before this ask
+    await rollup.catch_up(ledger, policy.timezone, now_ms=to_ms(now))  # every record stored before this ask
     groups = analytics.group_spend(await rollup.spend(ledger, since_ms=since * 1000, until_ms=until * 1000))
     first_day, end_day = rollup.day_range(since * 1000, until * 1000, policy.timezone)
-    distributions = await rollup.distribution(ledger, DISTRIBUTION_METRICS, first_day=first_day, end_day=end_day)
+    distributions = await rollup.distribution(
+        ledger, DISTRIBUTION_METRICS, policy.timezone, first_day=first_day, end_day=end_day, now_ms=to_ms(now)
+    )
     daily = [
         admin_pb2.DailyUsage(
             tier=row.tier,

@@ -1,6 +1,7 @@
-"""The analytics rollups answer exactly what the raw aggregations answer, over SQLite and
-PostgreSQL: after one catch-up, after records arriving in several steps (late ones for past
-days among them), in small chunks, and with two replicas catching up at once."""
+"""The analytics rollups answer exactly what the raw aggregations answer (day totals kept to
+three significant digits), over SQLite and PostgreSQL: after one catch-up, after records
+arriving in several steps (late ones for days already reduced among them), in small chunks,
+and with two replicas catching up at once."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import random
 from datetime import UTC, timedelta, timezone, tzinfo
 
 import pytest
+import sqlalchemy as sa
 
 from quota_service.ledger import Ledger, analytics, ledger_from_url, rollup
 from quota_service.ledger.events import Event, EventKind, new_event_id, record_id
+from quota_service.ledger.schema import rollup_closed_days
 from quota_service.policy.domain import Decision, Reason
 
 DAY = 86_400_000
 T0 = 1_796_083_200_000  # 2026-12-01T00:00:00Z
+NOW = T0 + DAY // 2  # the tests' "now": midday of 2026-12-01 UTC (the last day of the data is today)
 TIERS = ("free_alpha", "basic_alpha", "pro_alpha")
 MODELS = (("openai", "gpt-4o-mini"), ("openai", "gpt-4o"), ("anthropic", "claude-sonnet"))
 KOLKATA = timezone(timedelta(hours=5, minutes=30))
@@ -82,11 +86,22 @@ async def assert_rollups_equal_raw(ledger: Ledger, tz: tzinfo, periods: list[tup
         assert rolled == raw, (since, until)
         first, end = rollup.day_range(since, until, tz)
         metrics = ("cost_usd", "tokens", "images")
-        rolled_days = await rollup.distribution(ledger, metrics, first_day=first, end_day=end)
+        rolled_days = await rollup.distribution(ledger, metrics, tz, first_day=first, end_day=end, now_ms=NOW)
         raw_days = await analytics.daily_distribution(
             ledger, metrics, since_ms=since, until_ms=until, day_offset_ms=offset_ms(tz)
         )
-        assert rolled_days == raw_days, (since, until)
+        # the rollup keeps day totals to three significant digits (rollup.shown, monotonic):
+        # the raw percentiles so kept
+        kept = {
+            metric: [
+                analytics.DailyDistribution(
+                    r.tier, r.subject_days, rollup.shown(r.p50), rollup.shown(r.p95), rollup.shown(r.max)
+                )
+                for r in rows
+            ]
+            for metric, rows in raw_days.items()
+        }
+        assert rolled_days == kept, (since, until)
 
 
 def day_periods(tz: tzinfo) -> list[tuple[int, int]]:
@@ -99,10 +114,10 @@ def day_periods(tz: tzinfo) -> list[tuple[int, int]]:
 async def test_one_catch_up_equals_the_raw_aggregations(ledger: Ledger, tz: tzinfo) -> None:
     rng = random.Random(5)
     await ledger.insert(random_events(rng, 600, first=0, start_ms=T0 - 29 * DAY, days=30))
-    added = await rollup.catch_up(ledger, tz)
-    assert 0 < added < 600  # the charging records only
+    assert await rollup.catch_up(ledger, tz, now_ms=NOW) == 600  # the cursor passed every event
     await assert_rollups_equal_raw(ledger, tz, day_periods(tz))
-    assert await rollup.catch_up(ledger, tz) == 0  # nothing new: nothing added twice
+    assert await rollup.catch_up(ledger, tz, now_ms=NOW) == 0  # nothing new: nothing added twice
+    await assert_rollups_equal_raw(ledger, tz, day_periods(tz))
 
 
 async def test_records_arriving_in_steps_and_late_ones_are_placed_in_their_days(ledger: Ledger) -> None:
@@ -111,8 +126,25 @@ async def test_records_arriving_in_steps_and_late_ones_are_placed_in_their_days(
         # each step: recent records, and a few late ones for days long closed
         await ledger.insert(random_events(rng, 120, first=step * 1000, start_ms=T0 - 2 * DAY, days=3))
         await ledger.insert(random_events(rng, 15, first=step * 1000 + 500, start_ms=T0 - 25 * DAY, days=20))
-        await rollup.catch_up(ledger, UTC, chunk=7)  # many small steps: the value moves add up
+        await rollup.catch_up(ledger, UTC, now_ms=NOW, seq_chunk=7)  # many small steps
         await assert_rollups_equal_raw(ledger, UTC, day_periods(UTC))
+
+
+@pytest.mark.parametrize(
+    ("units", "kept"),
+    [
+        (0, 0),
+        (999, 999),
+        (-999, -999),
+        (1234, 1230),
+        (1235, 1240),
+        (99_950, 100_000),
+        (123_456, 123_000),
+        (-1_500, -1_500),
+    ],
+)
+def test_day_totals_are_kept_to_three_significant_digits(units: int, kept: int) -> None:
+    assert rollup.shown(units) == kept
 
 
 async def test_the_distribution_is_exact_nearest_rank(ledger: Ledger) -> None:
@@ -132,10 +164,13 @@ async def test_the_distribution_is_exact_nearest_rank(ledger: Ledger) -> None:
             for i in range(5)
         ]
     )
-    await rollup.catch_up(ledger, UTC)
+    await rollup.catch_up(ledger, UTC, now_ms=NOW + DAY)  # 2026-12-01 has closed: reduced
     day = rollup.day_number(T0, UTC)
-    found = await rollup.distribution(ledger, ("tokens",), first_day=day, end_day=day + 1)
+    found = await rollup.distribution(ledger, ("tokens",), UTC, first_day=day, end_day=day + 1, now_ms=NOW + DAY)
     assert found == {"tokens": [analytics.DailyDistribution("free_alpha", 5, 30, 50, 50)]}
+    async with ledger.transaction(write=False) as conn:
+        reduced = (await conn.execute(sa.select(rollup_closed_days.c.day, rollup_closed_days.c.dirty))).all()
+    assert [tuple(r) for r in reduced] == [(day, False)]
     # a second record moves u0 from 10 to 60: 20, 30, 40, 50, 60 -> p50 40, max 60
     await ledger.insert(
         [
@@ -151,8 +186,12 @@ async def test_the_distribution_is_exact_nearest_rank(ledger: Ledger) -> None:
             )
         ]
     )
-    await rollup.catch_up(ledger, UTC)
-    found = await rollup.distribution(ledger, ("tokens",), first_day=day, end_day=day + 1)
+    # read before the next catch-up: the reduced day answers from the rollup, as reduced
+    stale = await rollup.distribution(ledger, ("tokens",), UTC, first_day=day, end_day=day + 1, now_ms=NOW + DAY)
+    assert stale == {"tokens": [analytics.DailyDistribution("free_alpha", 5, 30, 50, 50)]}
+    # the catch-up sees the late record, marks its day and reduces it again
+    await rollup.catch_up(ledger, UTC, now_ms=NOW + DAY)
+    found = await rollup.distribution(ledger, ("tokens",), UTC, first_day=day, end_day=day + 1, now_ms=NOW + DAY)
     assert found == {"tokens": [analytics.DailyDistribution("free_alpha", 5, 40, 60, 60)]}
 
 
@@ -162,19 +201,12 @@ async def test_two_replicas_catching_up_at_once_add_each_record_once(ledger: Led
     try:
         rng = random.Random(13)
         await ledger.insert(random_events(rng, 800, first=0, start_ms=T0 - 6 * DAY, days=7))
-        added = await asyncio.gather(
-            rollup.catch_up(ledger, UTC, chunk=50),
-            rollup.catch_up(other, UTC, chunk=50),
-            rollup.catch_up(other, UTC, chunk=50),
+        passed = await asyncio.gather(
+            rollup.catch_up(ledger, UTC, now_ms=NOW, seq_chunk=50),
+            rollup.catch_up(other, UTC, now_ms=NOW, seq_chunk=50),
+            rollup.catch_up(other, UTC, now_ms=NOW, seq_chunk=50),
         )
-        charging = len(
-            [
-                e
-                for e in (await ledger.list_events(page_size=1000))[0]
-                if e.kind in (EventKind.COMMITTED, EventKind.EXPIRED, EventKind.CORRECTED)
-            ]
-        )
-        assert sum(added) == charging
+        assert sum(passed) == 800  # each event passed by exactly one of them
         await assert_rollups_equal_raw(ledger, UTC, day_periods(UTC))
     finally:
         await other.close()

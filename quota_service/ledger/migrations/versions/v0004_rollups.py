@@ -1,5 +1,5 @@
-"""rollups: the analytics' aggregates, kept as records arrive (spend per quarter hour, day
-totals per subject, the distribution of day totals).
+"""rollups: the analytics' aggregates (spend per quarter hour, kept as records arrive; the
+distribution of subjects' day totals per closed day).
 
 Revision ID: 0004
 Revises: 0003
@@ -22,7 +22,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "rollup_spend",
-        sa.Column("quarter", sa.BigInteger, primary_key=True),
+        sa.Column("quarter", sa.BigInteger, primary_key=True, autoincrement=False),
         sa.Column("tier", sa.Text, primary_key=True),
         sa.Column("feature", sa.Text, primary_key=True),
         sa.Column("provider", sa.Text, primary_key=True),
@@ -33,25 +33,22 @@ def upgrade() -> None:
         sa.Column("records", sa.BigInteger, nullable=False),
     )
     op.create_table(
-        "rollup_subject_days",
-        sa.Column("day", sa.Integer, primary_key=True),
-        sa.Column("tier", sa.Text, primary_key=True),
-        sa.Column("subject", sa.Text, primary_key=True),
-        sa.Column("cost_micros", sa.BigInteger, nullable=False),
-        sa.Column("tokens", sa.BigInteger, nullable=False),
-        sa.Column("images", sa.BigInteger, nullable=False),
+        "rollup_closed_days",
+        sa.Column("day", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("dirty", sa.Boolean, nullable=False),
+        sa.Column("reduced_at_ms", sa.BigInteger, nullable=False),
     )
     op.create_table(
         "rollup_day_values",
         sa.Column("metric", sa.Text, primary_key=True),
-        sa.Column("day", sa.Integer, primary_key=True),
+        sa.Column("day", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("tier", sa.Text, primary_key=True),
-        sa.Column("value", sa.BigInteger, primary_key=True),
+        sa.Column("value", sa.BigInteger, primary_key=True, autoincrement=False),
         sa.Column("subjects", sa.BigInteger, nullable=False),
     )
 
 
 def downgrade() -> None:
     op.drop_table("rollup_day_values")
-    op.drop_table("rollup_subject_days")
+    op.drop_table("rollup_closed_days")
     op.drop_table("rollup_spend")
