@@ -11,8 +11,10 @@ store does not answer, :class:`LedgerError` otherwise.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +70,10 @@ def open_ledger(url: str) -> Ledger:
 def _amounts(text: str) -> dict[str, int]:
     if not text or text == "{}":
         return {}
-    value = json.loads(text)
-    return {str(k): int(v) for k, v in value.items()} if isinstance(value, dict) else {}
+    value = json.loads(text)  # the ledger writes {"metric": units} (ledger.store._amounts_json)
+    if not isinstance(value, dict):
+        raise ValueError(f"amounts {text[:40]!r} are not a JSON object")
+    return value
 
 
 def _detail(text: str) -> dict[str, Any]:
@@ -85,8 +89,8 @@ def _detail(text: str) -> dict[str, Any]:
 def _row(values: Any) -> RecordedRow:
     kind, at_ms, event_id, subject, tier, feature, provider, model, reservation_id = values[:9]
     estimate, actual, cost, decision, reason, detail_text = values[9:]
-    detail = _detail(detail_text)
     kind = RecordKind(kind)
+    detail = _detail(detail_text) if kind is not RecordKind.DENIED else {}
     if kind is RecordKind.ADMIN_CHANGE:
         return RecordedRow(
             kind,
@@ -139,8 +143,10 @@ async def recorded_rows(
 async def _pages(
     ledger: Ledger, where: list[sa.ColumnElement[bool]], page_rows: int
 ) -> AsyncIterator[list[RecordedRow]]:
-    after: tuple[int, str] | None = None
-    while True:
+    """Keyset pages; the next page is read (in the driver's thread) while the caller works
+    on this one."""
+
+    async def fetch(after: tuple[int, str] | None) -> Sequence[Any]:
         query = sa.select(*_COLUMNS).where(*where)
         if after is not None:
             query = query.where(
@@ -149,13 +155,26 @@ async def _pages(
         query = query.order_by(events.c.at_ms, events.c.id).limit(page_rows)
         with translate_errors("lifecycle_read"):
             async with ledger.transaction(write=False) as conn:
-                rows = (await conn.execute(query)).all()
+                return (await conn.execute(query)).all()
+
+    rows = await fetch(None)
+    while True:
+        following = None
+        if len(rows) == page_rows:
+            following = asyncio.ensure_future(fetch((int(rows[-1][1]), str(rows[-1][2]))))
         try:
-            page = [_row(r) for r in rows]
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise LedgerError(f"damaged row in the ledger: {exc}") from exc
-        if page:
-            yield page
-        if len(rows) < page_rows:
+            try:
+                page = [_row(r) for r in rows]
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise LedgerError(f"damaged row in the ledger: {exc}") from exc
+            if page:
+                yield page
+        except BaseException:
+            if following is not None:
+                following.cancel()
+                with contextlib.suppress(BaseException):
+                    await following
+            raise
+        if following is None:
             return
-        after = (int(rows[-1][1]), str(rows[-1][2]))
+        rows = await following

@@ -52,15 +52,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from quota_service.policy.compiled import CompiledPolicy, Tier, UnpricedMode, micros_at
+from quota_service.policy.compiled import CompiledPolicy, Limit, Tier, UnpricedMode
 from quota_service.policy.domain import GLOBAL_SCOPE, Decision, OverrideRecord, Reason, SubjectConfig
-from quota_service.policy.engine import judge, plan_shape
+from quota_service.policy.engine import PlanShape, judge, plan_shape
 from quota_service.policy.units import COST_METRIC, exact_units, to_units_ceil
 from quota_service.policy.windows import Window
 
 __all__ = [
     "DEFAULT_HORIZON_MS",
     "POLICY_FREE_REASONS",
+    "Pricing",
     "RecordKind",
     "RecordedRow",
     "Simulation",
@@ -302,43 +303,96 @@ def _window(text: str) -> Window | None:
 _Key = tuple[str, str, Window, str]  # scope, metric, window, window id
 
 
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """A request's rates as integers: ``cost(usage)`` is
+    :func:`~quota_service.policy.compiled.micros_at` of the same rates, exactly (each rate
+    in micro-dollars per unit is ``rate / scale``, so the sum is an exact integer fraction,
+    rounded up as ``micros_at`` rounds), without a Decimal per record."""
+
+    rates: tuple[tuple[str, int], ...]
+    scale: int
+
+    @classmethod
+    def of(cls, rates: Mapping[str, Decimal]) -> Pricing:
+        scaled = {metric: rate * 1_000_000 for metric, rate in rates.items()}
+        places = 0
+        for value in scaled.values():
+            exponent = value.as_tuple().exponent
+            if isinstance(exponent, int) and exponent < 0:
+                places = max(places, -exponent)
+        scale = 10**places
+        return cls(tuple((m, int(v * scale)) for m, v in sorted(scaled.items())), scale)
+
+    def cost(self, usage: Mapping[str, int]) -> int:
+        total = 0
+        for metric, rate in self.rates:
+            amount = usage.get(metric)
+            if amount:
+                total += amount * rate
+        return -(-total // self.scale)
+
+
+_NO_PRICES = Pricing((), 1)
+
+
 @dataclass(slots=True)
 class _Grant:
     """What a granted request holds in one world until its record settles it."""
 
     keys: tuple[tuple[_Key, int], ...]  # counter, ask (units)
     estimate: dict[str, int]  # asks by metric, cost included
-    rates: dict[str, Decimal]
+    pricing: Pricing
 
 
 class _World:
     """One policy's counters. ``values[key] = [used, held, resets_at]``."""
 
-    __slots__ = ("early", "policy", "values")
+    __slots__ = ("gates", "policy", "shapes", "values")
 
     def __init__(self, policy: CompiledPolicy) -> None:
         self.policy = policy
         self.values: dict[_Key, list[int]] = {}
-        #: (tier, feature, provider, model, metrics) -> an early denial's reason, or None
-        self.early: dict[tuple[str, str, str, str, frozenset[str]], Reason | None] = {}
+        #: (tier, feature, provider, model, metrics) -> an early denial's reason (or None)
+        #: and the request's prices: what does not depend on the amounts, found once.
+        self.gates: dict[tuple[str, str, str, str, frozenset[str]], tuple[Reason | None, Pricing]] = {}
+        #: id(shape) -> (the shape, kept so the id stays its own; each counter's lowest warn line)
+        self.shapes: dict[int, tuple[PlanShape, tuple[tuple[int | None, ...], tuple[int | None, ...]]]] = {}
 
-    def _early_denial(self, tier: Tier, row: RecordedRow, usage: Mapping[str, int]) -> Reason | None:
+    def _lines(self, shape: PlanShape) -> tuple[tuple[int | None, ...], tuple[int | None, ...]]:
+        found = self.shapes.get(id(shape))
+        if found is not None and found[0] is shape:
+            return found[1]
+
+        def lowest(counters: tuple[Any, ...]) -> tuple[int | None, ...]:
+            return tuple(
+                min((limit.warn_units for limit in c.limits if limit.warn_units is not None), default=None)
+                for c in counters
+            )
+
+        lines = (lowest(shape.own), lowest(shape.company))
+        if len(self.shapes) > 4096:
+            self.shapes.clear()
+        self.shapes[id(shape)] = (shape, lines)
+        return lines
+
+    def _gate(self, tier: Tier, row: RecordedRow, usage: Mapping[str, int]) -> tuple[Reason | None, Pricing]:
         key = (tier.name, row.feature, row.provider, row.model, frozenset(usage))
-        try:
-            return self.early[key]
-        except KeyError:
-            pass
+        found = self.gates.get(key)
+        if found is not None:
+            return found
+        # The engine's order of the early denials (engine.plan): feature, then price.
         reason: Reason | None = None
+        _, unpriced, rates = self.policy.prices.cost_micros(row.provider, row.model, usage)
         if not tier.allows_feature(row.feature):
             reason = Reason.FEATURE_NOT_ALLOWED
-        else:
-            _, unpriced, _ = self.policy.prices.cost_micros(row.provider, row.model, usage)
-            if unpriced and self.policy.unpriced is UnpricedMode.DENY:
-                reason = Reason.UNPRICED_MODEL
-        if len(self.early) > 4096:
-            self.early.clear()
-        self.early[key] = reason
-        return reason
+        elif unpriced and self.policy.unpriced is UnpricedMode.DENY:
+            reason = Reason.UNPRICED_MODEL
+        found = (reason, Pricing.of(rates) if rates else _NO_PRICES)
+        if len(self.gates) > 4096:
+            self.gates.clear()
+        self.gates[key] = found
+        return found
 
     def decide(
         self, row: RecordedRow, usage: Mapping[str, int], config: SubjectConfig, now: datetime
@@ -348,35 +402,58 @@ class _World:
         tier = policy.tier_for(config.tier)
         if tier is None:
             return Decision.DENY, Reason.UNKNOWN_TIER, config.tier or "", None
-        early = self._early_denial(tier, row, usage)
+        early, pricing = self._gate(tier, row, usage)
         if early is not None:
             return Decision.DENY, early, tier.name, None
-        cost, _, rates = policy.prices.cost_micros(row.provider, row.model, usage)
         asks = dict(usage)
-        if cost:
-            asks[COST_METRIC] = cost
-        shape = plan_shape(policy, tier, config, frozenset(m for m, a in asks.items() if a > 0), now)
+        metrics = frozenset(asks)
+        if pricing.rates:
+            cost = pricing.cost(usage)
+            if cost:
+                asks[COST_METRIC] = cost
+                metrics = metrics | {COST_METRIC}
+        shape = plan_shape(policy, tier, config, metrics, now)
+        gates = self._lines(shape)
         worst = Decision.ALLOW
-        reason = Reason.WITHIN_LIMITS
         keys: list[tuple[_Key, int]] = []
         values = self.values
-        for scope, counters in ((row.subject, shape.own), (GLOBAL_SCOPE, shape.company)):
-            for c in counters:
+        fresh: list[tuple[_Key, int]] = []
+        deny: tuple[int, int, int, tuple[Limit, ...]] | None = None
+        for scope, counters, lines in ((row.subject, shape.own, gates[0]), (GLOBAL_SCOPE, shape.company, gates[1])):
+            for c, warn in zip(counters, lines, strict=True):
                 ask = asks[c.metric]
                 key = (scope, c.metric, c.window, c.window_id)
                 value = values.get(key)
-                used, held = (value[0], value[1]) if value is not None else (0, 0)
-                for limit in c.limits:
-                    decision, why = judge(limit, used, held, ask)
-                    if decision > worst:
-                        worst, reason = decision, why
+                if value is None:
+                    uh = 0
+                    fresh.append((key, c.resets_at))
+                else:
+                    uh = value[0] + value[1]
+                # The rule over this counter's limits at once: its lowest block line and cap
+                # (as the store's gate, CounterPlan.charge), its lowest warn line.
+                if uh >= c.block or uh + ask > c.cap:
+                    if deny is None:
+                        deny = (value[0] if value else 0, value[1] if value else 0, ask, c.limits)
+                    worst = Decision.DENY
+                elif warn is not None and uh + ask >= warn and worst is Decision.ALLOW:
+                    worst = Decision.WARN
                 keys.append((key, ask))
-        if worst is Decision.DENY:
-            return worst, reason, tier.name, None
-        for (key, _), c in zip(keys, (*shape.own, *shape.company), strict=True):
-            if key not in values:
-                values[key] = [0, 0, c.resets_at]
-        return worst, reason, tier.name, _Grant(tuple(keys), asks, rates)
+        if deny is not None:
+            used, held, ask, limits = deny
+            reason = next(
+                (
+                    why
+                    for limit in limits
+                    for decision, why in (judge(limit, used, held, ask),)
+                    if decision is Decision.DENY
+                ),
+                Reason.LIMIT_EXCEEDED,
+            )
+            return Decision.DENY, reason, tier.name, None
+        reason = Reason.WARN_THRESHOLD if worst is Decision.WARN else Reason.WITHIN_LIMITS
+        for key, resets_at in fresh:
+            values[key] = [0, 0, resets_at]
+        return worst, reason, tier.name, _Grant(tuple(keys), asks, pricing)
 
     def hold(self, grant: _Grant) -> None:
         for key, ask in grant.keys:
@@ -395,8 +472,8 @@ class _World:
         charged: dict[str, int] = {}
         if actual is not None:
             charged = {m: actual.get(m, 0) for m in grant.estimate if m != COST_METRIC}
-            if grant.rates:
-                charged[COST_METRIC] = micros_at(grant.rates, charged)
+            if grant.pricing.rates:
+                charged[COST_METRIC] = grant.pricing.cost(charged)
         values = self.values
         for key, ask in grant.keys:
             value = values.get(key)
@@ -410,8 +487,8 @@ class _World:
         estimate = {m: v for m, v in grant.estimate.items() if m != COST_METRIC}
         settled = {m: estimate.get(m, 0) + delta.get(m, 0) for m in estimate}
         change = {m: settled[m] - estimate[m] for m in estimate}
-        if grant.rates:
-            change[COST_METRIC] = micros_at(grant.rates, settled) - grant.estimate.get(COST_METRIC, 0)
+        if grant.pricing.rates:
+            change[COST_METRIC] = grant.pricing.cost(settled) - grant.estimate.get(COST_METRIC, 0)
         values = self.values
         for key, _ in grant.keys:
             value = values.get(key)
