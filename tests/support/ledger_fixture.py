@@ -280,3 +280,57 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- the known distributions of the recommend and estimates tests ---------------------------
+
+
+def recommend_story(builder: RecordBuilder, today_ms: int) -> None:
+    """Records over the days before ``today_ms`` (a UTC midnight), policy
+    tests/fixtures/policies/lifecycle/live.yaml (free 1,000 / basic 10,000 / pro 50,000
+    tokens a day):
+
+    * free: ``f01`` ... ``f20`` use 50, 100, ..., 1,000 tokens on one day (five days ago):
+      p50 500, p90 900, p95 950, max 1,000 (nearest rank over 20 subject-days);
+    * ``climber`` (free): WARN crossings on 3 days and a DENIED (LIMIT_EXCEEDED) on a 4th:
+      a promotion candidate to basic on 4 days; ``nearly`` (free): 2 days only: not one;
+    * ``idle`` (basic): 500 tokens on each of 5 days (5 % of 10,000 < 20 %): a demotion
+      candidate to free, peak 5 %; ``busy`` (basic) 2,500 once (25 %): not one;
+    * ``whale`` (pro): 1,000 tokens on 2 days (2 %): a demotion candidate to basic.
+    """
+    day = today_ms - 5 * DAY_MS + 10 * HOUR_MS
+    for k in range(1, 21):
+        builder.request(EventKind.COMMITTED, f"f{k:02d}", "free", day, {"tokens": 50 * k})
+    for n in (1, 2, 3):
+        at = today_ms - n * DAY_MS + 9 * HOUR_MS
+        builder.threshold("climber", "free", at, "tokens", Window.DAY, f"d{n}", Threshold.WARN, 1000)
+    builder.request(EventKind.DENIED, "climber", "free", today_ms - 4 * DAY_MS + HOUR_MS, {"tokens": 900})
+    for n in (1, 2):
+        at = today_ms - n * DAY_MS + 9 * HOUR_MS
+        builder.threshold("nearly", "free", at, "tokens", Window.DAY, f"d{n}", Threshold.BLOCK, 1000)
+    for n in range(1, 6):
+        builder.request(EventKind.COMMITTED, "idle", "basic", today_ms - n * DAY_MS + 8 * HOUR_MS, {"tokens": 500})
+    builder.request(EventKind.COMMITTED, "busy", "basic", today_ms - 2 * DAY_MS + 8 * HOUR_MS, {"tokens": 2500})
+    for n in (1, 3):
+        builder.request(EventKind.COMMITTED, "whale", "pro", today_ms - n * DAY_MS + 8 * HOUR_MS, {"tokens": 1000})
+    # Outside a 14-day period: ignored.
+    builder.request(EventKind.COMMITTED, "f01", "free", today_ms - 20 * DAY_MS, {"tokens": 99_999})
+
+
+def estimates_story(builder: RecordBuilder, at_ms: int) -> None:
+    """COMMITTED records around ``at_ms``: pro/summary (``e1``) on openai/gpt-4o, 20 records estimating
+    100 tokens that used 5, 10, ..., 100 (ratios 0.05 ... 1.00: p50 0.50, p95 0.95, mean
+    0.525, none over; the same for cost_usd, priced linearly); basic/seo 4 records of 100
+    that used 120 (p50 = p95 = 1.2, 4 over; ``e2``). RELEASED and EXPIRED records do not count.
+    (In the recommend story's period they are two more demotion candidates: ``e1`` used
+    1,150 of pro's 50,000 tokens that day, ``e2`` 480 of basic's 10,000.)"""
+    for k in range(1, 21):
+        builder.request(
+            EventKind.COMMITTED, "e1", "pro", at_ms + k, {"tokens": 100}, actual={"tokens": 5 * k}, feature="summary"
+        )
+    for k in range(4):
+        builder.request(
+            EventKind.COMMITTED, "e2", "basic", at_ms + 100 + k, {"tokens": 100}, actual={"tokens": 120}, feature="seo"
+        )
+    builder.request(EventKind.RELEASED, "e1", "pro", at_ms + 200, {"tokens": 100}, feature="summary")
+    builder.request(EventKind.EXPIRED, "e1", "pro", at_ms + 201, {"tokens": 100}, feature="summary")
