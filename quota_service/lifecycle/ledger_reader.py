@@ -67,11 +67,13 @@ def open_ledger(url: str) -> Ledger:
     return ledger
 
 
+_loads = json.loads
+
+
 def _amounts(text: str) -> dict[str, int]:
-    if not text or text == "{}":
-        return {}
-    value = json.loads(text)  # the ledger writes {"metric": units} (ledger.store._amounts_json)
-    if not isinstance(value, dict):
+    """``{"metric": units}`` as the ledger writes it (``ledger.store._amounts_json``)."""
+    value = _loads(text) if text else {}
+    if type(value) is not dict:
         raise ValueError(f"amounts {text[:40]!r} are not a JSON object")
     return value
 
@@ -86,38 +88,46 @@ def _detail(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+_ADMIN = RecordKind.ADMIN_CHANGE
+_DENIED = RecordKind.DENIED
+_KIND_OF = {int(k): k for k in RecordKind}
+
+
 def _row(values: Any) -> RecordedRow:
-    kind, at_ms, event_id, subject, tier, feature, provider, model, reservation_id = values[:9]
+    kind_number, at_ms, event_id, subject, tier, feature, provider, model, reservation_id = values[:9]
     estimate, actual, cost, decision, reason, detail_text = values[9:]
-    kind = RecordKind(kind)
-    detail = _detail(detail_text) if kind is not RecordKind.DENIED else {}
-    if kind is RecordKind.ADMIN_CHANGE:
+    kind = _KIND_OF[kind_number]
+    if kind is _ADMIN:
+        detail = _detail(detail_text)
         return RecordedRow(
             kind,
             at_ms,
             event_id,
-            subject=subject,
+            subject,
             action=str(detail.get("action", "")),
             before=detail.get("before"),
             after=detail.get("after"),
         )
-    reserved = detail.get("reserved_at_ms", 0)
+    reserved = 0
+    if kind is not _DENIED and detail_text:
+        found = _loads(detail_text).get("reserved_at_ms", 0)
+        reserved = found if isinstance(found, int) else 0
     return RecordedRow(
         kind,
         at_ms,
         event_id,
-        subject=subject,
-        tier=tier,
-        feature=feature,
-        provider=provider,
-        model=model,
-        reservation_id=reservation_id,
-        estimate=_amounts(estimate),
-        actual=_amounts(actual),
-        cost_micros=int(cost),
-        decision=int(decision),
-        reason=reason,
-        reserved_at_ms=reserved if isinstance(reserved, int) else 0,
+        subject,
+        tier,
+        feature,
+        provider,
+        model,
+        reservation_id,
+        _amounts(estimate),
+        _amounts(actual),
+        cost,
+        decision,
+        reason,
+        reserved,
     )
 
 
@@ -165,7 +175,7 @@ async def _pages(
         try:
             try:
                 page = [_row(r) for r in rows]
-            except (ValueError, TypeError, AttributeError) as exc:
+            except (ValueError, TypeError, AttributeError, KeyError) as exc:
                 raise LedgerError(f"damaged row in the ledger: {exc}") from exc
             if page:
                 yield page

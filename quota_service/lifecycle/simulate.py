@@ -46,15 +46,17 @@ from __future__ import annotations
 
 import enum
 import heapq
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from quota_service.policy.compiled import CompiledPolicy, Limit, Tier, UnpricedMode
 from quota_service.policy.domain import GLOBAL_SCOPE, Decision, OverrideRecord, Reason, SubjectConfig
-from quota_service.policy.engine import PlanShape, judge, plan_shape
+from quota_service.policy.engine import judge, plan_shape
 from quota_service.policy.units import COST_METRIC, exact_units, to_units_ceil
 from quota_service.policy.windows import Window
 
@@ -91,10 +93,13 @@ class RecordKind(enum.IntEnum):
     ADMIN_CHANGE = 8
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedRow:
-    """One ledger row as the simulation needs it. ``estimate``/``actual``: units per metric
-    (``cost_usd`` included when priced: ignored here, each world prices for itself);
+_NO_AMOUNTS: Mapping[str, int] = MappingProxyType({})
+
+
+class RecordedRow(NamedTuple):
+    """One ledger row as the simulation needs it (a tuple: a million are made per run).
+    ``estimate``/``actual``: units per metric (``cost_usd`` included when priced: ignored
+    here, each world prices for itself);
     ``reserved_at_ms``: when the request was made (0: unknown, ``at_ms`` is used);
     ``decision``: the recorded ``Decision`` number (0 none); ``reason``: the recorded
     ``Reason`` name (``""`` none). ``action``/``before``/``after``: an ADMIN_CHANGE's detail."""
@@ -108,8 +113,8 @@ class RecordedRow:
     provider: str = ""
     model: str = ""
     reservation_id: str = ""
-    estimate: Mapping[str, int] = field(default_factory=dict)
-    actual: Mapping[str, int] = field(default_factory=dict)
+    estimate: Mapping[str, int] = _NO_AMOUNTS
+    actual: Mapping[str, int] = _NO_AMOUNTS
     cost_micros: int = 0
     decision: int = 0
     reason: str = ""
@@ -300,8 +305,6 @@ def _window(text: str) -> Window | None:
 
 # -- one world --------------------------------------------------------------------------------
 
-_Key = tuple[str, str, Window, str]  # scope, metric, window, window id
-
 
 @dataclass(frozen=True, slots=True)
 class Pricing:
@@ -336,45 +339,66 @@ class Pricing:
 _NO_PRICES = Pricing((), 1)
 
 
+#: A counter's state in a world: ``[used, held, resets_at]`` (units, units, unix seconds).
+_Value = list[int]
+
+
 @dataclass(slots=True)
 class _Grant:
-    """What a granted request holds in one world until its record settles it."""
+    """What a granted request holds in one world until its record settles it: each
+    counter's state (the list itself: settling needs no lookup), ask and metric."""
 
-    keys: tuple[tuple[_Key, int], ...]  # counter, ask (units)
+    counters: tuple[tuple[_Value, int, str], ...]
     estimate: dict[str, int]  # asks by metric, cost included
     pricing: Pricing
 
 
-class _World:
-    """One policy's counters. ``values[key] = [used, held, resets_at]``."""
+@dataclass(frozen=True, slots=True)
+class _Counter:
+    """One counter of a shape, as a decision reads it: its key within the scope
+    (``metric:window:window_id``, interned), the lowest block line, cap and warn line over
+    its limits (the store's gate, CounterPlan.charge), its limits (for a denial's reason)."""
 
-    __slots__ = ("gates", "policy", "shapes", "values")
+    key: str
+    metric: str
+    block: int
+    cap: int
+    warn: int | None
+    resets_at: int
+    limits: tuple[Limit, ...]
+
+
+def _compiled(counters: tuple[Any, ...]) -> tuple[_Counter, ...]:
+    return tuple(
+        _Counter(
+            sys.intern(f"{c.metric}:{c.window.value}:{c.window_id}"),
+            c.metric,
+            c.block,
+            c.cap,
+            min((limit.warn_units for limit in c.limits if limit.warn_units is not None), default=None),
+            c.resets_at,
+            c.limits,
+        )
+        for c in counters
+    )
+
+
+class _World:
+    """One policy's counters: ``scopes[subject or GLOBAL_SCOPE][counter key] = [used, held, resets_at]``."""
+
+    __slots__ = ("current", "gates", "policy", "scopes")
 
     def __init__(self, policy: CompiledPolicy) -> None:
         self.policy = policy
-        self.values: dict[_Key, list[int]] = {}
+        self.scopes: dict[str, dict[str, _Value]] = {GLOBAL_SCOPE: {}}
         #: (tier, feature, provider, model, metrics) -> an early denial's reason (or None)
         #: and the request's prices: what does not depend on the amounts, found once.
         self.gates: dict[tuple[str, str, str, str, frozenset[str]], tuple[Reason | None, Pricing]] = {}
-        #: id(shape) -> (the shape, kept so the id stays its own; each counter's lowest warn line)
-        self.shapes: dict[int, tuple[PlanShape, tuple[tuple[int | None, ...], tuple[int | None, ...]]]] = {}
-
-    def _lines(self, shape: PlanShape) -> tuple[tuple[int | None, ...], tuple[int | None, ...]]:
-        found = self.shapes.get(id(shape))
-        if found is not None and found[0] is shape:
-            return found[1]
-
-        def lowest(counters: tuple[Any, ...]) -> tuple[int | None, ...]:
-            return tuple(
-                min((limit.warn_units for limit in c.limits if limit.warn_units is not None), default=None)
-                for c in counters
-            )
-
-        lines = (lowest(shape.own), lowest(shape.company))
-        if len(self.shapes) > 4096:
-            self.shapes.clear()
-        self.shapes[id(shape)] = (shape, lines)
-        return lines
+        #: (tier, overrides, metrics) -> (valid from, valid until, the subject's counters, the company's)
+        self.current: dict[
+            tuple[str, tuple[OverrideRecord, ...], frozenset[str]],
+            tuple[float, float, tuple[_Counter, ...], tuple[_Counter, ...]],
+        ] = {}
 
     def _gate(self, tier: Tier, row: RecordedRow, usage: Mapping[str, int]) -> tuple[Reason | None, Pricing]:
         key = (tier.name, row.feature, row.provider, row.model, frozenset(usage))
@@ -394,12 +418,31 @@ class _World:
         self.gates[key] = found
         return found
 
+    def _counters(
+        self, tier: Tier, config: SubjectConfig, metrics: frozenset[str], at_s: float
+    ) -> tuple[tuple[_Counter, ...], tuple[_Counter, ...]]:
+        """The compiled counters of (tier, overrides, metrics) while their windows are
+        current: :func:`~quota_service.policy.engine.plan_shape` once per window, not per
+        record (its cache is keyed the same way, but making its key and instant costs more
+        than the rest of a decision)."""
+        key = (tier.name, config.overrides, metrics)
+        current = self.current.get(key)
+        if current is not None and current[0] <= at_s < current[1]:
+            return current[2], current[3]
+        shape = plan_shape(self.policy, tier, config, metrics, datetime.fromtimestamp(at_s, UTC))
+        own, company = _compiled(shape.own), _compiled(shape.company)
+        if not any(o.expires_at for o in config.overrides):  # an expiry changes the shape within a window
+            if len(self.current) > 4096:
+                self.current.clear()
+            self.current[key] = (shape.valid_from, shape.valid_until, own, company)
+        return own, company
+
     def decide(
-        self, row: RecordedRow, usage: Mapping[str, int], config: SubjectConfig, now: datetime
+        self, row: RecordedRow, usage: Mapping[str, int], config: SubjectConfig, at_s: float
     ) -> tuple[Decision, Reason, str, _Grant | None]:
-        """The decision, its reason, the tier served and what a grant would hold."""
-        policy = self.policy
-        tier = policy.tier_for(config.tier)
+        """The decision at unix second ``at_s``, its reason, the tier served and what a
+        grant would hold."""
+        tier = self.policy.tier_for(config.tier)
         if tier is None:
             return Decision.DENY, Reason.UNKNOWN_TIER, config.tier or "", None
         early, pricing = self._gate(tier, row, usage)
@@ -412,99 +455,95 @@ class _World:
             if cost:
                 asks[COST_METRIC] = cost
                 metrics = metrics | {COST_METRIC}
-        shape = plan_shape(policy, tier, config, metrics, now)
-        gates = self._lines(shape)
+        own_counters, company_counters = self._counters(tier, config, metrics, at_s)
+        own = self.scopes.get(row.subject)
+        if own is None:
+            own = self.scopes[row.subject] = {}
         worst = Decision.ALLOW
-        keys: list[tuple[_Key, int]] = []
-        values = self.values
-        fresh: list[tuple[_Key, int]] = []
-        deny: tuple[int, int, int, tuple[Limit, ...]] | None = None
-        for scope, counters, lines in ((row.subject, shape.own, gates[0]), (GLOBAL_SCOPE, shape.company, gates[1])):
-            for c, warn in zip(counters, lines, strict=True):
+        found: list[tuple[dict[str, _Value], _Counter, _Value | None, int]] = []
+        deny: tuple[_Counter, _Value | None, int] | None = None
+        for values, counters in ((own, own_counters), (self.scopes[GLOBAL_SCOPE], company_counters)):
+            for c in counters:
                 ask = asks[c.metric]
-                key = (scope, c.metric, c.window, c.window_id)
-                value = values.get(key)
-                if value is None:
-                    uh = 0
-                    fresh.append((key, c.resets_at))
-                else:
-                    uh = value[0] + value[1]
-                # The rule over this counter's limits at once: its lowest block line and cap
-                # (as the store's gate, CounterPlan.charge), its lowest warn line.
+                value = values.get(c.key)
+                uh = 0 if value is None else value[0] + value[1]
+                # The rule over this counter's limits at once (engine.judge's lines, lowest first).
                 if uh >= c.block or uh + ask > c.cap:
                     if deny is None:
-                        deny = (value[0] if value else 0, value[1] if value else 0, ask, c.limits)
+                        deny = (c, value, ask)
                     worst = Decision.DENY
-                elif warn is not None and uh + ask >= warn and worst is Decision.ALLOW:
+                elif c.warn is not None and uh + ask >= c.warn and worst is Decision.ALLOW:
                     worst = Decision.WARN
-                keys.append((key, ask))
+                found.append((values, c, value, ask))
         if deny is not None:
-            used, held, ask, limits = deny
+            c, value, ask = deny
+            used, held = (0, 0) if value is None else (value[0], value[1])
             reason = next(
                 (
                     why
-                    for limit in limits
+                    for limit in c.limits
                     for decision, why in (judge(limit, used, held, ask),)
                     if decision is Decision.DENY
                 ),
                 Reason.LIMIT_EXCEEDED,
             )
             return Decision.DENY, reason, tier.name, None
+        holds: list[tuple[_Value, int, str]] = []
+        for values, c, value, ask in found:
+            if value is None:
+                value = values[c.key] = [0, 0, c.resets_at]
+            holds.append((value, ask, c.metric))
         reason = Reason.WARN_THRESHOLD if worst is Decision.WARN else Reason.WITHIN_LIMITS
-        for key, resets_at in fresh:
-            values[key] = [0, 0, resets_at]
-        return worst, reason, tier.name, _Grant(tuple(keys), asks, pricing)
+        return worst, reason, tier.name, _Grant(tuple(holds), asks, pricing)
 
     def hold(self, grant: _Grant) -> None:
-        for key, ask in grant.keys:
-            self.values[key][1] += ask
+        for value, ask, _ in grant.counters:
+            value[1] += ask
 
     def charge_now(self, grant: _Grant) -> int:
         """Charge the ask at once (a request denied in reality); its cost."""
-        for key, ask in grant.keys:
-            self.values[key][0] += ask
+        for value, ask, _ in grant.counters:
+            value[0] += ask
         return grant.estimate.get(COST_METRIC, 0)
 
     def settle(self, grant: _Grant, actual: Mapping[str, int] | None) -> int:
-        """Release the hold and charge ``actual`` (units per metric, no cost; ``None``:
-        nothing, a release); the cost charged. Counters already dropped (their window
-        ended long ago) take nothing: no decision reads them again."""
-        charged: dict[str, int] = {}
-        if actual is not None:
-            charged = {m: actual.get(m, 0) for m in grant.estimate if m != COST_METRIC}
-            if grant.pricing.rates:
-                charged[COST_METRIC] = grant.pricing.cost(charged)
-        values = self.values
-        for key, ask in grant.keys:
-            value = values.get(key)
-            if value is not None:
+        """Release the hold and charge ``actual`` (units per metric; its ``cost_usd`` is
+        ignored: the cost is priced at the grant's rates; ``None``: nothing, a release);
+        the cost charged."""
+        if actual is None:
+            for value, ask, _ in grant.counters:
                 value[1] -= ask
-                value[0] += charged.get(key[1], 0)
-        return charged.get(COST_METRIC, 0)
+            return 0
+        cost = grant.pricing.cost(actual) if grant.pricing.rates else 0
+        for value, ask, metric in grant.counters:
+            value[1] -= ask
+            value[0] += cost if metric == COST_METRIC else actual.get(metric, 0)
+        return cost
 
     def correct(self, grant: _Grant, delta: Mapping[str, int]) -> int:
         """Apply a CORRECTED record's difference to an EXPIRED grant; the cost difference."""
         estimate = {m: v for m, v in grant.estimate.items() if m != COST_METRIC}
-        settled = {m: estimate.get(m, 0) + delta.get(m, 0) for m in estimate}
-        change = {m: settled[m] - estimate[m] for m in estimate}
-        if grant.pricing.rates:
-            change[COST_METRIC] = grant.pricing.cost(settled) - grant.estimate.get(COST_METRIC, 0)
-        values = self.values
-        for key, _ in grant.keys:
-            value = values.get(key)
-            if value is not None:
-                value[0] += change.get(key[1], 0)
-        return change.get(COST_METRIC, 0)
+        settled = {m: estimate[m] + delta.get(m, 0) for m in estimate}
+        cost = grant.pricing.cost(settled) - grant.estimate.get(COST_METRIC, 0) if grant.pricing.rates else 0
+        for value, _, metric in grant.counters:
+            value[0] += cost if metric == COST_METRIC else delta.get(metric, 0)
+        return cost
 
     def reset(self, subject: str, metric: str, window: str) -> None:
-        for key, value in self.values.items():
-            if key[0] == subject and (not metric or key[1] == metric) and (not window or key[2].value == window):
+        for key, value in self.scopes.get(subject, {}).items():
+            counter_metric, counter_window, _ = key.split(":", 2)
+            if (not metric or counter_metric == metric) and (not window or counter_window == window):
                 value[0] = 0
 
     def prune(self, now_s: int) -> None:
-        ended = [key for key, value in self.values.items() if value[2] <= now_s and value[1] <= 0]
-        for key in ended:
-            del self.values[key]
+        """Drop the counters whose window ended and that hold nothing: no decision reads
+        them again (a late settlement still lands on the grant's own list)."""
+        for scope in list(self.scopes):
+            values = self.scopes[scope]
+            for key in [k for k, v in values.items() if v[2] <= now_s and v[1] <= 0]:
+                del values[key]
+            if not values and scope != GLOBAL_SCOPE:
+                del self.scopes[scope]
 
 
 # -- the timeline ------------------------------------------------------------------------------
@@ -664,14 +703,14 @@ class Simulation:
         report.requests += 1
         usage = {m: v for m, v in row.estimate.items() if m != COST_METRIC and v > 0}
         config = self._config(row)
-        now = datetime.fromtimestamp(at_ms / 1000, UTC)
+        at_s = at_ms / 1000
         denied = row.kind is RecordKind.DENIED
         if denied and row.reason in POLICY_FREE_REASONS:
             live_d, live_r, live_tier, live_grant = Decision.DENY, Reason(row.reason), row.tier, None
             cand_d, cand_r, cand_grant = live_d, live_r, None
         else:
-            live_d, live_r, live_tier, live_grant = self._live.decide(row, usage, config, now)
-            cand_d, cand_r, _, cand_grant = self._candidate.decide(row, usage, config, now)
+            live_d, live_r, live_tier, live_grant = self._live.decide(row, usage, config, at_s)
+            cand_d, cand_r, _, cand_grant = self._candidate.decide(row, usage, config, at_s)
         recorded = Decision.DENY if denied else Decision(row.decision) if row.decision else None
         if recorded is not None and recorded is not live_d:
             report.live_mismatches += 1
