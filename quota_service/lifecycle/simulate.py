@@ -393,15 +393,20 @@ class _World:
         self.scopes: dict[str, dict[str, _Value]] = {GLOBAL_SCOPE: {}}
         #: (tier, feature, provider, model, metrics) -> an early denial's reason (or None)
         #: and the request's prices: what does not depend on the amounts, found once.
-        self.gates: dict[tuple[str, str, str, str, frozenset[str]], tuple[Reason | None, Pricing]] = {}
+        self.gates: dict[
+            tuple[str, str, str, str, tuple[str, ...]], tuple[Reason | None, Pricing, frozenset[str], frozenset[str]]
+        ] = {}
         #: (tier, overrides, metrics) -> (valid from, valid until, the subject's counters, the company's)
         self.current: dict[
             tuple[str, tuple[OverrideRecord, ...], frozenset[str]],
             tuple[float, float, tuple[_Counter, ...], tuple[_Counter, ...]],
         ] = {}
 
-    def _gate(self, tier: Tier, row: RecordedRow, usage: Mapping[str, int]) -> tuple[Reason | None, Pricing]:
-        key = (tier.name, row.feature, row.provider, row.model, frozenset(usage))
+    def _gate(
+        self, tier: Tier, row: RecordedRow, usage: Mapping[str, int]
+    ) -> tuple[Reason | None, Pricing, frozenset[str], frozenset[str]]:
+        """The early denial (or None), the prices, the metrics asked and with ``cost_usd``."""
+        key = (tier.name, row.feature, row.provider, row.model, tuple(usage))
         found = self.gates.get(key)
         if found is not None:
             return found
@@ -412,7 +417,8 @@ class _World:
             reason = Reason.FEATURE_NOT_ALLOWED
         elif unpriced and self.policy.unpriced is UnpricedMode.DENY:
             reason = Reason.UNPRICED_MODEL
-        found = (reason, Pricing.of(rates) if rates else _NO_PRICES)
+        metrics = frozenset(usage)
+        found = (reason, Pricing.of(rates) if rates else _NO_PRICES, metrics, metrics | {COST_METRIC})
         if len(self.gates) > 4096:
             self.gates.clear()
         self.gates[key] = found
@@ -445,16 +451,15 @@ class _World:
         tier = self.policy.tier_for(config.tier)
         if tier is None:
             return Decision.DENY, Reason.UNKNOWN_TIER, config.tier or "", None
-        early, pricing = self._gate(tier, row, usage)
+        early, pricing, metrics, with_cost = self._gate(tier, row, usage)
         if early is not None:
             return Decision.DENY, early, tier.name, None
         asks = dict(usage)
-        metrics = frozenset(asks)
         if pricing.rates:
             cost = pricing.cost(usage)
             if cost:
                 asks[COST_METRIC] = cost
-                metrics = metrics | {COST_METRIC}
+                metrics = with_cost
         own_counters, company_counters = self._counters(tier, config, metrics, at_s)
         own = self.scopes.get(row.subject)
         if own is None:
@@ -701,7 +706,9 @@ class Simulation:
     def _request(self, at_ms: int, row: RecordedRow) -> None:
         report = self.report
         report.requests += 1
-        usage = {m: v for m, v in row.estimate.items() if m != COST_METRIC and v > 0}
+        usage = row.estimate  # the ledger records no zero amounts (parse_usage drops them)
+        if COST_METRIC in usage:
+            usage = {m: v for m, v in usage.items() if m != COST_METRIC}
         config = self._config(row)
         at_s = at_ms / 1000
         denied = row.kind is RecordKind.DENIED
