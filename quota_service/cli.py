@@ -352,6 +352,7 @@ def parse_instant_ms(text: str, what: str) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     """Exit 0 when no answer changes, 2 when some do, 1 on an error (one message on stderr)."""
     import asyncio
+    import gc
     import json
 
     from quota_service.errors import QuotaServiceError
@@ -394,12 +395,17 @@ def _simulate(args: argparse.Namespace) -> int:
             await ledger.close()
         return simulation.finish()
 
+    # A replay allocates millions of small tuples and lists that form no cycles: the cyclic
+    # collector would only walk them again and again (a tenth of the run and more).
+    gc.disable()
     try:
         report = asyncio.run(run())
     except (LedgerConfigError, LedgerUnavailable, LedgerError) as exc:
         return fail(f"cannot read the ledger: {exc}")
     except (QuotaServiceError, OSError) as exc:
         return fail(str(exc))
+    finally:
+        gc.enable()
     if args.json:
         print(json.dumps(report.to_json_obj(), indent=2, sort_keys=True, ensure_ascii=True))
     else:

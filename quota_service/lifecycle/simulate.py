@@ -79,7 +79,7 @@ DEFAULT_HORIZON_MS = (86_400 + 3_600) * 1000
 #: Denials recorded for a reason no policy decides: they stay denials in both worlds.
 POLICY_FREE_REASONS = frozenset({Reason.EMERGENCY_STOP.value, Reason.STORE_UNAVAILABLE.value, Reason.STORE_ERROR.value})
 #: Counters whose window ended are dropped after this many replayed events.
-_PRUNE_EVERY = 20_000
+_PRUNE_EVERY = 100_000
 
 
 class RecordKind(enum.IntEnum):
