@@ -202,7 +202,11 @@ class RecordBuilder:
 
 async def write_ledger(path: Path, events: Iterable[Event], *, batch: int = 5000) -> str:
     """Store ``events`` in a new (migrated) SQLite ledger at ``path``; its URL."""
-    url = f"sqlite:///{path}"
+    return await write_ledger_url(f"sqlite:///{path}", events, batch=batch)
+
+
+async def write_ledger_url(url: str, events: Iterable[Event], *, batch: int = 5000) -> str:
+    """Store ``events`` in the (migrated) ledger at ``url`` (SQLite or PostgreSQL); the URL."""
     ledger = ledger_from_url(url, timeout_seconds=30.0)
     assert ledger is not None
     try:
