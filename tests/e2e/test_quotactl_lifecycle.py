@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.http_server import VIEWER_TOKEN, HttpServerProcess, call
 from support.ledger_fixture import DAY_MS, RecordBuilder, estimates_story, recommend_story, write_ledger
 from support.server_process import ROOT, ServerProcess
 
@@ -106,3 +107,25 @@ def test_a_bad_option_is_invalid_argument(server: ServerProcess) -> None:
     done = quotactl(server, "recommend", "--tier", "gold", token=VIEWER)
     assert done.returncode != 0
     assert "tier 'gold' does not exist" in done.stderr
+
+
+def test_recommend_and_estimates_on_the_json_api(redis_url: str, tmp_path: Path) -> None:
+    server = HttpServerProcess(redis_url=redis_url, workdir=tmp_path, policies=LIVE)
+    server.start()
+    try:
+        today_ms = int(time.time() * 1000) // DAY_MS * DAY_MS
+        builder = RecordBuilder(load_policy(LIVE))
+        recommend_story(builder, today_ms)
+        estimates_story(builder, today_ms - 3 * DAY_MS)
+        asyncio.run(write_ledger(tmp_path / "data" / "ledger.db", builder.events))
+        status, reply = call(server, "AdminService", "Recommend", {"tier": "free"}, token=VIEWER_TOKEN)
+        assert status == 200, reply
+        free = {(c["tier"], c["metric"]): c for c in reply["caps"]}[("free", "tokens")]
+        assert (free["atPercentile"], free["currentCap"]) == (950, 1000)
+        status, reply = call(server, "AdminService", "GetEstimates", {"days": 7}, token=VIEWER_TOKEN)
+        assert status == 200, reply
+        assert {r["feature"] for r in reply["ratios"]} >= {"summary", "seo"}
+        status, reply = call(server, "AdminService", "Recommend", {"percentile": 150}, token=VIEWER_TOKEN)
+        assert (status, reply["code"]) == (400, "invalid_argument")
+    finally:
+        server.stop()
