@@ -45,15 +45,18 @@ def report_text(report: SimulationReport) -> str:
             f"{t.changed:,}",
             _changes(t.changes),
             format_usd(t.recorded_cost_micros),
+            format_usd(t.live_cost_micros),
             format_usd(t.candidate_cost_micros),
             _delta(t.candidate_cost_micros - t.recorded_cost_micros),
         ]
         for _, t in sorted(report.tiers.items())
     ]
+    # LIVE: the live policy replayed (it grants what was denied for reasons the replay does
+    # not see, e.g. counters of open reservations at --since): the candidate's like-for-like.
     tiers = fmt.table(
-        ["TIER", "REQUESTS", "SUBJECTS", "CHANGED", "CHANGES", "RECORDED", "CANDIDATE", "SAVED/ADDED"],
+        ["TIER", "REQUESTS", "SUBJECTS", "CHANGED", "CHANGES", "RECORDED", "LIVE", "CANDIDATE", "SAVED/ADDED"],
         tier_rows,
-        right=(1, 2, 3, 5, 6, 7),
+        right=(1, 2, 3, 5, 6, 7, 8),
     )
     changed = report.changed_subjects()
     if not changed:
