@@ -19,11 +19,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from support.http_server import VIEWER_TOKEN, HttpServerProcess, call
 from support.ledger_fixture import DAY_MS, RecordBuilder, estimates_story, recommend_story, write_ledger
 from support.server_process import ROOT, ServerProcess
 
+from quota.v1 import quota_pb2, quota_pb2_grpc
+from quota_service.cli import main
 from quota_service.policy.loader import load_policy
 
 pytestmark = pytest.mark.e2e
@@ -129,3 +132,63 @@ def test_recommend_and_estimates_on_the_json_api(redis_url: str, tmp_path: Path)
         assert (status, reply["code"]) == (400, "invalid_argument")
     finally:
         server.stop()
+
+
+def test_simulate_replays_what_a_real_server_recorded(
+    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Records written by the service itself (outbox -> relay -> ledger): the live policy
+    replayed gives every recorded answer again; a tighter candidate denies earlier."""
+    ledger = tmp_path / "served.db"
+    process = ServerProcess(
+        redis_url=redis_url, workdir=tmp_path, policies=LIVE, extra_args=("--ledger-url", f"sqlite:///{ledger}")
+    )
+    process.start()
+    answers = []
+    try:
+        with grpc.insecure_channel(process.target) as channel:
+            stub = quota_pb2_grpc.QuotaServiceStub(channel)
+            # free: 1,000 tokens a day, warn 800, block 950: 300 ALLOW, 600 ALLOW, 900 WARN, then DENY
+            for n in range(4):
+                answer = stub.CheckAndReserve(
+                    quota_pb2.CheckAndReserveRequest(
+                        subject="served", feature="chat", provider="openai", model="gpt-4o",
+                        usage={"tokens": 300}, request_id=f"r{n}",
+                    ),
+                    timeout=5,
+                )  # fmt: skip
+                answers.append(quota_pb2.Decision.Name(answer.decision))
+                if answer.decision != quota_pb2.DENY:
+                    stub.Commit(quota_pb2.CommitRequest(reservation_id=answer.reservation_id, usage={"tokens": 300}))
+        deadline = time.monotonic() + 10
+        while True:  # the relay moves the records from Redis to the ledger within a moment
+            code = main(
+                ["simulate", "--live", str(LIVE), "--policy", str(LIVE), "--ledger", f"sqlite:///{ledger}", "--json"]
+            )
+            report = json.loads(capsys.readouterr().out)
+            if report["requests"] == 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        process.stop()
+    assert answers == ["ALLOW", "ALLOW", "WARN", "DENY"]
+    assert code == 0
+    assert (report["requests"], report["live_mismatches"], report["changed"]) == (4, 0, 0)
+    assert report["recorded_cost_micros"] == report["live_cost_micros"] == 9000  # 900 tokens at $10 / 1M
+    code = main(
+        [
+            "simulate",
+            "--live",
+            str(LIVE),
+            "--policy",
+            str(LIVE.parent / "tighter.yaml"),
+            "--ledger",
+            f"sqlite:///{ledger}",
+            "--json",
+        ]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 2
+    # 500 a day (warn 400, block 475): 300 ALLOW, 600 > 500 DENY, 600 DENY, 600 DENY
+    assert report["changes"] == {"ALLOW->DENY": 1, "WARN->DENY": 1}
+    assert report["candidate_cost_micros"] == 3000
