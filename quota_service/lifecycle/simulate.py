@@ -30,6 +30,11 @@ counters, of the metric / window it named). A subject with no ``SetTier`` seen i
 tier its records name when that is not the live policy's default tier (its assignment was
 made before the records read), else unassigned (each policy's default tier).
 
+The live policy is the one given for the whole period: a ``ReloadPolicies`` in the period
+is not replayed (the recorded answers made before it then differ from the live replay:
+``live_mismatches`` counts them). Emergency stops are not replayed either: the denials they
+caused are recorded, and stay denials.
+
 Order: a request's record arrives at ``at_ms``, but the request happened earlier (at most
 about one reservation TTL, :data:`DEFAULT_HORIZON_MS`); the simulation keeps the events of
 the last horizon in a heap and replays an event only once the rows read have moved a
