@@ -244,3 +244,17 @@ def test_time_arguments() -> None:
     assert parse_instant_ms("", "--since") == 0
     with pytest.raises(ValueError, match="not a time"):
         parse_instant_ms("-5", "--until")
+
+
+def test_a_usage_reset_mid_stream_zeroes_the_counters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # ivy (free) used 900 at 10:00 (WARN); an admin resets her usage at 11:00; 500 at 12:00
+    # is then an ALLOW as recorded (0 + 500 < 800). Without the reset: 1,400 > 1,000, a DENY.
+    b = _builder()
+    b.request(EventKind.COMMITTED, "ivy", "free", DAY0 + 10 * HOUR_MS, {"tokens": 900}, decision=Decision.WARN)
+    b.admin("ResetUsage", "ivy", DAY0 + 11 * HOUR_MS, after={"metric": None, "window": None, "counters_reset": 1})
+    b.request(EventKind.COMMITTED, "ivy", "free", DAY0 + 12 * HOUR_MS, {"tokens": 500})
+    url = _ledger(tmp_path, b)
+    code, report, err = _simulate(capsys, "--policy", LIVE, "--ledger", url)
+    assert code == 0, err
+    assert (report["requests"], report["live_mismatches"], report["admin_changes"]) == (2, 0, 1)
+    assert report["live_cost_micros"] == 14000
