@@ -11,10 +11,8 @@ store does not answer, :class:`LedgerError` otherwise.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +151,10 @@ async def recorded_rows(
 async def _pages(
     ledger: Ledger, where: list[sa.ColumnElement[bool]], page_rows: int
 ) -> AsyncIterator[list[RecordedRow]]:
-    """Keyset pages; the next page is read (in the driver's thread) while the caller works
-    on this one."""
-
-    async def fetch(after: tuple[int, str] | None) -> Sequence[Any]:
+    """Keyset pages on ``(at_ms, id)``: each a query of its own, none held open while the
+    caller works on a page (a shared PostgreSQL sees short reads only)."""
+    after: tuple[int, str] | None = None
+    while True:
         query = sa.select(*_COLUMNS).where(*where)
         if after is not None:
             query = query.where(
@@ -165,26 +163,13 @@ async def _pages(
         query = query.order_by(events.c.at_ms, events.c.id).limit(page_rows)
         with translate_errors("lifecycle_read"):
             async with ledger.transaction(write=False) as conn:
-                return (await conn.execute(query)).all()
-
-    rows = await fetch(None)
-    while True:
-        following = None
-        if len(rows) == page_rows:
-            following = asyncio.ensure_future(fetch((int(rows[-1][1]), str(rows[-1][2]))))
+                rows = (await conn.execute(query)).all()
         try:
-            try:
-                page = [_row(r) for r in rows]
-            except (ValueError, TypeError, AttributeError, KeyError) as exc:
-                raise LedgerError(f"damaged row in the ledger: {exc}") from exc
-            if page:
-                yield page
-        except BaseException:
-            if following is not None:
-                following.cancel()
-                with contextlib.suppress(BaseException):
-                    await following
-            raise
-        if following is None:
+            page = [_row(r) for r in rows]
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise LedgerError(f"damaged row in the ledger: {exc}") from exc
+        if page:
+            yield page
+        if len(rows) < page_rows:
             return
-        rows = await following
+        after = (int(rows[-1][1]), str(rows[-1][2]))
