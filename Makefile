@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test proto sync-client lint bench bench-flat bench-ledger bench-durability bench-shadow check-policy clean
+.PHONY: run test proto sync-client lint bench bench-flat bench-ledger bench-durability bench-shadow bench-simulate check-policy clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench-shadow: $(STAMP)
 ## What durability costs (issue 13): appendfsync everysec vs always vs WAIT for one replica.
 bench-durability: $(STAMP)
 	$(BIN)/python -m bench.durability $(ARGS)
+
+## quota-service simulate over a seeded SQLite ledger (issue 11): 1,000,000 records in < 60 s (ARGS="--records N").
+bench-simulate: $(STAMP)
+	$(BIN)/python -m bench.simulate $(ARGS)
 
 check-policy: $(STAMP)
 	$(BIN)/quota-service check-policy policies

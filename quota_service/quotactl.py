@@ -460,6 +460,106 @@ def cmd_top(remote: Remote, args: argparse.Namespace) -> Outcome:
     )
 
 
+def _period(since: int, until: int) -> str:
+    return f"{fmt.timestamp(since)} to {fmt.timestamp(until)}"
+
+
+def cmd_recommend(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """Caps suggested from the recorded daily usage per subject (the PERCENTILE of the
+    subject-days with usage, per tier and metric, beside the cap now), promotion candidates
+    (at WARN or BLOCK on at least --promote-min-days of the last DAYS days) and demotion
+    candidates (below --demote-below of every daily cap on every day). Nothing is applied:
+    quotactl tier set, or a policy edit, does that."""
+    request = admin_pb2.RecommendRequest(
+        tier=args.tier,
+        percentile=args.percentile,
+        days=args.days,
+        promote_min_days=args.promote_min_days,
+        demote_below=args.demote_below,
+    )
+    reply = remote.call(remote.admin.Recommend, request)
+    head = visible(
+        f"recommendations from {_period(reply.since, reply.until)} ({reply.days} days, "
+        f"p{fmt.count(reply.percentile)} of daily usage per subject); nothing applied"
+    )
+    parts = [head]
+    if reply.caps:
+        rows = [
+            [
+                c.tier,
+                c.metric,
+                f"{c.active_subjects:,}",
+                f"{c.subject_days:,}",
+                fmt.amount(c.metric, c.p50),
+                fmt.amount(c.metric, c.at_percentile),
+                fmt.amount(c.metric, c.max),
+                fmt.amount(c.metric, c.current_cap) if c.current_cap else "none",
+                fmt.amount(c.metric, c.suggested_cap),
+                f"{c.change:+.0%}" if c.current_cap else "-",
+            ]
+            for c in reply.caps
+        ]
+        headers = ["TIER", "METRIC", "SUBJECTS", "DAYS", "P50", f"P{fmt.count(reply.percentile)}", "MAX"]
+        parts.append(
+            "daily caps:\n"
+            + fmt.table([*headers, "CAP NOW", "SUGGESTED", "CHANGE"], rows, right=(2, 3, 4, 5, 6, 7, 8, 9))
+        )
+    else:
+        parts.append("daily caps: no usage recorded in the period")
+    for title, found in (("promotion candidates", reply.promotions), ("demotion candidates", reply.demotions)):
+        if not found:
+            parts.append(f"{title}: none")
+            continue
+        rows = [
+            [
+                s.subject,
+                s.tier,
+                s.suggested_tier or "-",
+                f"{s.days}",
+                f"{s.active_days}",
+                f"{s.denied}",
+                fmt.percent(s.peak_ratio),
+                s.rule,
+            ]
+            for s in found
+        ]
+        parts.append(
+            f"{title}:\n"
+            + fmt.table(
+                ["SUBJECT", "TIER", "SUGGESTED", "DAYS", "ACTIVE", "DENIED", "PEAK", "WHY"], rows, right=(3, 4, 5, 6)
+            )
+        )
+    return Outcome(reply, "\n\n".join(parts))
+
+
+def cmd_estimates(remote: Remote, args: argparse.Namespace) -> Outcome:
+    """How close estimates are to actual usage: per tier, feature, provider/model and
+    metric, the p50 and p95 of actual / estimate over the COMMITTED records of the last
+    DAYS days (below 1: reservations hold more than is used; above 1: usage overshoots)."""
+    reply = remote.call(remote.admin.GetEstimates, admin_pb2.GetEstimatesRequest(tier=args.tier, days=args.days))
+    head = visible(f"actual / estimated usage from {_period(reply.since, reply.until)} ({reply.days} days)")
+    if not reply.ratios:
+        return Outcome(reply, f"{head}\n\nno COMMITTED records in the period")
+    rows = [
+        [
+            r.tier,
+            r.feature,
+            f"{r.provider}/{r.model}" if r.provider else "-",
+            r.metric,
+            f"{r.count:,}",
+            f"{r.p50:.3f}",
+            f"{r.p95:.3f}",
+            f"{r.mean:.3f}",
+            f"{r.over:,}",
+        ]
+        for r in reply.ratios
+    ]
+    table = fmt.table(
+        ["TIER", "FEATURE", "MODEL", "METRIC", "RECORDS", "P50", "P95", "MEAN", "OVER"], rows, right=(4, 5, 6, 7, 8)
+    )
+    return Outcome(reply, f"{head}\n\n{table}")
+
+
 def cmd_reset(remote: Remote, args: argparse.Namespace) -> Outcome:
     """Zero SUBJECT's counters in their current windows (all metrics and windows unless
     --metric / --window narrow it). Audited with --reason."""
@@ -979,6 +1079,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("metric", metavar="METRIC", help="tokens, images, cost_usd, ...")
     p.add_argument("window", metavar="WINDOW", choices=WINDOWS, help="minute | hour | day | month")
     p.add_argument("-n", type=positive_int, default=10, help="how many subjects (default 10)")
+    p = command(commands, "recommend", cmd_recommend, "caps, promotions and demotions suggested from recorded usage")
+    p.add_argument("--tier", default="", help="only this tier (default: every tier)")
+    p.add_argument("--percentile", type=positive_float, default=95.0, help="of daily usage per subject (default 95)")
+    p.add_argument("--days", type=positive_int, default=14, help="the last DAYS days (default 14)")
+    p.add_argument(
+        "--promote-min-days",
+        type=positive_int,
+        default=3,
+        help="promote subjects at WARN or BLOCK on at least this many days (default 3)",
+    )
+    p.add_argument(
+        "--demote-below",
+        type=positive_float,
+        default=0.2,
+        help="demote subjects below this fraction of every daily cap on every day (default 0.2)",
+    )
+    p = command(commands, "estimates", cmd_estimates, "actual / estimated usage per tier, feature and model")
+    p.add_argument("--tier", default="", help="only this tier (default: every tier)")
+    p.add_argument("--days", type=positive_int, default=14, help="the last DAYS days (default 14)")
     p = command(commands, "reset", cmd_reset, "zero a subject's counters")
     p.add_argument("subject", metavar="SUBJECT")
     p.add_argument("--metric", default="", help="only this metric (default: every metric)")

@@ -30,7 +30,7 @@ from quota_service.policy.stops import EmergencyStop, StopScope
 from quota_service.policy.units import from_units
 from quota_service.policy.validation import validate_subject
 from quota_service.quotas import Quotas
-from quota_service.server import convert, dashboard_reads
+from quota_service.server import convert, dashboard_reads, lifecycle_reads
 from quota_service.server.auth import actor_of
 from quota_service.server.status import grpc_errors, grpc_stream_errors
 
@@ -390,6 +390,22 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.GetAnalyticsResponse:
         return await self._analytics.report(
             self._events().ledger, self._admin.policy, period=request.period, now=self._admin.clock.now()
+        )
+
+    # -- the policy lifecycle (quota_service.server.lifecycle_reads): suggestions only --------
+
+    @grpc_errors
+    async def Recommend(self, request: admin_pb2.RecommendRequest, context: Context) -> admin_pb2.RecommendResponse:
+        return await lifecycle_reads.recommendation(
+            self._events().ledger, self._admin.policy, request, now=self._admin.clock.now()
+        )
+
+    @grpc_errors
+    async def GetEstimates(
+        self, request: admin_pb2.GetEstimatesRequest, context: Context
+    ) -> admin_pb2.GetEstimatesResponse:
+        return await lifecycle_reads.estimates(
+            self._events().ledger, self._admin.policy, request, now=self._admin.clock.now()
         )
 
 

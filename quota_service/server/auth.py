@@ -4,10 +4,10 @@ AdminService call, and what each token may do.
 Two roles (:class:`Role`): the **admin** token (``--admin-token``) may call everything; the
 **viewer** token (``--viewer-token``) may call the reads (:data:`READ_METHODS`: GetSubject,
 ListOverrides, ListStops, GetPolicyStatus, TopUsage, ListAudit, ListEvents, WatchEvents,
-ListWebhooks, and the dashboard's GetCompanyUsage, DescribePolicy, GetActivity, GetAnalytics)
-and gets ``PERMISSION_DENIED`` on every write, so a backend or a dashboard reader does not
-hold the power to stop everything. :func:`authorize` is the one decision, shared by the gRPC
-interceptor and the HTTP face.
+ListWebhooks, the dashboard's GetCompanyUsage, DescribePolicy, GetActivity, GetAnalytics, the
+lifecycle's Recommend and GetEstimates) and gets ``PERMISSION_DENIED`` on every write, so a
+backend or a dashboard reader does not hold the power to stop everything. :func:`authorize`
+is the one decision, shared by the gRPC interceptor and the HTTP face.
 
 The header is read by one function, :func:`bearer_token`, for the interceptor and for the
 audit log's actor alike (RFC 7235 credentials, RFC 6750 Bearer):
@@ -55,6 +55,9 @@ READ_METHODS = frozenset(
         "DescribePolicy",
         "GetActivity",
         "GetAnalytics",
+        # the policy lifecycle's suggestions (quota_service.server.lifecycle_reads)
+        "Recommend",
+        "GetEstimates",
     }
 )
 #: AdminService methods that answer with a stream (their refusal must be a stream too).

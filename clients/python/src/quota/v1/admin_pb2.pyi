@@ -490,6 +490,136 @@ class GetAnalyticsResponse(_message.Message):
     daily: _containers.RepeatedCompositeFieldContainer[DailyUsage]
     def __init__(self, period: _Optional[str] = ..., since: _Optional[int] = ..., until: _Optional[int] = ..., cost_usd: _Optional[float] = ..., records: _Optional[int] = ..., by_tier: _Optional[_Iterable[_Union[SpendGroup, _Mapping]]] = ..., by_feature: _Optional[_Iterable[_Union[SpendGroup, _Mapping]]] = ..., by_provider: _Optional[_Iterable[_Union[SpendGroup, _Mapping]]] = ..., by_model: _Optional[_Iterable[_Union[SpendGroup, _Mapping]]] = ..., daily: _Optional[_Iterable[_Union[DailyUsage, _Mapping]]] = ...) -> None: ...
 
+class RecommendRequest(_message.Message):
+    __slots__ = ("tier", "percentile", "days", "promote_min_days", "demote_below")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    PERCENTILE_FIELD_NUMBER: _ClassVar[int]
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTE_MIN_DAYS_FIELD_NUMBER: _ClassVar[int]
+    DEMOTE_BELOW_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    percentile: float
+    days: int
+    promote_min_days: int
+    demote_below: float
+    def __init__(self, tier: _Optional[str] = ..., percentile: _Optional[float] = ..., days: _Optional[int] = ..., promote_min_days: _Optional[int] = ..., demote_below: _Optional[float] = ...) -> None: ...
+
+class CapSuggestion(_message.Message):
+    __slots__ = ("tier", "metric", "window", "active_subjects", "subject_days", "p50", "at_percentile", "max", "current_cap", "suggested_cap", "change", "days_over_suggested")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_DAYS_FIELD_NUMBER: _ClassVar[int]
+    P50_FIELD_NUMBER: _ClassVar[int]
+    AT_PERCENTILE_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_CAP_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTED_CAP_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    DAYS_OVER_SUGGESTED_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    metric: str
+    window: str
+    active_subjects: int
+    subject_days: int
+    p50: float
+    at_percentile: float
+    max: float
+    current_cap: float
+    suggested_cap: float
+    change: float
+    days_over_suggested: float
+    def __init__(self, tier: _Optional[str] = ..., metric: _Optional[str] = ..., window: _Optional[str] = ..., active_subjects: _Optional[int] = ..., subject_days: _Optional[int] = ..., p50: _Optional[float] = ..., at_percentile: _Optional[float] = ..., max: _Optional[float] = ..., current_cap: _Optional[float] = ..., suggested_cap: _Optional[float] = ..., change: _Optional[float] = ..., days_over_suggested: _Optional[float] = ...) -> None: ...
+
+class SubjectSuggestion(_message.Message):
+    __slots__ = ("subject", "tier", "suggested_tier", "days", "active_days", "denied", "peak_ratio", "peak_metric", "rule")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTED_TIER_FIELD_NUMBER: _ClassVar[int]
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_DAYS_FIELD_NUMBER: _ClassVar[int]
+    DENIED_FIELD_NUMBER: _ClassVar[int]
+    PEAK_RATIO_FIELD_NUMBER: _ClassVar[int]
+    PEAK_METRIC_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    tier: str
+    suggested_tier: str
+    days: int
+    active_days: int
+    denied: int
+    peak_ratio: float
+    peak_metric: str
+    rule: str
+    def __init__(self, subject: _Optional[str] = ..., tier: _Optional[str] = ..., suggested_tier: _Optional[str] = ..., days: _Optional[int] = ..., active_days: _Optional[int] = ..., denied: _Optional[int] = ..., peak_ratio: _Optional[float] = ..., peak_metric: _Optional[str] = ..., rule: _Optional[str] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("percentile", "days", "since", "until", "promote_min_days", "demote_below", "caps", "promotions", "demotions")
+    PERCENTILE_FIELD_NUMBER: _ClassVar[int]
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    PROMOTE_MIN_DAYS_FIELD_NUMBER: _ClassVar[int]
+    DEMOTE_BELOW_FIELD_NUMBER: _ClassVar[int]
+    CAPS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTIONS_FIELD_NUMBER: _ClassVar[int]
+    DEMOTIONS_FIELD_NUMBER: _ClassVar[int]
+    percentile: float
+    days: int
+    since: int
+    until: int
+    promote_min_days: int
+    demote_below: float
+    caps: _containers.RepeatedCompositeFieldContainer[CapSuggestion]
+    promotions: _containers.RepeatedCompositeFieldContainer[SubjectSuggestion]
+    demotions: _containers.RepeatedCompositeFieldContainer[SubjectSuggestion]
+    def __init__(self, percentile: _Optional[float] = ..., days: _Optional[int] = ..., since: _Optional[int] = ..., until: _Optional[int] = ..., promote_min_days: _Optional[int] = ..., demote_below: _Optional[float] = ..., caps: _Optional[_Iterable[_Union[CapSuggestion, _Mapping]]] = ..., promotions: _Optional[_Iterable[_Union[SubjectSuggestion, _Mapping]]] = ..., demotions: _Optional[_Iterable[_Union[SubjectSuggestion, _Mapping]]] = ...) -> None: ...
+
+class GetEstimatesRequest(_message.Message):
+    __slots__ = ("tier", "days")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    days: int
+    def __init__(self, tier: _Optional[str] = ..., days: _Optional[int] = ...) -> None: ...
+
+class EstimateRatio(_message.Message):
+    __slots__ = ("tier", "feature", "provider", "model", "metric", "count", "p50", "p95", "mean", "over")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    P50_FIELD_NUMBER: _ClassVar[int]
+    P95_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    OVER_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    feature: str
+    provider: str
+    model: str
+    metric: str
+    count: int
+    p50: float
+    p95: float
+    mean: float
+    over: int
+    def __init__(self, tier: _Optional[str] = ..., feature: _Optional[str] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., metric: _Optional[str] = ..., count: _Optional[int] = ..., p50: _Optional[float] = ..., p95: _Optional[float] = ..., mean: _Optional[float] = ..., over: _Optional[int] = ...) -> None: ...
+
+class GetEstimatesResponse(_message.Message):
+    __slots__ = ("days", "since", "until", "ratios")
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    RATIOS_FIELD_NUMBER: _ClassVar[int]
+    days: int
+    since: int
+    until: int
+    ratios: _containers.RepeatedCompositeFieldContainer[EstimateRatio]
+    def __init__(self, days: _Optional[int] = ..., since: _Optional[int] = ..., until: _Optional[int] = ..., ratios: _Optional[_Iterable[_Union[EstimateRatio, _Mapping]]] = ...) -> None: ...
+
 class PolicyChangeEntry(_message.Message):
     __slots__ = ("tier", "category", "key", "change", "before", "after", "shown_before", "shown_after")
     TIER_FIELD_NUMBER: _ClassVar[int]

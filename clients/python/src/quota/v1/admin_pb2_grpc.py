@@ -135,6 +135,16 @@ class AdminServiceStub:
                 request_serializer=quota_dot_v1_dot_admin__pb2.GetAnalyticsRequest.SerializeToString,
                 response_deserializer=quota_dot_v1_dot_admin__pb2.GetAnalyticsResponse.FromString,
                 _registered_method=True)
+        self.Recommend = channel.unary_unary(
+                '/quota.v1.AdminService/Recommend',
+                request_serializer=quota_dot_v1_dot_admin__pb2.RecommendRequest.SerializeToString,
+                response_deserializer=quota_dot_v1_dot_admin__pb2.RecommendResponse.FromString,
+                _registered_method=True)
+        self.GetEstimates = channel.unary_unary(
+                '/quota.v1.AdminService/GetEstimates',
+                request_serializer=quota_dot_v1_dot_admin__pb2.GetEstimatesRequest.SerializeToString,
+                response_deserializer=quota_dot_v1_dot_admin__pb2.GetEstimatesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -260,6 +270,18 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Recommend(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEstimates(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -362,6 +384,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetAnalytics,
                     request_deserializer=quota_dot_v1_dot_admin__pb2.GetAnalyticsRequest.FromString,
                     response_serializer=quota_dot_v1_dot_admin__pb2.GetAnalyticsResponse.SerializeToString,
+            ),
+            'Recommend': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recommend,
+                    request_deserializer=quota_dot_v1_dot_admin__pb2.RecommendRequest.FromString,
+                    response_serializer=quota_dot_v1_dot_admin__pb2.RecommendResponse.SerializeToString,
+            ),
+            'GetEstimates': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEstimates,
+                    request_deserializer=quota_dot_v1_dot_admin__pb2.GetEstimatesRequest.FromString,
+                    response_serializer=quota_dot_v1_dot_admin__pb2.GetEstimatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -904,6 +936,60 @@ class AdminService:
             '/quota.v1.AdminService/GetAnalytics',
             quota_dot_v1_dot_admin__pb2.GetAnalyticsRequest.SerializeToString,
             quota_dot_v1_dot_admin__pb2.GetAnalyticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recommend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota.v1.AdminService/Recommend',
+            quota_dot_v1_dot_admin__pb2.RecommendRequest.SerializeToString,
+            quota_dot_v1_dot_admin__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEstimates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota.v1.AdminService/GetEstimates',
+            quota_dot_v1_dot_admin__pb2.GetEstimatesRequest.SerializeToString,
+            quota_dot_v1_dot_admin__pb2.GetEstimatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

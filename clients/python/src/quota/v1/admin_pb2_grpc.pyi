@@ -54,6 +54,8 @@ class AdminServiceStub:
     DescribePolicy: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DescribePolicyRequest, _admin_pb2.DescribePolicyResponse]
     GetActivity: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetActivityRequest, _admin_pb2.GetActivityResponse]
     GetAnalytics: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetAnalyticsRequest, _admin_pb2.GetAnalyticsResponse]
+    Recommend: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RecommendRequest, _admin_pb2.RecommendResponse]
+    GetEstimates: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetEstimatesRequest, _admin_pb2.GetEstimatesResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -78,6 +80,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     DescribePolicy: _aio.UnaryUnaryMultiCallable[_admin_pb2.DescribePolicyRequest, _admin_pb2.DescribePolicyResponse]  # type: ignore[assignment]
     GetActivity: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetActivityRequest, _admin_pb2.GetActivityResponse]  # type: ignore[assignment]
     GetAnalytics: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetAnalyticsRequest, _admin_pb2.GetAnalyticsResponse]  # type: ignore[assignment]
+    Recommend: _aio.UnaryUnaryMultiCallable[_admin_pb2.RecommendRequest, _admin_pb2.RecommendResponse]  # type: ignore[assignment]
+    GetEstimates: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetEstimatesRequest, _admin_pb2.GetEstimatesResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -219,5 +223,19 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GetAnalyticsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetAnalyticsResponse, _abc.Awaitable[_admin_pb2.GetAnalyticsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Recommend(
+        self,
+        request: _admin_pb2.RecommendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RecommendResponse, _abc.Awaitable[_admin_pb2.RecommendResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetEstimates(
+        self,
+        request: _admin_pb2.GetEstimatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetEstimatesResponse, _abc.Awaitable[_admin_pb2.GetEstimatesResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
