@@ -812,9 +812,11 @@ function overridesTable(subject, overrides) {
 
 function recordsTable(events) {
   if (!events.length) return h("p", { class: "muted" }, "No records in the last 24 hours.");
+  // data-label: on a phone each record is a block of labelled lines (style.css, table.records)
+  const cell = (label, attrs, ...children) => h("td", { ...attrs, "data-label": label }, ...children);
   return h(
     "table",
-    {},
+    { class: "records" },
     h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Kind"), h("th", {}, "Feature"), h("th", {}, "Model"), h("th", { class: "num" }, "Cost"), h("th", {}, "Answer"))),
     h(
       "tbody",
@@ -823,12 +825,12 @@ function recordsTable(events) {
         h(
           "tr",
           {},
-          h("td", {}, whenMs(e.atMs)),
-          h("td", {}, e.kind),
-          h("td", {}, e.feature || ""),
-          h("td", {}, e.provider ? `${e.provider}/${e.model}` : ""),
-          h("td", { class: "num" }, e.costUsd ? usd(e.costUsd) : ""),
-          h("td", {}, badge(e.decision), e.reason && e.reason !== "REASON_UNSPECIFIED" ? ` ${e.reason}` : "")
+          cell("When", {}, whenMs(e.atMs)),
+          cell("Kind", {}, e.kind),
+          cell("Feature", {}, e.feature || ""),
+          cell("Model", {}, e.provider ? `${e.provider}/${e.model}` : ""),
+          cell("Cost", { class: "num" }, e.costUsd ? usd(e.costUsd) : ""),
+          cell("Answer", {}, badge(e.decision), e.reason && e.reason !== "REASON_UNSPECIFIED" ? ` ${e.reason}` : "")
         )
       )
     )

@@ -236,6 +236,20 @@ def test_override_set_on_the_subject_page_shows_the_new_cap(http_server: HttpSer
     screenshot(page, "subject")
     page.set_viewport_size({"width": 390, "height": 844})
     page.wait_for_timeout(300)
+    # on a phone nothing of the page lies off screen: the records are labelled blocks, not a
+    # table wider than the card
+    widths = page.evaluate(
+        "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth,"
+        " document.getElementById('subject-records').scrollWidth,"
+        " document.getElementById('subject-records').clientWidth]"
+    )
+    assert widths[0] <= widths[1] and widths[2] <= widths[3], widths
+    record = page.locator("#subject-records tbody tr", has_text="COMMITTED").first
+    model = record.locator("td[data-label='Model']")
+    assert "openai/" in model.inner_text()
+    assert model.evaluate("td => getComputedStyle(td, '::before').content") == '"Model"'  # labelled
+    box = model.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 390, box
     screenshot(page, "subject-phone")
 
 
