@@ -16,6 +16,10 @@ every analytics read, so a read sees every record stored before it):
   closed (``rollup_closed_days``), and again when records of it arrive later (they waited
   in an outbox, or were restored). Today, and a day not reduced yet, are read from their
   records at the ask.
+* ``rollup_month_values``: the same counts merged per calendar month (each day's counts added
+  as it is reduced, its old ones taken back when it is reduced again): a period that holds a
+  month's every closed day (this month so far, a whole past month) reads one row per
+  distinct value instead of one per day and value.
 
 What counts is what :mod:`quota_service.ledger.analytics` counts over the raw records (its
 functions are the definition, and the tests compare the two): spend is ``cost_micros`` of
@@ -47,7 +51,14 @@ from quota_service.ledger import analytics
 from quota_service.ledger.analytics import DailyDistribution
 from quota_service.ledger.errors import LedgerError
 from quota_service.ledger.events import EventKind
-from quota_service.ledger.schema import events, relay_cursors, rollup_closed_days, rollup_day_values, rollup_spend
+from quota_service.ledger.schema import (
+    events,
+    relay_cursors,
+    rollup_closed_days,
+    rollup_day_values,
+    rollup_month_values,
+    rollup_spend,
+)
 from quota_service.ledger.store import ROLLUP_LOCK_KEY, Ledger, translate_errors
 
 __all__ = [
@@ -193,9 +204,22 @@ async def _close_days(conn: AsyncConnection, ledger: Ledger, tz: tzinfo, today: 
     first = (await conn.execute(sa.select(sa.func.min(events.c.at_ms)))).scalar_one_or_none()  # the at_ms index
     if first is None:
         return
-    todo = [d for d in range(day_number(int(first), tz), today) if reduced.get(d, True)][:DAYS_PER_PASS]
+    start = month_days(month_of(day_number(int(first), tz)))[0]  # whole months: their merge is whole too
+    todo = [d for d in range(start, today) if reduced.get(d, True)][:DAYS_PER_PASS]
     for day in todo:
         counts = await _day_counts(conn, ledger, tz, day)
+        # the month's merge: less what the day held before (reduced again), plus what it holds now
+        month = month_of(day)
+        moves: dict[tuple[str, str, int], int] = {}
+        t = rollup_day_values
+        for metric, tier, value, n in await conn.execute(
+            sa.select(t.c.metric, t.c.tier, t.c.value, t.c.subjects).where(t.c.day == day)
+        ):
+            moves[(str(metric), str(tier), int(value))] = moves.get((str(metric), str(tier), int(value)), 0) - int(n)
+        for (metric, tier), values in counts.items():
+            for value, n in values.items():
+                moves[(metric, tier, value)] = moves.get((metric, tier, value), 0) + n
+        await _add_to_month(conn, ledger, month, moves)
         await conn.execute(sa.delete(rollup_day_values).where(rollup_day_values.c.day == day))
         rows = [
             {"metric": metric, "day": day, "tier": tier, "value": value, "subjects": n}
@@ -206,6 +230,39 @@ async def _close_days(conn: AsyncConnection, ledger: Ledger, tz: tzinfo, today: 
             await conn.execute(sa.insert(rollup_day_values), rows)
         await conn.execute(sa.delete(rollup_closed_days).where(rollup_closed_days.c.day == day))
         await conn.execute(sa.insert(rollup_closed_days).values(day=day, dirty=False, reduced_at_ms=ledger.clock_ms()))
+
+
+def month_of(day: int) -> int:
+    """The calendar month of a day (a date's ordinal) as ``year * 12 + month - 1``."""
+    found = date.fromordinal(day)
+    return found.year * 12 + found.month - 1
+
+
+def month_days(month: int) -> tuple[int, int]:
+    """The days ``[first, end)`` (ordinals) of a month (``year * 12 + month - 1``)."""
+    year, index = divmod(month, 12)
+    after = date(year + 1, 1, 1) if index == 11 else date(year, index + 2, 1)
+    return date(year, index + 1, 1).toordinal(), after.toordinal()
+
+
+async def _add_to_month(
+    conn: AsyncConnection, ledger: Ledger, month: int, moves: dict[tuple[str, str, int], int]
+) -> None:
+    rows = [
+        {"metric": metric, "month": month, "tier": tier, "value": value, "subjects": n}
+        for (metric, tier, value), n in moves.items()
+        if n
+    ]
+    if not rows:
+        return
+    t = rollup_month_values
+    insert = ledger.dialect_insert(t)
+    await conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=list(t.primary_key.columns), set_={"subjects": t.c.subjects + insert.excluded.subjects}
+        ),
+        rows,
+    )
 
 
 async def _day_counts(conn: AsyncConnection, ledger: Ledger, tz: tzinfo, day: int) -> _Counts:
@@ -271,27 +328,50 @@ async def distribution(
     counts: _Counts = {}
     with translate_errors("rollup_distribution"):
         async with ledger.transaction(write=False) as conn:
-            reduced = set(
-                (
-                    await conn.execute(
-                        sa.select(closed.c.day).where(
-                            closed.c.day >= first_day, closed.c.day < end_day, closed.c.dirty.is_(False)
-                        )
-                    )
+            first_month, last_month = month_of(first_day), month_of(max(first_day, end_day - 1))
+            wide = month_days(first_month)[0], max(end_day, month_days(last_month)[1])
+            states = {
+                int(day): bool(dirty)
+                for day, dirty in await conn.execute(
+                    sa.select(closed.c.day, closed.c.dirty).where(closed.c.day >= wide[0], closed.c.day < wide[1])
                 )
-                .scalars()
-                .all()
-            )
-            query = (
-                sa.select(t.c.metric, t.c.tier, t.c.value, sa.func.sum(t.c.subjects))
-                .where(t.c.metric.in_(list(metrics)), t.c.day.in_(sorted(reduced)))
-                .group_by(t.c.metric, t.c.tier, t.c.value)
-            )
-            for metric, tier, value, n in (await conn.execute(query)).all() if reduced else ():
-                kept = counts.setdefault((str(metric), str(tier)), {})
-                kept[int(value)] = kept.get(int(value), 0) + int(n)
+            }
+            reduced = {day for day, dirty in states.items() if not dirty and first_day <= day < end_day}
+            # a month whose every day before today lies in the period, each reduced and not marked
+            # again, is read from its merge: one row per distinct value, not one per day and value
+            whole: list[int] = []
+            for month in range(first_month, last_month + 1):
+                start, after = month_days(month)
+                closed_days = range(start, min(after, today))
+                if (
+                    start >= first_day
+                    and min(after, today) <= end_day
+                    and len(closed_days) > 0
+                    and all(states.get(d) is False for d in closed_days)
+                ):
+                    whole.append(month)
+                    reduced -= set(closed_days)
+            merged = set().union(*(set(range(month_days(m)[0], min(month_days(m)[1], today))) for m in whole))
+            queries = []
+            if whole:
+                m = rollup_month_values
+                queries.append(
+                    sa.select(m.c.metric, m.c.tier, m.c.value, sa.func.sum(m.c.subjects))
+                    .where(m.c.metric.in_(list(metrics)), m.c.month.in_(whole))
+                    .group_by(m.c.metric, m.c.tier, m.c.value)
+                )
+            if reduced:
+                queries.append(
+                    sa.select(t.c.metric, t.c.tier, t.c.value, sa.func.sum(t.c.subjects))
+                    .where(t.c.metric.in_(list(metrics)), t.c.day.in_(sorted(reduced)))
+                    .group_by(t.c.metric, t.c.tier, t.c.value)
+                )
+            for query in queries:
+                for metric, tier, value, n in (await conn.execute(query)).all():
+                    kept = counts.setdefault((str(metric), str(tier)), {})
+                    kept[int(value)] = kept.get(int(value), 0) + int(n)
             for day in range(first_day, min(end_day, today + 1)):
-                if day in reduced:
+                if day in reduced or day in merged:
                     continue
                 for key, values in (await _day_counts(conn, ledger, tz, day)).items():
                     kept = counts.setdefault(key, {})

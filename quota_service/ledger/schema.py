@@ -58,6 +58,7 @@ __all__ = [
     "relay_cursors",
     "rollup_closed_days",
     "rollup_day_values",
+    "rollup_month_values",
     "rollup_spend",
     "webhook_cursors",
     "webhook_deliveries",
@@ -162,6 +163,18 @@ rollup_day_values = sa.Table(
     metadata,
     sa.Column("metric", sa.Text, primary_key=True),
     sa.Column("day", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("tier", sa.Text, primary_key=True),
+    sa.Column("value", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("subjects", sa.BigInteger, nullable=False),
+)
+
+#: ``rollup_month_values``: ``rollup_day_values`` merged per calendar month
+#: (``year * 12 + month - 1``) over the month's reduced days.
+rollup_month_values = sa.Table(
+    "rollup_month_values",
+    metadata,
+    sa.Column("metric", sa.Text, primary_key=True),
+    sa.Column("month", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("tier", sa.Text, primary_key=True),
     sa.Column("value", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("subjects", sa.BigInteger, nullable=False),

@@ -78,6 +78,10 @@ DEFAULT_SAMPLES_PER_SECOND = 10.0
 MAX_PENDING = 10_000
 #: Shadow decisions made in one turn of the event loop at most (the rest in the next turn).
 DRAIN_BATCH = 256
+#: How long after the first waiting request the shadow decides (seconds): long enough for the
+#: live answer to leave first (a call_soon would run before the gRPC reply is written), and
+#: the requests of that time are decided in one turn.
+DRAIN_DELAY = 0.002
 
 
 # -- the pure part ------------------------------------------------------------------------------
@@ -341,7 +345,7 @@ class Shadow:
         if not self._scheduled:
             self._scheduled = True
             # A context of its own: not the request's (its deadline would bound the reads).
-            asyncio.get_running_loop().call_soon(self._drain, context=contextvars.Context())
+            asyncio.get_running_loop().call_later(DRAIN_DELAY, self._drain, context=contextvars.Context())
 
     # -- after the answer -------------------------------------------------------------------
 

@@ -46,9 +46,18 @@ def upgrade() -> None:
         sa.Column("value", sa.BigInteger, primary_key=True, autoincrement=False),
         sa.Column("subjects", sa.BigInteger, nullable=False),
     )
+    op.create_table(
+        "rollup_month_values",
+        sa.Column("metric", sa.Text, primary_key=True),
+        sa.Column("month", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("tier", sa.Text, primary_key=True),
+        sa.Column("value", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("subjects", sa.BigInteger, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("rollup_month_values")
     op.drop_table("rollup_day_values")
     op.drop_table("rollup_closed_days")
     op.drop_table("rollup_spend")
