@@ -76,6 +76,8 @@ DIRECT_CAP = 100_000
 RECENT_SECONDS = 3.0
 #: The longest stop() waits for the relay to finish its pass (seconds).
 STOP_SECONDS = 5.0
+#: Slots asked per pipeline by the cluster's full scan (see ``_tags_with``).
+SCAN_CHUNK = 512
 #: Entries that cannot be events are kept here (same slot as the outbox), at most this many.
 DEAD_LETTERS = 10_000
 
@@ -221,17 +223,25 @@ class UsageRelay:
         await self.relay_once(everything=True)
 
     async def _tags_with(self, command: Callable[[Any, str], Any]) -> list[str]:
-        """Cluster: the slot tags for which ``command`` (XLEN / ZCOUNT) answers above 0."""
-        tags = keys.all_slot_tags()
+        """Cluster: the slot tags for which ``command`` (XLEN / ZCOUNT) answers above 0. Asked
+        in pipelines of :data:`SCAN_CHUNK` slots: one pipeline of all 16,384 would hold the
+        event loop for a few hundred milliseconds (packing and parsing them), longer than a
+        request's budget, so requests served meanwhile would miss their deadlines."""
+        found: list[str] = []
+        every = keys.all_slot_tags()
+        for first in range(0, len(every), SCAN_CHUNK):
+            tags = every[first : first + SCAN_CHUNK]
 
-        async def scan() -> list[Any]:
-            pipe = self._client.pipeline()
-            for tag in tags:
-                command(pipe, tag)
-            return list(await pipe.execute())
+            async def scan(tags: tuple[str, ...] = tags) -> list[Any]:
+                pipe = self._client.pipeline()
+                for tag in tags:
+                    command(pipe, tag)
+                return list(await pipe.execute())
 
-        counts = await bounded_call("outbox scan", self._timeout * 4, scan, request_deadline=False)
-        return [tag for tag, count in zip(tags, counts, strict=True) if int(count or 0) > 0]
+            counts = await bounded_call("outbox scan", self._timeout * 4, scan, request_deadline=False)
+            found += [tag for tag, count in zip(tags, counts, strict=True) if int(count or 0) > 0]
+            await asyncio.sleep(0)  # the requests waiting meanwhile go first
+        return found
 
     async def _ensure_group(self, key: str) -> None:
         if key in self._groups:
