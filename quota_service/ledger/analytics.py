@@ -33,9 +33,10 @@ from quota_service.ledger.events import EventKind
 from quota_service.ledger.schema import events
 from quota_service.ledger.store import Ledger, translate_errors
 from quota_service.policy.domain import Decision
-from quota_service.policy.units import COST_METRIC
+from quota_service.policy.units import COST_METRIC, METRIC_NAME
 
 __all__ = [
+    "CHARGING_KINDS",
     "DIMENSIONS",
     "DailyDistribution",
     "MinuteActivity",
@@ -88,7 +89,10 @@ class DailyDistribution:
 
 
 def _amount(ledger: Ledger, column: sa.Column[Any], metric: str) -> sa.ColumnElement[Any]:
-    """``column``'s (JSON text ``{"metric": units}``) amount of ``metric``, 0 when absent."""
+    """``column``'s (JSON text ``{"metric": units}``) amount of ``metric``, 0 when absent
+    (``metric`` a metric name: it is spelled into the JSON path)."""
+    if not METRIC_NAME.fullmatch(metric):
+        raise ValueError(f"not a metric name: {metric!r}")
     if ledger.dialect == "postgresql":
         value: sa.ColumnElement[Any] = sa.cast(sa.cast(column, sa.JSON)[metric].as_string(), sa.BigInteger)
     else:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, time, tzinfo
 
@@ -50,7 +51,6 @@ from quota_service.background import survived
 from quota_service.ledger import analytics
 from quota_service.ledger.analytics import DailyDistribution
 from quota_service.ledger.errors import LedgerError
-from quota_service.ledger.events import EventKind
 from quota_service.ledger.schema import (
     events,
     relay_cursors,
@@ -85,9 +85,8 @@ QUARTER_MS = 900_000
 SEQ_CHUNK = 100_000
 #: Closed days reduced to their distribution per pass.
 DAYS_PER_PASS = 40
-_CHARGING = (int(EventKind.COMMITTED), int(EventKind.EXPIRED), int(EventKind.CORRECTED))
 _SPEND_SUMS = ("cost_micros", "tokens", "images", "records")
-_Counts = dict[tuple[str, str], dict[int, int]]  # (metric, tier) -> {day total: subjects}
+_Counts = dict[tuple[str, str], Counter[int]]  # (metric, tier) -> {day total: subjects}
 
 
 def day_number(at_ms: int, tz: tzinfo) -> int:
@@ -156,7 +155,7 @@ async def _spend_step(
     end = min(top, cursor + seq_chunk)
     # ``kind + 0``: the seq range is the index to use (SQLite, without statistics, would take
     # the (kind, at_ms) index and read every charging record)
-    window = (events.c.seq > cursor, events.c.seq <= end, (events.c.kind + 0).in_(_CHARGING))
+    window = (events.c.seq > cursor, events.c.seq <= end, (events.c.kind + 0).in_(analytics.CHARGING_KINDS))
     quarter = (events.c.at_ms // QUARTER_MS).label("quarter")
     groups = (
         sa.select(
@@ -210,15 +209,15 @@ async def _close_days(conn: AsyncConnection, ledger: Ledger, tz: tzinfo, today: 
         counts = await _day_counts(conn, ledger, tz, day)
         # the month's merge: less what the day held before (reduced again), plus what it holds now
         month = month_of(day)
-        moves: dict[tuple[str, str, int], int] = {}
+        moves: Counter[tuple[str, str, int]] = Counter()
         t = rollup_day_values
         for metric, tier, value, n in await conn.execute(
             sa.select(t.c.metric, t.c.tier, t.c.value, t.c.subjects).where(t.c.day == day)
         ):
-            moves[(str(metric), str(tier), int(value))] = moves.get((str(metric), str(tier), int(value)), 0) - int(n)
+            moves[(str(metric), str(tier), int(value))] -= int(n)
         for (metric, tier), values in counts.items():
             for value, n in values.items():
-                moves[(metric, tier, value)] = moves.get((metric, tier, value), 0) + n
+                moves[(metric, tier, value)] += n
         await _add_to_month(conn, ledger, month, moves)
         await conn.execute(sa.delete(rollup_day_values).where(rollup_day_values.c.day == day))
         rows = [
@@ -246,7 +245,7 @@ def month_days(month: int) -> tuple[int, int]:
 
 
 async def _add_to_month(
-    conn: AsyncConnection, ledger: Ledger, month: int, moves: dict[tuple[str, str, int], int]
+    conn: AsyncConnection, ledger: Ledger, month: int, moves: Counter[tuple[str, str, int]]
 ) -> None:
     rows = [
         {"metric": metric, "month": month, "tier": tier, "value": value, "subjects": n}
@@ -274,15 +273,13 @@ async def _day_counts(conn: AsyncConnection, ledger: Ledger, tz: tzinfo, day: in
             events.c.tier,
             *(sa.func.sum(analytics.usage_of(ledger, metric)) for metric in METRICS),
         )
-        .where(events.c.kind.in_(_CHARGING), events.c.at_ms >= start, events.c.at_ms < end)
+        .where(events.c.kind.in_(analytics.CHARGING_KINDS), events.c.at_ms >= start, events.c.at_ms < end)
         .group_by(events.c.tier, events.c.subject)
     )
     counts: _Counts = {}
     for tier, *values in await conn.execute(totals):
         for metric, value in zip(METRICS, values, strict=True):
-            kept = counts.setdefault((metric, str(tier)), {})
-            v = shown(int(value or 0))
-            kept[v] = kept.get(v, 0) + 1
+            counts.setdefault((metric, str(tier)), Counter())[shown(int(value or 0))] += 1
     return counts
 
 
@@ -340,6 +337,7 @@ async def distribution(
             # a month whose every day before today lies in the period, each reduced and not marked
             # again, is read from its merge: one row per distinct value, not one per day and value
             whole: list[int] = []
+            merged: set[int] = set()  # the days of the whole months
             for month in range(first_month, last_month + 1):
                 start, after = month_days(month)
                 closed_days = range(start, min(after, today))
@@ -350,8 +348,8 @@ async def distribution(
                     and all(states.get(d) is False for d in closed_days)
                 ):
                     whole.append(month)
-                    reduced -= set(closed_days)
-            merged = set().union(*(set(range(month_days(m)[0], min(month_days(m)[1], today))) for m in whole))
+                    merged.update(closed_days)
+            reduced -= merged
             queries = []
             if whole:
                 m = rollup_month_values
@@ -368,15 +366,12 @@ async def distribution(
                 )
             for query in queries:
                 for metric, tier, value, n in (await conn.execute(query)).all():
-                    kept = counts.setdefault((str(metric), str(tier)), {})
-                    kept[int(value)] = kept.get(int(value), 0) + int(n)
+                    counts.setdefault((str(metric), str(tier)), Counter())[int(value)] += int(n)
             for day in range(first_day, min(end_day, today + 1)):
                 if day in reduced or day in merged:
                     continue
                 for key, values in (await _day_counts(conn, ledger, tz, day)).items():
-                    kept = counts.setdefault(key, {})
-                    for value, n in values.items():
-                        kept[value] = kept.get(value, 0) + n
+                    counts.setdefault(key, Counter()).update(values)
     found: dict[str, list[DailyDistribution]] = {metric: [] for metric in metrics}
     for (metric, tier), values in sorted(counts.items()):
         if metric in found:

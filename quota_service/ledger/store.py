@@ -325,13 +325,9 @@ def row_of(event: Event) -> EventRow:
     )
 
 
-def event_of(row: EventRow) -> Event:
+def event_of(row: sa.Row[Any] | EventRow) -> Event:
     """The event a row stores (validated as every :class:`Event`); :class:`LedgerError` when
     it cannot be one."""
-    return _event(row)
-
-
-def _event(row: sa.Row[Any] | EventRow) -> Event:
     try:
         return Event(
             id=row.id,
@@ -492,12 +488,10 @@ class Ledger:
         if not unique:
             return []
         with translate_errors("insert"):
-            async with self._write_lock, self.transaction(write=True) as conn:
-                if self._postgres:
-                    # Held until commit: seq order is commit order (readers see a prefix).
-                    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SEQ_LOCK_KEY)))
+            # The seq lock is held until commit: seq order is commit order (readers see a prefix).
+            async with self.write_transaction(lock_key=_SEQ_LOCK_KEY) as conn:
                 top = (await conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0)))).scalar_one()
-                now_ms = to_ms(self._clock.now())
+                now_ms = self.clock_ms()
                 rows = [(row[0], top + i, *row[1:], now_ms) for i, row in enumerate(unique.values(), start=1)]
                 stored = await conn.exec_driver_sql(self._insert_sql(conn), rows)
                 if stored.rowcount == len(rows):  # all new (the driver counts what it inserted)
@@ -553,7 +547,7 @@ class Ledger:
         with translate_errors("list_events"):
             async with self.transaction(write=False) as conn:
                 rows = (await conn.execute(query)).all()
-        page = [_event(r) for r in rows[:size]]
+        page = [event_of(r) for r in rows[:size]]
         next_token = _page_token(page[-1].at_ms, page[-1].id) if len(rows) > size else ""
         return page, next_token
 
@@ -608,7 +602,7 @@ class Ledger:
                     .limit(limit)
                 )
                 rows = (await conn.execute(query)).all()
-        found = [_event(r) for r in rows]
+        found = [event_of(r) for r in rows]
         if len(rows) == limit:
             position = int(rows[-1].seq)
         else:
@@ -622,7 +616,7 @@ class Ledger:
         with translate_errors("get_events"):
             async with self.transaction(write=False) as conn:
                 rows = (await conn.execute(sa.select(events).where(events.c.id.in_(list(ids))))).all()
-        return {r.id: _event(r) for r in rows}
+        return {r.id: event_of(r) for r in rows}
 
     async def count(self) -> int:
         """How many events are stored."""

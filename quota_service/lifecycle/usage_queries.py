@@ -19,40 +19,19 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from quota_service.ledger import analytics
 from quota_service.ledger.events import EventKind
 from quota_service.ledger.schema import events
 from quota_service.ledger.store import Ledger, translate_errors
 from quota_service.lifecycle.estimates import CommittedUsage
 from quota_service.lifecycle.recommend import DAY_MS, DailyTotal, DaySignal, Period
 from quota_service.policy.domain import GLOBAL_SCOPE, Reason
-from quota_service.policy.units import COST_METRIC, METRIC_NAME
 
 __all__ = ["LIMIT_DENIALS", "committed_usage", "daily_totals", "day_signals"]
 
-_CHARGING = (int(EventKind.COMMITTED), int(EventKind.EXPIRED), int(EventKind.CORRECTED))
 #: DENIED reasons that mean "at a limit" (not a stop, an outage, a feature or a price).
 LIMIT_DENIALS = (Reason.BLOCK_THRESHOLD.value, Reason.LIMIT_EXCEEDED.value, Reason.HARD_STOP.value)
 _PAGE_ROWS = 5000
-
-
-def _amount(ledger: Ledger, column: sa.Column[Any], metric: str) -> sa.ColumnElement[Any]:
-    """The units of ``metric`` in a JSON amounts column, 0 when absent."""
-    if not METRIC_NAME.fullmatch(metric):
-        raise ValueError(f"not a metric name: {metric!r}")
-    if ledger.dialect == "postgresql":
-        value: sa.ColumnElement[Any] = sa.cast(sa.cast(column, sa.JSON)[metric].as_string(), sa.BigInteger)
-    else:
-        value = sa.func.json_extract(column, f'$."{metric}"')
-    return sa.func.coalesce(value, 0)
-
-
-def _usage(ledger: Ledger, metric: str) -> sa.ColumnElement[Any]:
-    if metric == COST_METRIC:
-        return events.c.cost_micros
-    return sa.case(
-        (events.c.kind == int(EventKind.EXPIRED), _amount(ledger, events.c.estimate, metric)),
-        else_=_amount(ledger, events.c.actual, metric),
-    )
 
 
 def _day(period: Period) -> sa.ColumnElement[Any]:
@@ -70,7 +49,7 @@ async def daily_totals(ledger: Ledger, metrics: Sequence[str], period: Period, *
     """Per (tier, subject, day) of ``period`` with a charging record: each metric's units."""
     day = _day(period)
     where = [
-        events.c.kind.in_(_CHARGING),
+        events.c.kind.in_(analytics.CHARGING_KINDS),
         events.c.at_ms >= period.since_ms,
         events.c.at_ms < period.until_ms,
         events.c.subject != GLOBAL_SCOPE,
@@ -78,7 +57,7 @@ async def daily_totals(ledger: Ledger, metrics: Sequence[str], period: Period, *
     if tier:
         where.append(events.c.tier == tier)
     query = (
-        sa.select(events.c.tier, events.c.subject, day, *(sa.func.sum(_usage(ledger, m)) for m in metrics))
+        sa.select(events.c.tier, events.c.subject, day, *(sa.func.sum(analytics.usage_of(ledger, m)) for m in metrics))
         .where(*where)
         .group_by(events.c.tier, events.c.subject, day)
     )

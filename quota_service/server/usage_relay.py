@@ -20,11 +20,12 @@ crossing) describing the change to its slot's outbox stream in the same atomic s
   is recorded EXPIRED within about a second of its TTL, whether or not its subject comes back.
 * **Redis Cluster.** One outbox and due index per hash slot: a replica drains and reaps at
   once the slots it wrote to in the last seconds, and every ``scan_seconds`` (5 s) looks at
-  all 16,384 (pipelined ``XLEN`` / ``ZCOUNT`` per node) for what other replicas left behind.
+  all 16,384 (pipelined ``XLEN`` / ``ZCOUNT``, :data:`SCAN_CHUNK` slots at a time) for what
+  other replicas left behind.
 * **Records without a store step** (a denial the engine decides alone: an emergency stop, a
   feature outside the tier, the store unreachable) are handed over in memory
   (:meth:`UsageRelay.record`) and stored with the next batch: a replica killed within that
-  tenth of a second loses them (no money moved; the metric ``quota_records_dropped_total``
+  quarter of a second loses them (no money moved; the metric ``quota_records_dropped_total``
   counts those over the in-memory cap).
 * **No ledger** (``--ledger-url none``): the store appends nothing; the relay only reaps.
 * ``on_new`` is called with the denials and threshold crossings a pass stored for the first
