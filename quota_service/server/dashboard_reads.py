@@ -144,7 +144,8 @@ def _daily_cap(policy: CompiledPolicy, tier_name: str, metric: str) -> float:
     tier = policy.tiers.get(tier_name)
     if tier is None:
         return 0.0
-    caps = [limit.max_units for limit in tier.limits if limit.metric == metric and limit.window is Window.DAY]
+    daily = (*tier.limits, *tier.hard_stops)  # a per-subject hard stop per day is a daily cap too
+    caps = [limit.max_units for limit in daily if limit.metric == metric and limit.window is Window.DAY]
     return from_units(metric, min(caps)) if caps else 0.0
 
 

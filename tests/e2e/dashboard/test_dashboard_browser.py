@@ -265,6 +265,9 @@ def test_policy_and_analytics_views(http_server: HttpServerProcess, page: Any) -
     page.goto(http_server.http_url + "/#/analytics")
     page.wait_for_selector("#by-tier td:has-text('pro_alpha')")
     page.wait_for_selector("#daily td:has-text('free_alpha')")
+    # free_alpha's cost_usd per day is capped by its hard stop ($5.00 a day in the shipped policy)
+    cost_row = page.locator("#daily tr", has_text="free_alpha").filter(has_text="cost_usd").first
+    assert "$5.00" in cost_row.inner_text(), cost_row.inner_text()
     screenshot(page, "analytics")
 
 
